@@ -1,0 +1,83 @@
+//! `GET`/`HEAD`/`DELETE /v2/<name>/blobs/<digest>`: streamed reads with `Range`
+//! support for resumed pulls, and unlinking.
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use tokio::io::AsyncReadExt;
+use tokio_util::io::ReaderStream;
+
+use super::error::{ApiError, ApiResult, ErrorCode};
+use super::ranges::{parse_range, RangeError};
+use super::{header_str, header_value, SharedState};
+use crate::reference::{Digest, RepositoryName};
+
+/// Read size for streaming blobs out: large reads keep syscalls per GiB low.
+const READ_CHUNK: usize = 256 * 1024;
+
+pub async fn get(
+    state: &SharedState,
+    name: &RepositoryName,
+    digest: &Digest,
+    headers: &HeaderMap,
+    head: bool,
+) -> ApiResult {
+    let info = state.storage.stat_blob(name, digest).await?;
+    let span = match header_str(headers, header::RANGE) {
+        Some(range) => match parse_range(range, info.size) {
+            Ok(span) => span,
+            Err(RangeError::Unsatisfiable(size)) => {
+                return Err(ApiError::new(
+                    ErrorCode::BlobUnknown,
+                    format!("range {range:?} is outside the blob's {size} bytes"),
+                )
+                .with_status(StatusCode::RANGE_NOT_SATISFIABLE)
+                .with_header(header::CONTENT_RANGE, header_value(format!("bytes */{size}"))?))
+            }
+            // A range we cannot read is ignored, as RFC 9110 says: the whole blob is sent.
+            Err(RangeError::Malformed(_)) => None,
+        },
+        None => None,
+    };
+    let (start, length, status) = match span {
+        Some((start, end)) => (start, end - start + 1, StatusCode::PARTIAL_CONTENT),
+        None => (0, info.size, StatusCode::OK),
+    };
+
+    let mut response = Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CONTENT_LENGTH, length)
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header("docker-content-digest", digest.to_string())
+        .header(header::ETAG, format!("\"{digest}\""));
+    if let Some((start, end)) = span {
+        response = response.header(
+            header::CONTENT_RANGE,
+            format!("bytes {start}-{end}/{}", info.size),
+        );
+    }
+    let body = if head {
+        Body::empty()
+    } else {
+        let reader = state.storage.open_blob(name, digest, start).await?;
+        Body::from_stream(ReaderStream::with_capacity(
+            reader.file.take(length),
+            READ_CHUNK,
+        ))
+    };
+    response
+        .body(body)
+        .map_err(|e| ApiError::new(ErrorCode::Unknown, format!("cannot build response: {e}")))
+}
+
+pub async fn delete(state: &SharedState, name: &RepositoryName, digest: &Digest) -> ApiResult {
+    if !state.config.storage.delete_enabled {
+        return Err(ApiError::new(
+            ErrorCode::Unsupported,
+            "deletes are disabled on this registry (storage.delete_enabled = false)",
+        ));
+    }
+    state.storage.delete_blob(name, digest).await?;
+    Ok((StatusCode::ACCEPTED, [(header::CONTENT_LENGTH, "0")]).into_response())
+}

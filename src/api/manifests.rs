@@ -1,0 +1,152 @@
+//! `GET`/`HEAD`/`PUT`/`DELETE /v2/<name>/manifests/<reference>`.
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+
+use super::error::{ApiError, ApiResult, ErrorCode};
+use super::{header_str, header_value, SharedState};
+use crate::reference::{Reference, RepositoryName};
+use crate::storage::{
+    ParsedManifest, MEDIA_TYPE_DOCKER_LIST, MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_OCI_INDEX,
+    MEDIA_TYPE_OCI_MANIFEST,
+};
+
+const MANIFEST_TYPES: [&str; 4] = [
+    MEDIA_TYPE_OCI_MANIFEST,
+    MEDIA_TYPE_OCI_INDEX,
+    MEDIA_TYPE_DOCKER_MANIFEST,
+    MEDIA_TYPE_DOCKER_LIST,
+];
+
+/// Whether the client's `Accept` allows `media_type`. A client that names no
+/// manifest type at all (no header, `*/*`, `application/json`) takes anything;
+/// one that lists manifest types gets only those.
+fn accepts(headers: &HeaderMap, media_type: &str) -> bool {
+    let offered: Vec<&str> = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.split(';').next().unwrap_or("").trim())
+        .collect();
+    let names_manifest_types = offered.iter().any(|t| MANIFEST_TYPES.contains(t));
+    !names_manifest_types
+        || offered
+            .iter()
+            .any(|t| *t == media_type || *t == "*/*" || *t == "application/*")
+}
+
+pub async fn get(
+    state: &SharedState,
+    name: &RepositoryName,
+    reference: &Reference,
+    headers: &HeaderMap,
+    head: bool,
+) -> ApiResult {
+    let manifest = state.storage.get_manifest(name, reference).await?;
+    if !accepts(headers, &manifest.media_type) {
+        return Err(ApiError::new(
+            ErrorCode::ManifestUnknown,
+            format!(
+                "manifest {reference} is a {}, which the request's Accept header does not allow",
+                manifest.media_type
+            ),
+        ));
+    }
+    let response = Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, &manifest.media_type)
+        .header(header::CONTENT_LENGTH, manifest.bytes.len())
+        .header("docker-content-digest", manifest.digest.to_string())
+        .header(header::ETAG, format!("\"{}\"", manifest.digest));
+    let body = if head {
+        Body::empty()
+    } else {
+        Body::from(manifest.bytes)
+    };
+    response
+        .body(body)
+        .map_err(|e| ApiError::new(ErrorCode::Unknown, format!("cannot build response: {e}")))
+}
+
+fn too_large(limit: u64) -> ApiError {
+    ApiError::new(
+        ErrorCode::ManifestInvalid,
+        format!("manifest is larger than this registry's limit of {limit} bytes"),
+    )
+    .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+}
+
+/// Reads the whole manifest body, refusing it as soon as it passes `limit`.
+async fn read_limited(body: Body, limit: u64) -> ApiResult<Vec<u8>> {
+    let mut stream = body.into_data_stream();
+    let mut bytes = Vec::new();
+    while let Some(frame) = stream.next().await {
+        let frame = frame.map_err(|e| {
+            ApiError::new(ErrorCode::ManifestInvalid, format!("reading the manifest body: {e}"))
+        })?;
+        if (bytes.len() + frame.len()) as u64 > limit {
+            return Err(too_large(limit));
+        }
+        bytes.extend_from_slice(&frame);
+    }
+    Ok(bytes)
+}
+
+pub async fn put(
+    state: &SharedState,
+    name: &RepositoryName,
+    reference: &Reference,
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let limit = state.config.limits.max_manifest_bytes;
+    let declared = header_str(headers, header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(too_large(limit));
+    }
+    let bytes = read_limited(body, limit).await?;
+    let manifest = ParsedManifest::parse(&bytes, header_str(headers, header::CONTENT_TYPE))?;
+    let subject = manifest.subject.as_ref().map(|s| s.digest.clone());
+    let digest = state
+        .storage
+        .put_manifest(name, reference, bytes, manifest)
+        .await?;
+    let mut response = (
+        StatusCode::CREATED,
+        [
+            (
+                header::LOCATION,
+                header_value(format!("/v2/{name}/manifests/{digest}"))?,
+            ),
+            (header::CONTENT_LENGTH, header_value("0")?),
+            (
+                header::HeaderName::from_static("docker-content-digest"),
+                header_value(digest.to_string())?,
+            ),
+        ],
+    )
+        .into_response();
+    if let Some(subject) = subject {
+        response
+            .headers_mut()
+            .insert("oci-subject", header_value(subject.to_string())?);
+    }
+    Ok(response)
+}
+
+pub async fn delete(state: &SharedState, name: &RepositoryName, reference: &Reference) -> ApiResult {
+    if !state.config.storage.delete_enabled {
+        return Err(ApiError::new(
+            ErrorCode::Unsupported,
+            "deletes are disabled on this registry (storage.delete_enabled = false)",
+        ));
+    }
+    match reference {
+        Reference::Digest(digest) => state.storage.delete_manifest(name, digest).await?,
+        Reference::Tag(tag) => state.storage.delete_tag(name, tag).await?,
+    }
+    Ok((StatusCode::ACCEPTED, [(header::CONTENT_LENGTH, "0")]).into_response())
+}

@@ -1,0 +1,236 @@
+//! The HTTP API: the OCI Distribution endpoints under `/v2/`.
+//!
+//! Handlers are thin: the path is parsed into a typed `Route`, the method picks
+//! the handler in the resource's file, which calls storage and shapes the
+//! response. Cross-cutting concerns (access log, the API version header) are a
+//! middleware layer here, not repeated in handlers.
+
+mod blobs;
+mod catalog;
+pub mod error;
+mod manifests;
+pub mod ranges;
+mod referrers;
+pub mod route;
+mod tags;
+mod uploads;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+
+use crate::config::Config;
+use crate::storage::Storage;
+use error::{ApiError, ApiResult, ErrorCode};
+use route::Route;
+
+/// What every handler can reach.
+pub struct AppState {
+    pub storage: Storage,
+    pub config: Config,
+}
+
+pub type SharedState = Arc<AppState>;
+
+pub fn router(state: SharedState) -> Router {
+    Router::new()
+        .fallback(dispatch)
+        .with_state(state)
+        .layer(middleware::from_fn(access_log))
+}
+
+async fn dispatch(State(state): State<SharedState>, request: Request) -> Response {
+    match route(state, request).await {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn route(state: SharedState, request: Request) -> ApiResult {
+    let (parts, body) = request.into_parts();
+    let route = Route::parse(parts.uri.path())?;
+    let query = Query::parse(parts.uri.query());
+    let method = parts.method.clone();
+    let headers = &parts.headers;
+    let head = method == Method::HEAD;
+    match (route, method) {
+        (Route::Base, Method::GET | Method::HEAD) => Ok((
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            "{}",
+        )
+            .into_response()),
+        (Route::Catalog, Method::GET) => catalog::list(&state, &query).await,
+        (Route::Tags(name), Method::GET) => tags::list(&state, &name, &query).await,
+        (Route::Manifest(name, reference), Method::GET | Method::HEAD) => {
+            manifests::get(&state, &name, &reference, headers, head).await
+        }
+        (Route::Manifest(name, reference), Method::PUT) => {
+            manifests::put(&state, &name, &reference, headers, body).await
+        }
+        (Route::Manifest(name, reference), Method::DELETE) => {
+            manifests::delete(&state, &name, &reference).await
+        }
+        (Route::Blob(name, digest), Method::GET | Method::HEAD) => {
+            blobs::get(&state, &name, &digest, headers, head).await
+        }
+        (Route::Blob(name, digest), Method::DELETE) => blobs::delete(&state, &name, &digest).await,
+        (Route::UploadStart(name), Method::POST) => {
+            uploads::start(&state, &name, &query, headers, body).await
+        }
+        (Route::Upload(name, id), Method::GET) => uploads::status(&state, &name, id).await,
+        (Route::Upload(name, id), Method::PATCH) => {
+            uploads::patch(&state, &name, id, headers, body).await
+        }
+        (Route::Upload(name, id), Method::PUT) => {
+            uploads::put(&state, &name, id, &query, headers, body).await
+        }
+        (Route::Upload(name, id), Method::DELETE) => uploads::cancel(&state, &name, id).await,
+        (Route::Referrers(name, digest), Method::GET) => {
+            referrers::list(&state, &name, &digest, &query).await
+        }
+        _ => Err(ApiError::method_not_allowed()),
+    }
+}
+
+/// Query parameters, first value wins.
+pub(crate) struct Query(HashMap<String, String>);
+
+impl Query {
+    fn parse(raw: Option<&str>) -> Self {
+        let mut map = HashMap::new();
+        for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let decode = |s: &str| {
+                percent_encoding::percent_decode_str(&s.replace('+', " "))
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            map.entry(decode(k)).or_insert_with(|| decode(v));
+        }
+        Self(map)
+    }
+
+    pub(crate) fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+}
+
+/// The `Range` header value the spec uses for upload progress: `0-<last byte>`.
+pub(crate) fn upload_range(size: u64) -> String {
+    format!("0-{}", size.saturating_sub(1))
+}
+
+pub(crate) fn header_str<'a>(headers: &'a HeaderMap, name: header::HeaderName) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+pub(crate) fn header_value(value: impl AsRef<str>) -> ApiResult<HeaderValue> {
+    HeaderValue::from_str(value.as_ref())
+        .map_err(|_| ApiError::new(ErrorCode::Unknown, "cannot encode response header"))
+}
+
+/// Parses `n` and `last` for the paginated listings.
+pub(crate) fn pagination(query: &Query, max: usize) -> ApiResult<(Option<usize>, Option<String>)> {
+    let n = match query.get("n") {
+        None | Some("") => None,
+        Some(raw) => Some(
+            raw.parse::<usize>()
+                .map_err(|_| {
+                    ApiError::new(
+                        ErrorCode::Unsupported,
+                        format!("page size n={raw:?} is not a number"),
+                    )
+                    .with_status(StatusCode::BAD_REQUEST)
+                })?
+                .min(max),
+        ),
+    };
+    Ok((n, query.get("last").map(str::to_owned)))
+}
+
+/// Applies `last` and `n` to a sorted list; returns the page and whether more follow.
+pub(crate) fn paginate(
+    sorted: Vec<String>,
+    n: Option<usize>,
+    last: Option<&str>,
+) -> (Vec<String>, bool) {
+    let start = match last {
+        Some(last) => sorted.partition_point(|item| item.as_str() <= last),
+        None => 0,
+    };
+    let rest = &sorted[start..];
+    match n {
+        Some(0) => (Vec::new(), false),
+        Some(n) if rest.len() > n => (rest[..n].to_vec(), true),
+        _ => (rest.to_vec(), false),
+    }
+}
+
+/// `Link: <path?n=N&last=L>; rel="next"` for the next page.
+pub(crate) fn next_link(path: &str, n: usize, last: &str) -> String {
+    let last = percent_encoding::utf8_percent_encode(last, percent_encoding::NON_ALPHANUMERIC);
+    format!("<{path}?n={n}&last={last}>; rel=\"next\"")
+}
+
+/// One log line per request, and the API version header on every response.
+async fn access_log(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let bytes_in = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    let mut response = next.run(request).await;
+    response.headers_mut().insert(
+        "docker-distribution-api-version",
+        HeaderValue::from_static("registry/2.0"),
+    );
+    let bytes_out = response
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .or_else(|| axum::body::HttpBody::size_hint(response.body()).exact())
+        .unwrap_or(0);
+    tracing::info!(
+        target: "portcullis::access",
+        %method,
+        path,
+        status = response.status().as_u16(),
+        bytes_in,
+        bytes_out,
+        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pagination_follows_last_and_n() {
+        let all: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(
+            paginate(all.clone(), Some(2), None),
+            (vec!["a".into(), "b".into()], true)
+        );
+        assert_eq!(
+            paginate(all.clone(), Some(2), Some("b")),
+            (vec!["c".into(), "d".into()], false)
+        );
+        assert_eq!(paginate(all.clone(), None, Some("bb")).0.len(), 2);
+        assert_eq!(paginate(all, Some(0), None), (vec![], false));
+    }
+}

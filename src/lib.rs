@@ -1,0 +1,10 @@
+//! Portcullis: an OCI Distribution v1.1 registry.
+//!
+//! `reference` parses names at the edge, `api` speaks HTTP, `storage` owns the
+//! on-disk layout, `config` loads settings, `server` ties them to a listener.
+
+pub mod api;
+pub mod config;
+pub mod reference;
+pub mod server;
+pub mod storage;

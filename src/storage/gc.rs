@@ -1,0 +1,205 @@
+//! Garbage collection: mark every blob a manifest in any repository references,
+//! sweep the rest, and remove abandoned upload sessions and staging files.
+//!
+//! Anything younger than `storage.upload_max_age` is left alone, so a blob that
+//! was just uploaded for a manifest not yet pushed survives a concurrent `gc`.
+
+use std::collections::HashSet;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use cap_std::fs::Dir;
+use indicatif::ProgressBar;
+
+use super::manifests::{walk_repositories, ParsedManifest};
+use super::{list_digest_dirs, list_dir, paths, remove_tree, Result, Storage};
+use crate::reference::{Algorithm, Digest, RepositoryName};
+
+/// One thing `gc` removed (or, on a dry run, would remove).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Removal {
+    Blob { digest: Digest, bytes: u64 },
+    Upload { repository: RepositoryName, id: String, bytes: u64 },
+    Staging { file: String, bytes: u64 },
+}
+
+impl Removal {
+    pub fn bytes(&self) -> u64 {
+        match self {
+            Removal::Blob { bytes, .. }
+            | Removal::Upload { bytes, .. }
+            | Removal::Staging { bytes, .. } => *bytes,
+        }
+    }
+}
+
+impl std::fmt::Display for Removal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Removal::Blob { digest, bytes } => write!(f, "blob {digest} ({bytes} bytes)"),
+            Removal::Upload {
+                repository,
+                id,
+                bytes,
+            } => write!(f, "upload {repository}/{id} ({bytes} bytes)"),
+            Removal::Staging { file, bytes } => write!(f, "staging file {file} ({bytes} bytes)"),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct GcReport {
+    pub removed: Vec<Removal>,
+    pub kept_blobs: usize,
+    pub manifests_scanned: usize,
+}
+
+impl GcReport {
+    pub fn freed_bytes(&self) -> u64 {
+        self.removed.iter().map(Removal::bytes).sum()
+    }
+}
+
+impl Storage {
+    /// Runs a full mark and sweep. `progress` is drawn only on a terminal.
+    pub async fn collect_garbage(&self, dry_run: bool, progress: ProgressBar) -> Result<GcReport> {
+        let grace = self.settings.upload_max_age;
+        self.blocking(move |root| collect(root, dry_run, grace, &progress))
+            .await
+    }
+}
+
+fn older_than(modified: io::Result<SystemTime>, age: Duration) -> bool {
+    modified
+        .ok()
+        .and_then(|m| SystemTime::now().duration_since(m).ok())
+        .is_some_and(|elapsed| elapsed > age)
+}
+
+fn collect(root: &Dir, dry_run: bool, grace: Duration, progress: &ProgressBar) -> Result<GcReport> {
+    let mut report = GcReport::default();
+    let mut repositories = Vec::new();
+    walk_repositories(root, Path::new(paths::REPOSITORIES), "", &mut repositories)?;
+
+    // Mark.
+    progress.set_length(repositories.len() as u64);
+    progress.set_message("marking");
+    let mut marked: HashSet<Digest> = HashSet::new();
+    for name in &repositories {
+        for digest in list_digest_dirs(root, &paths::revisions_dir(name))? {
+            report.manifests_scanned += 1;
+            mark_manifest(root, &digest, &mut marked);
+        }
+        progress.inc(1);
+    }
+
+    // Sweep blobs.
+    progress.set_message("sweeping blobs");
+    progress.set_position(0);
+    let mut candidates = Vec::new();
+    for algorithm in Algorithm::ALL {
+        let dir = paths::blobs_algorithm_dir(algorithm);
+        for prefix in list_dir(root, &dir)? {
+            for hex in list_dir(root, &dir.join(&prefix))? {
+                if let Some(digest) = Digest::from_parts(algorithm, &hex) {
+                    candidates.push(digest);
+                }
+            }
+        }
+    }
+    progress.set_length(candidates.len() as u64);
+    let mut swept = HashSet::new();
+    for digest in candidates {
+        progress.inc(1);
+        if marked.contains(&digest) {
+            report.kept_blobs += 1;
+            continue;
+        }
+        let meta = match root.metadata(paths::blob_data(&digest)) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if !older_than(meta.modified().map(|t| t.into_std()), grace) {
+            report.kept_blobs += 1;
+            continue;
+        }
+        if !dry_run {
+            remove_tree(root, &paths::blob_dir(&digest))?;
+        }
+        report.removed.push(Removal::Blob {
+            digest: digest.clone(),
+            bytes: meta.len(),
+        });
+        swept.insert(digest);
+    }
+
+    // Links to swept blobs, and abandoned uploads.
+    progress.set_message("uploads");
+    for name in &repositories {
+        if !dry_run {
+            for digest in list_digest_dirs(root, &paths::layers_dir(name))? {
+                if swept.contains(&digest) {
+                    remove_tree(root, &paths::layer_link_dir(name, &digest))?;
+                }
+            }
+        }
+        let uploads = paths::uploads_dir(name);
+        for id in list_dir(root, &uploads)? {
+            let dir = uploads.join(&id);
+            let data = root.metadata(dir.join("data"));
+            let last_touch = match &data {
+                Ok(m) => m.modified(),
+                Err(_) => root.metadata(&dir).and_then(|m| m.modified()),
+            };
+            if older_than(last_touch.map(|t| t.into_std()), grace) {
+                if !dry_run {
+                    remove_tree(root, &dir)?;
+                }
+                report.removed.push(Removal::Upload {
+                    repository: name.clone(),
+                    id,
+                    bytes: data.map(|m| m.len()).unwrap_or(0),
+                });
+            }
+        }
+    }
+    for file in list_dir(root, Path::new(paths::TMP))? {
+        let path = PathBuf::from(paths::TMP).join(&file);
+        let meta = root.metadata(&path)?;
+        if older_than(meta.modified().map(|t| t.into_std()), grace) {
+            if !dry_run {
+                root.remove_file(&path)?;
+            }
+            report.removed.push(Removal::Staging {
+                file,
+                bytes: meta.len(),
+            });
+        }
+    }
+    progress.finish_and_clear();
+    Ok(report)
+}
+
+/// Marks a manifest and everything it references. A manifest that cannot be
+/// read or parsed keeps only itself: gc never deletes what it does not understand
+/// beyond the blobs nobody names.
+fn mark_manifest(root: &Dir, digest: &Digest, marked: &mut HashSet<Digest>) {
+    if !marked.insert(digest.clone()) {
+        return;
+    }
+    let Ok(bytes) = root.read(paths::blob_data(digest)) else {
+        return;
+    };
+    let Ok(manifest) = ParsedManifest::parse(&bytes, None) else {
+        tracing::warn!(%digest, "gc: manifest cannot be parsed; keeping it but not its references");
+        return;
+    };
+    for blob in manifest.referenced_blobs().chain(manifest.layers.iter()) {
+        marked.insert(blob.digest.clone());
+    }
+    for child in &manifest.manifests {
+        mark_manifest(root, &child.digest, marked);
+    }
+}

@@ -1,0 +1,532 @@
+//! Manifests, tags, referrers and the catalog.
+//!
+//! A manifest is stored as a blob (its bytes, content-addressed) plus a revision
+//! link in its repository; a tag is a `current/link` to a revision plus an
+//! `index/` of every digest it has named. Manifests are checked before they are
+//! stored: a known media type, well-formed descriptors, and every blob or child
+//! manifest they reference present in the repository.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read};
+
+use cap_std::fs::Dir;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    list_digest_dirs, list_dir, paths, read_link, remove_tree, write_atomic, write_link, Result,
+    Storage, StorageError,
+};
+use crate::reference::{Algorithm, Digest, Reference, RepositoryName, Tag};
+
+pub const MEDIA_TYPE_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const MEDIA_TYPE_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const MEDIA_TYPE_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const MEDIA_TYPE_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+const MEDIA_TYPE_DOCKER_SCHEMA1: [&str; 2] = [
+    "application/vnd.docker.distribution.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v1+prettyjws",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ManifestKind {
+    /// An image (or artifact) manifest: a config and layers.
+    Image,
+    /// An index or manifest list: child manifests.
+    Index,
+}
+
+fn kind_of(media_type: &str) -> Option<ManifestKind> {
+    match media_type {
+        MEDIA_TYPE_OCI_MANIFEST | MEDIA_TYPE_DOCKER_MANIFEST => Some(ManifestKind::Image),
+        MEDIA_TYPE_OCI_INDEX | MEDIA_TYPE_DOCKER_LIST => Some(ManifestKind::Index),
+        _ => None,
+    }
+}
+
+/// A content descriptor, as found in manifests and returned by the referrers API.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Descriptor {
+    pub media_type: String,
+    #[serde(with = "digest_serde")]
+    pub digest: Digest,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub urls: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_type: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+mod digest_serde {
+    use super::Digest;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Digest, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(d)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Digest, D::Error> {
+        let raw = String::deserialize(d)?;
+        Digest::parse(&raw).map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawManifest {
+    schema_version: Option<i64>,
+    media_type: Option<String>,
+    artifact_type: Option<String>,
+    config: Option<Descriptor>,
+    layers: Option<Vec<Descriptor>>,
+    manifests: Option<Vec<Descriptor>>,
+    subject: Option<Descriptor>,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
+}
+
+/// A manifest that passed validation.
+#[derive(Debug, Clone)]
+pub struct ParsedManifest {
+    pub media_type: String,
+    pub kind: ManifestKind,
+    pub artifact_type: Option<String>,
+    pub config: Option<Descriptor>,
+    pub layers: Vec<Descriptor>,
+    pub manifests: Vec<Descriptor>,
+    pub subject: Option<Descriptor>,
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl ParsedManifest {
+    /// Parses and checks a manifest. `content_type` is the request's header, if any.
+    pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<Self> {
+        let invalid = |m: String| StorageError::ManifestInvalid(m);
+        let raw: RawManifest =
+            serde_json::from_slice(bytes).map_err(|e| invalid(format!("not a valid manifest: {e}")))?;
+        let header_type = content_type
+            .map(|ct| ct.split(';').next().unwrap_or("").trim())
+            .filter(|ct| !ct.is_empty());
+        for t in [raw.media_type.as_deref(), header_type].into_iter().flatten() {
+            if MEDIA_TYPE_DOCKER_SCHEMA1.contains(&t) {
+                return Err(invalid(
+                    "Docker schema1 manifests are not supported; push with a current client".into(),
+                ));
+            }
+        }
+        if raw.schema_version != Some(2) {
+            return Err(invalid("schemaVersion must be 2".into()));
+        }
+        let media_type = match (raw.media_type.as_deref(), header_type) {
+            (Some(body), _) if kind_of(body).is_none() => {
+                return Err(invalid(format!("unsupported manifest mediaType {body:?}")))
+            }
+            (Some(body), Some(header)) if kind_of(header).is_some() && header != body => {
+                return Err(invalid(format!(
+                    "Content-Type {header:?} does not match the manifest's mediaType {body:?}"
+                )))
+            }
+            (Some(body), _) => body.to_owned(),
+            (None, Some(header)) if kind_of(header).is_some() => header.to_owned(),
+            (None, _) if raw.manifests.is_some() => MEDIA_TYPE_OCI_INDEX.to_owned(),
+            (None, _) => MEDIA_TYPE_OCI_MANIFEST.to_owned(),
+        };
+        let kind = kind_of(&media_type).unwrap_or(ManifestKind::Image);
+        match kind {
+            ManifestKind::Image => {
+                if raw.config.is_none() {
+                    return Err(invalid("an image manifest needs a config descriptor".into()));
+                }
+                if raw.layers.is_none() {
+                    return Err(invalid("an image manifest needs a layers array".into()));
+                }
+                if raw.manifests.is_some() {
+                    return Err(invalid("an image manifest cannot list manifests".into()));
+                }
+            }
+            ManifestKind::Index => {
+                if raw.manifests.is_none() {
+                    return Err(invalid("an index needs a manifests array".into()));
+                }
+                if raw.config.is_some() || raw.layers.is_some() {
+                    return Err(invalid("an index cannot have a config or layers".into()));
+                }
+            }
+        }
+        Ok(Self {
+            media_type,
+            kind,
+            artifact_type: raw.artifact_type,
+            config: raw.config,
+            layers: raw.layers.unwrap_or_default(),
+            manifests: raw.manifests.unwrap_or_default(),
+            subject: raw.subject,
+            annotations: raw.annotations,
+        })
+    }
+
+    /// The artifact type the referrers API reports: `artifactType`, else the config's media type.
+    pub fn effective_artifact_type(&self) -> Option<String> {
+        self.artifact_type
+            .clone()
+            .or_else(|| self.config.as_ref().map(|c| c.media_type.clone()))
+    }
+
+    /// Blobs this manifest needs in its repository. Foreign (non-distributable)
+    /// layers with external URLs are not expected to be pushed.
+    pub fn referenced_blobs(&self) -> impl Iterator<Item = &Descriptor> {
+        self.config
+            .iter()
+            .chain(self.layers.iter().filter(|l| l.urls.is_empty()))
+    }
+}
+
+/// A manifest as read back: its bytes, digest and media type.
+#[derive(Debug, Clone)]
+pub struct StoredManifest {
+    pub digest: Digest,
+    pub media_type: String,
+    pub bytes: Vec<u8>,
+}
+
+/// The media type of stored manifest bytes, as Distribution infers it.
+fn stored_media_type(bytes: &[u8]) -> String {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Peek {
+        media_type: Option<String>,
+        manifests: Option<serde::de::IgnoredAny>,
+    }
+    match serde_json::from_slice::<Peek>(bytes) {
+        Ok(Peek {
+            media_type: Some(t), ..
+        }) => t,
+        Ok(Peek {
+            manifests: Some(_), ..
+        }) => MEDIA_TYPE_OCI_INDEX.to_owned(),
+        _ => MEDIA_TYPE_OCI_MANIFEST.to_owned(),
+    }
+}
+
+fn read_blob(root: &Dir, digest: &Digest, limit: u64) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    root.open(paths::blob_data(digest))?
+        .take(limit)
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// Stored manifests are read back with a generous cap, so a corrupt store
+/// cannot make the server allocate without bound.
+const STORED_MANIFEST_LIMIT: u64 = 64 * 1024 * 1024;
+
+fn resolve(root: &Dir, name: &RepositoryName, reference: &Reference) -> Result<Digest> {
+    let unknown = || StorageError::ManifestUnknown(reference.to_string());
+    let digest = match reference {
+        Reference::Tag(tag) => {
+            read_link(root, &paths::tag_current_link(name, tag))?.ok_or_else(unknown)?
+        }
+        Reference::Digest(d) => d.clone(),
+    };
+    match read_link(root, &paths::revision_link(name, &digest))? {
+        Some(linked) if linked == digest => Ok(digest),
+        _ => Err(unknown()),
+    }
+}
+
+impl Storage {
+    /// Validates references and stores a manifest under its digest, and under
+    /// the tag if the reference is one. Returns the manifest's digest.
+    pub async fn put_manifest(
+        &self,
+        name: &RepositoryName,
+        reference: &Reference,
+        bytes: Vec<u8>,
+        manifest: ParsedManifest,
+    ) -> Result<Digest> {
+        let (name, reference) = (name.clone(), reference.clone());
+        self.blocking(move |root| {
+            let digest = match &reference {
+                Reference::Digest(expected) => {
+                    let actual = Digest::of(expected.algorithm(), &bytes);
+                    if &actual != expected {
+                        return Err(StorageError::ManifestDigestMismatch {
+                            expected: expected.clone(),
+                            actual,
+                        });
+                    }
+                    actual
+                }
+                Reference::Tag(_) => Digest::of(Algorithm::Sha256, &bytes),
+            };
+            for blob in manifest.referenced_blobs() {
+                let linked = read_link(root, &paths::layer_link(&name, &blob.digest))?;
+                if linked.as_ref() != Some(&blob.digest) || !Storage::blob_exists(root, &blob.digest)
+                {
+                    return Err(StorageError::ManifestBlobUnknown(blob.digest.clone()));
+                }
+            }
+            for child in &manifest.manifests {
+                if read_link(root, &paths::revision_link(&name, &child.digest))?.is_none() {
+                    return Err(StorageError::ManifestBlobUnknown(child.digest.clone()));
+                }
+            }
+            if !Storage::blob_exists(root, &digest) {
+                write_atomic(root, &paths::blob_data(&digest), &bytes)?;
+            }
+            write_link(root, &paths::revision_link(&name, &digest), &digest)?;
+            if let Some(subject) = &manifest.subject {
+                write_link(
+                    root,
+                    &paths::referrer_link(&name, &subject.digest, &digest),
+                    &digest,
+                )?;
+            }
+            if let Reference::Tag(tag) = &reference {
+                write_link(root, &paths::tag_index_link(&name, tag, &digest), &digest)?;
+                write_link(root, &paths::tag_current_link(&name, tag), &digest)?;
+            }
+            Ok(digest)
+        })
+        .await
+    }
+
+    /// Reads a manifest by tag or digest.
+    pub async fn get_manifest(
+        &self,
+        name: &RepositoryName,
+        reference: &Reference,
+    ) -> Result<StoredManifest> {
+        let (name, reference) = (name.clone(), reference.clone());
+        self.blocking(move |root| {
+            let digest = resolve(root, &name, &reference)?;
+            let bytes = match read_blob(root, &digest, STORED_MANIFEST_LIMIT) {
+                Ok(b) => b,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(StorageError::ManifestUnknown(reference.to_string()))
+                }
+                Err(e) => return Err(e.into()),
+            };
+            Ok(StoredManifest {
+                media_type: stored_media_type(&bytes),
+                digest,
+                bytes,
+            })
+        })
+        .await
+    }
+
+    /// The digest a tag points to now, if it exists.
+    pub async fn tag_target(&self, name: &RepositoryName, tag: &Tag) -> Result<Option<Digest>> {
+        let reference = Reference::Tag(tag.clone());
+        let name = name.clone();
+        self.blocking(move |root| match resolve(root, &name, &reference) {
+            Ok(d) => Ok(Some(d)),
+            Err(StorageError::ManifestUnknown(_)) => Ok(None),
+            Err(e) => Err(e),
+        })
+        .await
+    }
+
+    /// Deletes a manifest by digest: its revision, every tag naming it, and its
+    /// referrers entry. Content goes with the next `gc`.
+    pub async fn delete_manifest(&self, name: &RepositoryName, digest: &Digest) -> Result<()> {
+        let (name, digest) = (name.clone(), digest.clone());
+        self.blocking(move |root| {
+            resolve(root, &name, &Reference::Digest(digest.clone()))?;
+            let subject = read_blob(root, &digest, STORED_MANIFEST_LIMIT)
+                .ok()
+                .and_then(|b| ParsedManifest::parse(&b, None).ok())
+                .and_then(|m| m.subject);
+            for tag in list_dir(root, &paths::tags_dir(&name))? {
+                let Ok(tag) = Tag::parse(&tag) else { continue };
+                if read_link(root, &paths::tag_current_link(&name, &tag))?.as_ref() == Some(&digest)
+                {
+                    remove_tree(root, &paths::tag_dir(&name, &tag))?;
+                }
+            }
+            if let Some(subject) = subject {
+                remove_tree(
+                    root,
+                    &paths::referrer_link_dir(&name, &subject.digest, &digest),
+                )?;
+            }
+            remove_tree(root, &paths::revision_link_dir(&name, &digest))?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Deletes a tag; the manifest it named stays, reachable by digest.
+    pub async fn delete_tag(&self, name: &RepositoryName, tag: &Tag) -> Result<()> {
+        let (name, tag) = (name.clone(), tag.clone());
+        self.blocking(move |root| {
+            if read_link(root, &paths::tag_current_link(&name, &tag))?.is_none() {
+                return Err(StorageError::ManifestUnknown(tag.to_string()));
+            }
+            remove_tree(root, &paths::tag_dir(&name, &tag))?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// All tags of a repository, sorted.
+    pub async fn list_tags(&self, name: &RepositoryName) -> Result<Vec<String>> {
+        let name = name.clone();
+        self.blocking(move |root| {
+            if !root.is_dir(paths::repository_dir(&name)) {
+                return Err(StorageError::NameUnknown(name));
+            }
+            let mut tags: Vec<String> = list_dir(root, &paths::tags_dir(&name))?
+                .into_iter()
+                .filter(|t| {
+                    Tag::parse(t)
+                        .map(|tag| root.is_file(paths::tag_current_link(&name, &tag)))
+                        .unwrap_or(false)
+                })
+                .collect();
+            tags.sort();
+            Ok(tags)
+        })
+        .await
+    }
+
+    /// Descriptors of the manifests in `name` whose subject is `subject`.
+    pub async fn list_referrers(
+        &self,
+        name: &RepositoryName,
+        subject: &Digest,
+    ) -> Result<Vec<Descriptor>> {
+        let (name, subject) = (name.clone(), subject.clone());
+        self.blocking(move |root| {
+            let mut out = Vec::new();
+            for digest in list_digest_dirs(root, &paths::referrers_dir(&name, &subject))? {
+                if read_link(root, &paths::revision_link(&name, &digest))?.is_none() {
+                    continue;
+                }
+                let bytes = match read_blob(root, &digest, STORED_MANIFEST_LIMIT) {
+                    Ok(b) => b,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e.into()),
+                };
+                let Ok(manifest) = ParsedManifest::parse(&bytes, None) else {
+                    continue;
+                };
+                out.push(Descriptor {
+                    media_type: manifest.media_type.clone(),
+                    size: bytes.len() as u64,
+                    digest,
+                    urls: Vec::new(),
+                    artifact_type: manifest.effective_artifact_type(),
+                    annotations: manifest.annotations,
+                });
+            }
+            out.sort_by(|a, b| a.digest.cmp(&b.digest));
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Every repository name in the store, sorted.
+    pub async fn list_repositories(&self) -> Result<Vec<RepositoryName>> {
+        self.blocking(|root| {
+            let mut out = Vec::new();
+            walk_repositories(root, std::path::Path::new(paths::REPOSITORIES), "", &mut out)?;
+            out.sort();
+            Ok(out)
+        })
+        .await
+    }
+}
+
+/// Depth-first walk: a directory holding `_manifests` or `_layers` is a repository;
+/// its other subdirectories may hold nested repositories.
+pub(super) fn walk_repositories(
+    root: &Dir,
+    dir: &std::path::Path,
+    prefix: &str,
+    out: &mut Vec<RepositoryName>,
+) -> io::Result<()> {
+    for entry in list_dir(root, dir)? {
+        if entry.starts_with('_') {
+            continue;
+        }
+        let path = dir.join(&entry);
+        if !root.is_dir(&path) {
+            continue;
+        }
+        let name = if prefix.is_empty() {
+            entry
+        } else {
+            format!("{prefix}/{entry}")
+        };
+        if root.is_dir(path.join("_manifests")) || root.is_dir(path.join("_layers")) {
+            if let Ok(parsed) = RepositoryName::parse(&name) {
+                out.push(parsed);
+            }
+        }
+        walk_repositories(root, &path, &name, out)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desc(d: &str) -> String {
+        format!(
+            r#"{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{d}","size":1}}"#
+        )
+    }
+
+    #[test]
+    fn media_type_comes_from_body_then_header_then_shape() {
+        let d = Digest::of(Algorithm::Sha256, b"x").to_string();
+        let image = format!(r#"{{"schemaVersion":2,"config":{},"layers":[]}}"#, desc(&d));
+        let m = ParsedManifest::parse(image.as_bytes(), None).unwrap();
+        assert_eq!(m.media_type, MEDIA_TYPE_OCI_MANIFEST);
+        let m = ParsedManifest::parse(image.as_bytes(), Some(MEDIA_TYPE_DOCKER_MANIFEST)).unwrap();
+        assert_eq!(m.media_type, MEDIA_TYPE_DOCKER_MANIFEST);
+        let index = format!(r#"{{"schemaVersion":2,"manifests":[{}]}}"#, desc(&d));
+        let m = ParsedManifest::parse(index.as_bytes(), Some("application/json")).unwrap();
+        assert_eq!(m.kind, ManifestKind::Index);
+    }
+
+    #[test]
+    fn malformed_manifests_are_refused_with_a_reason() {
+        let d = Digest::of(Algorithm::Sha256, b"x").to_string();
+        for (bad, why) in [
+            ("not json".to_owned(), "not a valid manifest"),
+            (r#"{"schemaVersion":1}"#.to_owned(), "schemaVersion"),
+            (
+                r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[]}"#
+                    .to_owned(),
+                "config",
+            ),
+            (
+                format!(
+                    r#"{{"schemaVersion":2,"config":{},"layers":[],"layers":[]}}"#,
+                    desc(&d)
+                ),
+                "duplicate",
+            ),
+            (
+                format!(
+                    r#"{{"schemaVersion":2,"config":{},"layers":[]}}"#,
+                    desc("sha256:zz")
+                ),
+                "digest",
+            ),
+            (
+                r#"{"schemaVersion":2,"mediaType":"text/plain","layers":[]}"#.to_owned(),
+                "unsupported",
+            ),
+        ] {
+            let err = ParsedManifest::parse(bad.as_bytes(), None).unwrap_err();
+            assert!(err.to_string().contains(why), "{bad}: {err}");
+        }
+    }
+}
