@@ -3,6 +3,7 @@
 //!
 //! This module only loads and checks values; it does not open files or sockets.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -26,6 +27,72 @@ pub struct Config {
     pub listen: SocketAddr,
     pub storage: StorageConfig,
     pub limits: LimitsConfig,
+    pub auth: AuthConfig,
+    /// Groups and their members: `devs = ["alice", "bob"]`. Policies see a
+    /// caller's groups in the request's identity.
+    pub groups: BTreeMap<String, Vec<String>>,
+    pub policy: PolicyConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// An htpasswd file with bcrypt entries (`htpasswd -B`), as `registry:2` uses.
+    /// Without one, every request is anonymous.
+    pub htpasswd: Option<PathBuf>,
+    /// The realm named in the Basic challenge.
+    pub realm: String,
+    /// How long a verified password is remembered, so bcrypt runs once per
+    /// client and not on every request.
+    #[serde(with = "humantime_serde")]
+    pub cache_ttl: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Where `module` files are found.
+    pub dir: PathBuf,
+    /// Fuel per evaluation (about one unit per Wasm instruction): a runaway loop is stopped.
+    pub fuel: u64,
+    /// Linear memory cap per policy instance, e.g. "16MiB".
+    pub memory: bytesize::ByteSize,
+    /// A warm instance is replaced by a fresh one after this many evaluations.
+    pub recycle_after: u32,
+    /// Compiled policies are cached here (default: `<storage.root>/portcullis/policy-cache`).
+    pub cache_dir: Option<PathBuf>,
+    /// The ordered chain: every policy that applies must allow.
+    pub chain: Vec<PolicyEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyEntry {
+    /// Shown in denials and logs.
+    pub name: String,
+    /// A component file in `policy.dir`, or `builtin:<name>` for a bundled policy.
+    pub module: String,
+    /// The policy's own settings, handed to it as JSON.
+    #[serde(default = "empty_settings")]
+    pub settings: serde_json::Value,
+    /// Only these actions are sent to the policy (default: all).
+    pub actions: Option<Vec<Action>>,
+    /// Only requests for matching repositories are sent to it (globs, `!` excludes).
+    pub repositories: Option<Vec<String>>,
+}
+
+fn empty_settings() -> serde_json::Value {
+    serde_json::Value::Object(Default::default())
+}
+
+/// What a request does, as policies and scopes name it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Pull,
+    Push,
+    Delete,
+    List,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -62,6 +129,20 @@ impl Default for Config {
             limits: LimitsConfig {
                 max_manifest_bytes: 4 * 1024 * 1024,
                 max_page_size: 10_000,
+            },
+            auth: AuthConfig {
+                htpasswd: None,
+                realm: "portcullis".into(),
+                cache_ttl: Duration::from_secs(300),
+            },
+            groups: BTreeMap::new(),
+            policy: PolicyConfig {
+                dir: PathBuf::from("./policies"),
+                fuel: 10_000_000,
+                memory: bytesize::ByteSize::mib(16),
+                recycle_after: 10_000,
+                cache_dir: None,
+                chain: Vec::new(),
             },
         }
     }
@@ -100,7 +181,37 @@ impl Config {
                 "limits.max_page_size must be greater than 0".into(),
             ));
         }
+        if self.policy.fuel == 0 || self.policy.memory.as_u64() == 0 {
+            return Err(ConfigError::Invalid(
+                "policy.fuel and policy.memory must be greater than 0".into(),
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for entry in &self.policy.chain {
+            if !names.insert(entry.name.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "policy.chain: two policies are named {:?}",
+                    entry.name
+                )));
+            }
+            if let Some(repos) = &entry.repositories {
+                portcullis_patterns::PatternList::new(repos).map_err(|e| {
+                    ConfigError::Invalid(format!(
+                        "policy.chain {:?}: repositories: {e}",
+                        entry.name
+                    ))
+                })?;
+            }
+        }
         Ok(())
+    }
+
+    /// Where compiled policies are cached.
+    pub fn policy_cache_dir(&self) -> PathBuf {
+        self.policy
+            .cache_dir
+            .clone()
+            .unwrap_or_else(|| self.storage.root.join("portcullis/policy-cache"))
     }
 
     /// The effective configuration as TOML, for `portcullis config`.
@@ -111,6 +222,7 @@ impl Config {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closure signature, not ours
 mod tests {
     use super::*;
 

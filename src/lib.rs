@@ -1,10 +1,13 @@
 //! Portcullis: an OCI Distribution v1.1 registry.
 //!
-//! `reference` parses names at the edge, `api` speaks HTTP, `storage` owns the
-//! on-disk layout, `config` loads settings, `server` ties them to a listener.
+//! `reference` parses names at the edge, `api` speaks HTTP, `auth` says who
+//! is asking, `policy` decides what they may do, `storage` owns the on-disk
+//! layout, `config` loads settings, `server` ties them to a listener.
 
 pub mod api;
+pub mod auth;
 pub mod config;
+pub mod policy;
 pub mod reference;
 pub mod server;
 pub mod storage;

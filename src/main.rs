@@ -1,4 +1,4 @@
-//! The `portcullis` command line: `serve`, `config`, `gc`.
+//! The `portcullis` command line: `serve`, `config`, `policy check|test`, `gc`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,6 +8,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tracing_subscriber::EnvFilter;
 
 use portcullis::config::Config;
+use portcullis::policy::chain::test_policy;
+use portcullis::policy::request::JsonRequest;
+use portcullis::policy::{Limits, Outcome, PolicyChain, PolicyEngine};
 use portcullis::server::{shutdown_signal, Server};
 use portcullis::storage::{Storage, StorageSettings};
 
@@ -39,6 +42,11 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Check and try out policies.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Remove blobs no manifest references and abandoned uploads.
     Gc {
         #[arg(long, short)]
@@ -46,6 +54,30 @@ enum Command {
         /// Report what would be removed without removing it.
         #[arg(long)]
         dry_run: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Load the config's policy chain (compile, validate settings) and report.
+    Check {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Decide one request with one policy, and print the decision and fuel used.
+    Test {
+        /// The policy component (.wasm).
+        #[arg(long)]
+        policy: PathBuf,
+        /// The policy's settings as JSON.
+        #[arg(long, default_value = "{}")]
+        settings: String,
+        /// The request as JSON (WIT field names), or @FILE.
+        #[arg(long)]
+        request: String,
+        /// Fuel for the evaluation.
+        #[arg(long, default_value_t = 10_000_000)]
+        fuel: u64,
     },
 }
 
@@ -82,8 +114,11 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> Result<(), String> {
     match command {
         Command::Serve { config } => {
-            let config = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
-            let server = Server::bind(config.clone()).await.map_err(|e| e.to_string())?;
+            let config_path = config;
+            let config = Config::load(config_path.as_deref()).map_err(|e| e.to_string())?;
+            let server = Server::bind_watching(config.clone(), config_path)
+                .await
+                .map_err(|e| e.to_string())?;
             tracing::info!(
                 addr = %server.local_addr(),
                 storage = %config.storage.root.display(),
@@ -93,6 +128,44 @@ async fn run(command: Command) -> Result<(), String> {
                 .run(shutdown_signal())
                 .await
                 .map_err(|e| format!("server failed: {e}"))
+        }
+        Command::Policy {
+            command: PolicyCommand::Check { config },
+        } => {
+            let config = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
+            let engine = PolicyEngine::new(Some(config.policy_cache_dir())).map_err(|e| e.to_string())?;
+            let chain = PolicyChain::load(std::sync::Arc::new(engine), &config).map_err(|e| e.to_string())?;
+            println!("policy chain ok: {}", chain.names().join(" -> "));
+            Ok(())
+        }
+        Command::Policy {
+            command:
+                PolicyCommand::Test {
+                    policy,
+                    settings,
+                    request,
+                    fuel,
+                },
+        } => {
+            let request = match request.strip_prefix('@') {
+                Some(file) => std::fs::read_to_string(file).map_err(|e| format!("{file}: {e}"))?,
+                None => request,
+            };
+            let request: JsonRequest =
+                serde_json::from_str(&request).map_err(|e| format!("--request: {e}"))?;
+            let limits = Limits {
+                fuel,
+                memory: 16 << 20,
+                recycle_after: 1,
+            };
+            let measured = test_policy(&policy, &settings, request, limits)?;
+            match measured.outcome {
+                Outcome::Allow => println!("allow"),
+                Outcome::Deny(reason) => println!("deny: {reason}"),
+                Outcome::Failed(reason) => println!("failed: {reason}"),
+            }
+            println!("fuel used: {}", measured.fuel_used);
+            Ok(())
         }
         Command::Config { config } => {
             let config = Config::load(config.as_deref()).map_err(|e| e.to_string())?;

@@ -5,12 +5,16 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
 use crate::api::{self, AppState};
+use crate::auth::{AuthConfigError, Authenticator};
 use crate::config::Config;
+use crate::policy::reload::ChainHolder;
+use crate::policy::{PolicyChain, PolicyEngine, PolicyError};
 use crate::storage::{Storage, StorageSettings};
 
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +23,12 @@ pub enum ServerError {
     Listen { addr: SocketAddr, source: io::Error },
     #[error("{0}")]
     Storage(io::Error),
+    #[error("{0}")]
+    Auth(#[from] AuthConfigError),
+    #[error("cannot start the policy engine: {0}")]
+    Engine(String),
+    #[error("{0}")]
+    Policy(#[from] PolicyError),
 }
 
 pub struct Server {
@@ -28,8 +38,25 @@ pub struct Server {
 }
 
 impl Server {
-    /// Opens storage and binds the configured address.
+    /// Opens storage, loads the policy chain and binds the configured address.
+    /// Policies are not watched for changes: see [`Server::bind_watching`].
     pub async fn bind(config: Config) -> Result<Self, ServerError> {
+        Self::bind_inner(config, None).await
+    }
+
+    /// Like [`Server::bind`], and reloads the policy chain when `config_file`
+    /// or the policies directory changes, or on SIGHUP.
+    pub async fn bind_watching(
+        config: Config,
+        config_file: Option<PathBuf>,
+    ) -> Result<Self, ServerError> {
+        Self::bind_inner(config, Some(config_file)).await
+    }
+
+    async fn bind_inner(
+        config: Config,
+        watch: Option<Option<PathBuf>>,
+    ) -> Result<Self, ServerError> {
         let storage = Storage::open(
             &config.storage.root,
             StorageSettings {
@@ -47,7 +74,29 @@ impl Server {
             addr: config.listen,
             source,
         })?;
-        let router = api::router(Arc::new(AppState { storage, config }));
+        let auth = Arc::new(Authenticator::from_config(&config)?);
+        let engine = Arc::new(
+            PolicyEngine::new(Some(config.policy_cache_dir()))
+                .map_err(|e| ServerError::Engine(e.to_string()))?,
+        );
+        let chain = {
+            let (engine, config) = (Arc::clone(&engine), config.clone());
+            tokio::task::spawn_blocking(move || PolicyChain::load(engine, &config))
+                .await
+                .map_err(|e| ServerError::Engine(e.to_string()))??
+        };
+        tracing::info!(policies = ?chain.names(), "policy chain loaded");
+        let config_file = watch.clone().flatten();
+        let policies = Arc::new(ChainHolder::new(chain, engine, config_file));
+        if watch.is_some() {
+            policies.watch(config.policy.dir.clone());
+        }
+        let router = api::router(Arc::new(AppState {
+            storage,
+            config,
+            auth,
+            policies,
+        }));
         Ok(Self {
             listener,
             router,
@@ -61,8 +110,12 @@ impl Server {
 
     /// Serves until `shutdown` completes, then lets requests in flight finish.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> io::Result<()> {
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
+        axum::serve(
+            self.listener,
+            self.router
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
             .await
     }
 }

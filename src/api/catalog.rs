@@ -4,16 +4,28 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use serde_json::json;
 
+use super::access::{allows, Caller};
 use super::error::ApiResult;
 use super::{header_value, next_link, paginate, pagination, Query, SharedState};
+use crate::config::Action;
+use crate::policy::request::Resource;
+use crate::policy::Access;
 
-pub async fn list(state: &SharedState, query: &Query) -> ApiResult {
+/// Lists only the repositories the caller may list, so names stay private too.
+pub async fn list(state: &SharedState, caller: &Caller, query: &Query) -> ApiResult {
     let (n, last) = pagination(query, state.config.limits.max_page_size)?;
     let names = state
         .storage
         .list_repositories()
         .await?
         .into_iter()
+        .filter(|name| {
+            allows(
+                state,
+                caller,
+                &Access::new(Action::List, Resource::Catalog, name.clone()),
+            )
+        })
         .map(|n| n.as_str().to_owned())
         .collect();
     let (page, more) = paginate(names, n, last.as_deref());

@@ -5,9 +5,13 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 
+use super::access::{authorize, Caller};
 use super::error::{ApiError, ApiResult, ErrorCode};
 use super::{header_str, header_value, SharedState};
-use crate::reference::{Reference, RepositoryName};
+use crate::config::Action;
+use crate::policy::request::{ManifestFacts, Resource};
+use crate::policy::Access;
+use crate::reference::{Algorithm, Digest, Reference, RepositoryName};
 use crate::storage::{
     ParsedManifest, MEDIA_TYPE_DOCKER_LIST, MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_OCI_INDEX,
     MEDIA_TYPE_OCI_MANIFEST,
@@ -97,6 +101,7 @@ async fn read_limited(body: Body, limit: u64) -> ApiResult<Vec<u8>> {
 
 pub async fn put(
     state: &SharedState,
+    caller: &Caller,
     name: &RepositoryName,
     reference: &Reference,
     headers: &HeaderMap,
@@ -110,6 +115,21 @@ pub async fn put(
     let bytes = read_limited(body, limit).await?;
     let manifest = ParsedManifest::parse(&bytes, header_str(headers, header::CONTENT_TYPE))?;
     let subject = manifest.subject.as_ref().map(|s| s.digest.clone());
+
+    // The policy sees the manifest and, for a tag, what the tag names now.
+    let algorithm = match reference {
+        Reference::Digest(d) => d.algorithm(),
+        Reference::Tag(_) => Algorithm::Sha256,
+    };
+    let digest = Digest::of(algorithm, &bytes);
+    let mut access = Access::new(Action::Push, Resource::Manifest, name.clone())
+        .with_reference(reference.clone());
+    access.manifest = Some(ManifestFacts::new(&manifest, digest, bytes.len() as u64));
+    if let Reference::Tag(tag) = reference {
+        access.current_digest = state.storage.tag_target(name, tag).await?;
+    }
+    authorize(state, caller, &access)?;
+
     let digest = state
         .storage
         .put_manifest(name, reference, bytes, manifest)
@@ -137,7 +157,21 @@ pub async fn put(
     Ok(response)
 }
 
-pub async fn delete(state: &SharedState, name: &RepositoryName, reference: &Reference) -> ApiResult {
+pub async fn delete(
+    state: &SharedState,
+    caller: &Caller,
+    name: &RepositoryName,
+    reference: &Reference,
+) -> ApiResult {
+    let mut access = Access::new(Action::Delete, Resource::Manifest, name.clone())
+        .with_reference(reference.clone());
+    match reference {
+        Reference::Tag(tag) => access.current_digest = state.storage.tag_target(name, tag).await?,
+        Reference::Digest(digest) => {
+            access.digest_tags = state.storage.tags_pointing_to(name, digest).await?
+        }
+    }
+    authorize(state, caller, &access)?;
     if !state.config.storage.delete_enabled {
         return Err(ApiError::new(
             ErrorCode::Unsupported,

@@ -5,6 +5,7 @@
 //! response. Cross-cutting concerns (access log, the API version header) are a
 //! middleware layer here, not repeated in handlers.
 
+pub mod access;
 mod blobs;
 mod catalog;
 pub mod error;
@@ -16,17 +17,24 @@ mod tags;
 mod uploads;
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 
-use crate::config::Config;
+use crate::auth::Authenticator;
+use crate::config::{Action, Config};
+use crate::policy::reload::ChainHolder;
+use crate::policy::request::Resource;
+use crate::policy::Access;
+use crate::reference::{Reference, RepositoryName};
 use crate::storage::Storage;
+use access::authorize;
 use error::{ApiError, ApiResult, ErrorCode};
 use route::Route;
 
@@ -34,6 +42,8 @@ use route::Route;
 pub struct AppState {
     pub storage: Storage,
     pub config: Config,
+    pub auth: Arc<Authenticator>,
+    pub policies: Arc<ChainHolder>,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -59,40 +69,68 @@ async fn route(state: SharedState, request: Request) -> ApiResult {
     let method = parts.method.clone();
     let headers = &parts.headers;
     let head = method == Method::HEAD;
+    let ip = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    let caller = access::identify(&state, headers, ip).await?;
+    // Routes whose access is known from the URL alone are authorised here;
+    // manifest PUT/DELETE, uploads with a mount and the catalog need more
+    // context and authorise in their handlers.
+    let check = |action, resource, name: &RepositoryName, reference: Option<Reference>| {
+        let mut access = Access::new(action, resource, name.clone());
+        access.reference = reference;
+        authorize(&state, &caller, &access)
+    };
     match (route, method) {
-        (Route::Base, Method::GET | Method::HEAD) => Ok((
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/json")],
-            "{}",
-        )
-            .into_response()),
-        (Route::Catalog, Method::GET) => catalog::list(&state, &query).await,
-        (Route::Tags(name), Method::GET) => tags::list(&state, &name, &query).await,
+        (Route::Base, Method::GET | Method::HEAD) => {
+            access::check_base(&state, &caller)?;
+            Ok((
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                "{}",
+            )
+                .into_response())
+        }
+        (Route::Catalog, Method::GET) => catalog::list(&state, &caller, &query).await,
+        (Route::Tags(name), Method::GET) => {
+            check(Action::List, Resource::Tags, &name, None)?;
+            tags::list(&state, &name, &query).await
+        }
         (Route::Manifest(name, reference), Method::GET | Method::HEAD) => {
+            check(Action::Pull, Resource::Manifest, &name, Some(reference.clone()))?;
             manifests::get(&state, &name, &reference, headers, head).await
         }
         (Route::Manifest(name, reference), Method::PUT) => {
-            manifests::put(&state, &name, &reference, headers, body).await
+            manifests::put(&state, &caller, &name, &reference, headers, body).await
         }
         (Route::Manifest(name, reference), Method::DELETE) => {
-            manifests::delete(&state, &name, &reference).await
+            manifests::delete(&state, &caller, &name, &reference).await
         }
         (Route::Blob(name, digest), Method::GET | Method::HEAD) => {
+            check(Action::Pull, Resource::Blob, &name, Some(Reference::Digest(digest.clone())))?;
             blobs::get(&state, &name, &digest, headers, head).await
         }
-        (Route::Blob(name, digest), Method::DELETE) => blobs::delete(&state, &name, &digest).await,
+        (Route::Blob(name, digest), Method::DELETE) => {
+            check(Action::Delete, Resource::Blob, &name, Some(Reference::Digest(digest.clone())))?;
+            blobs::delete(&state, &name, &digest).await
+        }
         (Route::UploadStart(name), Method::POST) => {
-            uploads::start(&state, &name, &query, headers, body).await
+            uploads::start(&state, &caller, &name, &query, headers, body).await
         }
-        (Route::Upload(name, id), Method::GET) => uploads::status(&state, &name, id).await,
-        (Route::Upload(name, id), Method::PATCH) => {
-            uploads::patch(&state, &name, id, headers, body).await
+        (Route::Upload(name, id), method) => {
+            check(Action::Push, Resource::Upload, &name, None)?;
+            match method {
+                Method::GET => uploads::status(&state, &name, id).await,
+                Method::PATCH => uploads::patch(&state, &name, id, headers, body).await,
+                Method::PUT => uploads::put(&state, &name, id, &query, headers, body).await,
+                Method::DELETE => uploads::cancel(&state, &name, id).await,
+                _ => Err(ApiError::method_not_allowed()),
+            }
         }
-        (Route::Upload(name, id), Method::PUT) => {
-            uploads::put(&state, &name, id, &query, headers, body).await
-        }
-        (Route::Upload(name, id), Method::DELETE) => uploads::cancel(&state, &name, id).await,
         (Route::Referrers(name, digest), Method::GET) => {
+            check(Action::Pull, Resource::Referrers, &name, Some(Reference::Digest(digest.clone())))?;
             referrers::list(&state, &name, &digest, &query).await
         }
         _ => Err(ApiError::method_not_allowed()),
@@ -127,7 +165,7 @@ pub(crate) fn upload_range(size: u64) -> String {
     format!("0-{}", size.saturating_sub(1))
 }
 
-pub(crate) fn header_str<'a>(headers: &'a HeaderMap, name: header::HeaderName) -> Option<&'a str> {
+pub(crate) fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 

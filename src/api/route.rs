@@ -25,13 +25,10 @@ fn decode(segment: &str) -> String {
     percent_decode_str(segment).decode_utf8_lossy().into_owned()
 }
 
+/// Names are not percent-decoded: the grammar has no character that needs
+/// encoding, so `%2e%2e` or `a%2fb` is simply an invalid name.
 fn name(segments: &[&str]) -> ApiResult<RepositoryName> {
-    let joined = segments
-        .iter()
-        .map(|s| decode(s))
-        .collect::<Vec<_>>()
-        .join("/");
-    Ok(RepositoryName::parse(&joined)?)
+    Ok(RepositoryName::parse(&segments.join("/"))?)
 }
 
 impl Route {
@@ -137,7 +134,8 @@ mod tests {
             ("/v2//x/manifests/latest", ErrorCode::NameInvalid),
             ("/v2/X/tags/list", ErrorCode::NameInvalid),
             ("/v2/x/blobs/sha256:abc", ErrorCode::DigestInvalid),
-            ("/v2/x/blobs/uploads/../../etc", ErrorCode::BlobUploadUnknown),
+            ("/v2/x/blobs/uploads/..%2f..%2fetc", ErrorCode::BlobUploadUnknown),
+            ("/v2/x/blobs/uploads/../../etc", ErrorCode::Unsupported),
             ("/v2/manifests/latest", ErrorCode::Unsupported),
             ("/v3/x", ErrorCode::Unsupported),
         ] {

@@ -7,10 +7,14 @@ use axum::body::Body;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
+use super::access::{allows, authorize, Caller};
 use super::error::{ApiError, ApiResult, ErrorCode};
 use super::ranges::parse_content_range;
 use super::{header_str, header_value, upload_range, Query, SharedState};
-use crate::reference::{Digest, RepositoryName, UploadId};
+use crate::config::Action;
+use crate::policy::request::Resource;
+use crate::policy::Access;
+use crate::reference::{Digest, Reference, RepositoryName, UploadId};
 use crate::storage::uploads::ChunkBounds;
 
 fn session_location(name: &RepositoryName, id: UploadId) -> String {
@@ -85,16 +89,32 @@ fn chunk_bounds(headers: &HeaderMap) -> ApiResult<ChunkBounds> {
 
 pub async fn start(
     state: &SharedState,
+    caller: &Caller,
     name: &RepositoryName,
     query: &Query,
     headers: &HeaderMap,
     body: Body,
 ) -> ApiResult {
     let storage = &state.storage;
-    if let Some(mount) = query_digest(query, "mount")? {
-        if let Some(from) = query.get("from") {
-            let from = RepositoryName::parse(from)?;
-            if storage.mount_blob(name, &from, &mount).await?.is_some() {
+    let mount = query_digest(query, "mount")?;
+    let from = query.get("from").map(RepositoryName::parse).transpose()?;
+    let mut access = Access::new(Action::Push, Resource::Upload, name.clone());
+    access.reference = query_digest(query, "digest")?
+        .or_else(|| mount.clone())
+        .map(Reference::Digest);
+    access.mount_from = from.clone().filter(|_| mount.is_some());
+    authorize(state, caller, &access)?;
+    if let Some(mount) = mount {
+        // Mounting reads the source: the caller must be allowed to pull it there.
+        // If not, they get an upload session, and learn nothing about the source.
+        let source_pull = from.as_ref().map(|from| {
+            Access::new(Action::Pull, Resource::Blob, from.clone())
+                .with_reference(Reference::Digest(mount.clone()))
+        });
+        if let (Some(from), Some(pull)) = (&from, source_pull) {
+            if allows(state, caller, &pull)
+                && storage.mount_blob(name, from, &mount).await?.is_some()
+            {
                 return created(name, &mount);
             }
         }

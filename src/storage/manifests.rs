@@ -330,6 +330,20 @@ impl Storage {
         .await
     }
 
+    /// The tags that point to `digest` now, sorted.
+    pub async fn tags_pointing_to(&self, name: &RepositoryName, digest: &Digest) -> Result<Vec<String>> {
+        let (name, digest) = (name.clone(), digest.clone());
+        self.blocking(move |root| {
+            let mut tags: Vec<String> = tags_naming(root, &name, &digest)?
+                .into_iter()
+                .map(|t| t.to_string())
+                .collect();
+            tags.sort();
+            Ok(tags)
+        })
+        .await
+    }
+
     /// Deletes a manifest by digest: its revision, every tag naming it, and its
     /// referrers entry. Content goes with the next `gc`.
     pub async fn delete_manifest(&self, name: &RepositoryName, digest: &Digest) -> Result<()> {
@@ -340,12 +354,8 @@ impl Storage {
                 .ok()
                 .and_then(|b| ParsedManifest::parse(&b, None).ok())
                 .and_then(|m| m.subject);
-            for tag in list_dir(root, &paths::tags_dir(&name))? {
-                let Ok(tag) = Tag::parse(&tag) else { continue };
-                if read_link(root, &paths::tag_current_link(&name, &tag))?.as_ref() == Some(&digest)
-                {
-                    remove_tree(root, &paths::tag_dir(&name, &tag))?;
-                }
+            for tag in tags_naming(root, &name, &digest)? {
+                remove_tree(root, &paths::tag_dir(&name, &tag))?;
             }
             if let Some(subject) = subject {
                 remove_tree(
@@ -439,6 +449,17 @@ impl Storage {
         })
         .await
     }
+}
+
+fn tags_naming(root: &Dir, name: &RepositoryName, digest: &Digest) -> io::Result<Vec<Tag>> {
+    let mut tags = Vec::new();
+    for tag in list_dir(root, &paths::tags_dir(name))? {
+        let Ok(tag) = Tag::parse(&tag) else { continue };
+        if read_link(root, &paths::tag_current_link(name, &tag))?.as_ref() == Some(digest) {
+            tags.push(tag);
+        }
+    }
+    Ok(tags)
 }
 
 /// Depth-first walk: a directory holding `_manifests` or `_layers` is a repository;

@@ -1,0 +1,191 @@
+//! The ordered chain of policies and the decision over it: every policy whose
+//! scope covers the request must allow; the first denial or failure wins.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use portcullis_patterns::PatternList;
+
+use super::engine::{EngineError, Limits, Outcome, PolicyEngine, PolicyRuntime};
+use super::request::Access;
+use super::builtin;
+use crate::auth::Identity;
+use crate::config::{Action, Config, PolicyEntry};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("policy {name}: cannot read module {path}: {source}")]
+    Read {
+        name: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("policy {name}: there is no bundled policy {module:?} (bundled: {known})")]
+    UnknownBuiltin {
+        name: String,
+        module: String,
+        known: String,
+    },
+    #[error("policy {name}: {source}")]
+    Engine { name: String, source: EngineError },
+}
+
+/// The result of running a request through the chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Allow,
+    Deny { policy: String, reason: String },
+    /// A policy trapped, ran out of fuel or memory: the request is denied.
+    Failed { policy: String, reason: String },
+}
+
+struct Scoped {
+    runtime: PolicyRuntime,
+    actions: Option<Vec<Action>>,
+    repositories: Option<PatternList>,
+}
+
+impl Scoped {
+    fn applies(&self, access: &Access) -> bool {
+        self.actions
+            .as_ref()
+            .is_none_or(|a| a.contains(&access.action))
+            && self
+                .repositories
+                .as_ref()
+                .is_none_or(|r| r.matches(access.repository.as_str()))
+    }
+}
+
+/// An immutable, loaded chain. A reload builds a new one and swaps it in.
+pub struct PolicyChain {
+    engine: Arc<PolicyEngine>,
+    policies: Vec<Scoped>,
+}
+
+impl PolicyChain {
+    /// The limits a config sets for every policy.
+    pub fn limits(config: &Config) -> Limits {
+        Limits {
+            fuel: config.policy.fuel,
+            memory: usize::try_from(config.policy.memory.as_u64()).unwrap_or(usize::MAX),
+            recycle_after: config.policy.recycle_after.max(1),
+        }
+    }
+
+    /// Compiles every module and validates every policy's settings; any
+    /// problem refuses the whole chain.
+    pub fn load(engine: Arc<PolicyEngine>, config: &Config) -> Result<Self, PolicyError> {
+        let limits = Self::limits(config);
+        let mut policies = Vec::with_capacity(config.policy.chain.len());
+        for entry in &config.policy.chain {
+            let runtime = load_one(&engine, config, entry, limits)?;
+            policies.push(Scoped {
+                runtime,
+                actions: entry.actions.clone(),
+                repositories: entry
+                    .repositories
+                    .as_ref()
+                    .and_then(|r| PatternList::new(r).ok()),
+            });
+        }
+        Ok(Self { engine, policies })
+    }
+
+    /// The policy names, in order.
+    pub fn names(&self) -> Vec<&str> {
+        self.policies.iter().map(|p| p.runtime.name()).collect()
+    }
+
+    /// Decides `access` by `identity` from `client`.
+    pub fn evaluate(&self, access: &Access, identity: &Identity, client: IpAddr) -> Verdict {
+        let mut request = None;
+        for policy in self.policies.iter().filter(|p| p.applies(access)) {
+            let request = request.get_or_insert_with(|| access.to_wit(identity, client));
+            let started = Instant::now();
+            let measured = policy.runtime.evaluate(&self.engine, request);
+            let name = policy.runtime.name();
+            tracing::debug!(
+                policy = name,
+                outcome = ?measured.outcome,
+                fuel = measured.fuel_used,
+                micros = started.elapsed().as_micros() as u64,
+                "policy evaluated"
+            );
+            match measured.outcome {
+                Outcome::Allow => continue,
+                Outcome::Deny(reason) => {
+                    return Verdict::Deny {
+                        policy: name.to_owned(),
+                        reason,
+                    }
+                }
+                Outcome::Failed(reason) => {
+                    tracing::error!(policy = name, %reason, "policy failed; request denied");
+                    return Verdict::Failed {
+                        policy: name.to_owned(),
+                        reason,
+                    };
+                }
+            }
+        }
+        Verdict::Allow
+    }
+
+}
+
+/// Loads one policy file with `settings` and decides one request, for
+/// `portcullis policy test`: what authors run before deploying a policy.
+pub fn test_policy(
+    module: &std::path::Path,
+    settings: &str,
+    request: super::request::JsonRequest,
+    limits: Limits,
+) -> Result<super::engine::Measured, String> {
+    let engine = PolicyEngine::new(None).map_err(|e| e.to_string())?;
+    let wasm = std::fs::read(module).map_err(|e| format!("cannot read {}: {e}", module.display()))?;
+    let label = module.display().to_string();
+    let pre = engine.compile(&label, &wasm).map_err(|e| e.to_string())?;
+    let runtime = PolicyRuntime::new(&engine, label, settings.to_owned(), pre, limits)
+        .map_err(|e| e.to_string())?;
+    Ok(runtime.evaluate(&engine, &request.into_wit()))
+}
+
+fn load_one(
+    engine: &PolicyEngine,
+    config: &Config,
+    entry: &PolicyEntry,
+    limits: Limits,
+) -> Result<PolicyRuntime, PolicyError> {
+    let name = entry.name.clone();
+    let wasm: std::borrow::Cow<'static, [u8]> = match entry.module.strip_prefix("builtin:") {
+        Some(builtin_name) => builtin::lookup(builtin_name)
+            .ok_or_else(|| PolicyError::UnknownBuiltin {
+                name: name.clone(),
+                module: builtin_name.to_owned(),
+                known: builtin::names().collect::<Vec<_>>().join(", "),
+            })?
+            .into(),
+        None => {
+            let path = config.policy.dir.join(&entry.module);
+            std::fs::read(&path)
+                .map_err(|source| PolicyError::Read {
+                    name: name.clone(),
+                    path,
+                    source,
+                })?
+                .into()
+        }
+    };
+    let engine_error = |source| PolicyError::Engine {
+        name: name.clone(),
+        source,
+    };
+    let pre = engine
+        .compile(&entry.module, &wasm)
+        .map_err(engine_error)?;
+    PolicyRuntime::new(engine, name.clone(), entry.settings.to_string(), pre, limits)
+        .map_err(engine_error)
+}

@@ -1,0 +1,156 @@
+//! Hot reload: the current chain behind an `ArcSwap`, rebuilt off the request
+//! path when the config file or a file in the policies directory changes (or
+//! on SIGHUP). A broken config or policy leaves the running chain in place.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use super::chain::PolicyChain;
+use super::engine::PolicyEngine;
+use crate::config::Config;
+
+/// The chain in force. Requests load it once and finish on it, whatever swaps happen meanwhile.
+pub struct ChainHolder {
+    current: ArcSwap<PolicyChain>,
+    engine: Arc<PolicyEngine>,
+    config_file: Option<PathBuf>,
+}
+
+impl ChainHolder {
+    pub fn new(chain: PolicyChain, engine: Arc<PolicyEngine>, config_file: Option<PathBuf>) -> Self {
+        Self {
+            current: ArcSwap::from_pointee(chain),
+            engine,
+            config_file,
+        }
+    }
+
+    pub fn current(&self) -> Arc<PolicyChain> {
+        self.current.load_full()
+    }
+
+    /// Re-reads the config and rebuilds the chain; on success swaps it in.
+    pub fn reload(&self) -> Result<Vec<String>, String> {
+        let config = Config::load(self.config_file.as_deref()).map_err(|e| e.to_string())?;
+        let chain = PolicyChain::load(Arc::clone(&self.engine), &config).map_err(|e| e.to_string())?;
+        let names = chain.names().iter().map(|s| s.to_string()).collect();
+        self.current.store(Arc::new(chain));
+        Ok(names)
+    }
+
+    /// Watches the config file and the policies directory, and SIGHUP, and
+    /// reloads on change. Runs until the process ends.
+    pub fn watch(self: &Arc<Self>, policy_dir: PathBuf) {
+        use notify::{RecursiveMode, Watcher};
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let notify_tx = tx.clone();
+        let relevant = Relevant {
+            config_file: self.config_file.as_ref().and_then(|f| f.file_name()).map(Into::into),
+            policy_dir: policy_dir.canonicalize().unwrap_or_else(|_| policy_dir.clone()),
+        };
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if let Ok(event) = event {
+                if !event.kind.is_access() && event.paths.iter().any(|p| relevant.matches(p)) {
+                    let _ = notify_tx.send(());
+                }
+            }
+        });
+        let mut watcher = match watcher {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch for policy changes; SIGHUP still reloads");
+                return self.watch_signal_only(tx, rx);
+            }
+        };
+        // Watch directories, not files: editors and ConfigMaps replace files by rename.
+        let mut watched = vec![policy_dir];
+        if let Some(file) = &self.config_file {
+            watched.push(
+                file.parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| PathBuf::from(".")),
+            );
+        }
+        for dir in &watched {
+            if dir.is_dir() {
+                if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot watch directory");
+                }
+            }
+        }
+        spawn_sighup(tx);
+        let holder = Arc::clone(self);
+        tokio::spawn(async move {
+            let _watcher = watcher;
+            while rx.recv().await.is_some() {
+                // Let a burst of events (an editor's save, a ConfigMap swap) settle.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                while rx.try_recv().is_ok() {}
+                holder.reload_logged().await;
+            }
+        });
+    }
+
+    fn watch_signal_only(
+        self: &Arc<Self>,
+        tx: tokio::sync::mpsc::UnboundedSender<()>,
+        mut rx: tokio::sync::mpsc::UnboundedReceiver<()>,
+    ) {
+        spawn_sighup(tx);
+        let holder = Arc::clone(self);
+        tokio::spawn(async move {
+            while rx.recv().await.is_some() {
+                holder.reload_logged().await;
+            }
+        });
+    }
+
+    async fn reload_logged(self: &Arc<Self>) {
+        let holder = Arc::clone(self);
+        let result = tokio::task::spawn_blocking(move || holder.reload()).await;
+        match result {
+            Ok(Ok(names)) => tracing::info!(policies = ?names, "policy chain reloaded"),
+            Ok(Err(e)) => tracing::error!(
+                config = ?self.config_file,
+                error = %e,
+                "policy reload failed; the previous chain stays in force"
+            ),
+            Err(e) => tracing::error!(error = %e, "policy reload task failed"),
+        }
+    }
+}
+
+/// Which changed paths mean a reload: the config file (by name, since it is
+/// watched through its directory) and component files in the policies directory.
+struct Relevant {
+    config_file: Option<std::ffi::OsString>,
+    policy_dir: PathBuf,
+}
+
+impl Relevant {
+    fn matches(&self, path: &std::path::Path) -> bool {
+        let is_config = self.config_file.as_deref().is_some_and(|f| path.file_name() == Some(f));
+        let is_policy = path.parent().is_some_and(|p| {
+            p == self.policy_dir || p.canonicalize().is_ok_and(|p| p == self.policy_dir)
+        }) && path.extension().is_some_and(|e| e == "wasm");
+        is_config || is_policy
+    }
+}
+
+fn spawn_sighup(tx: tokio::sync::mpsc::UnboundedSender<()>) {
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            if tx.send(()).is_err() {
+                return;
+            }
+        }
+    });
+}

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# End-to-end tests: real clients (docker, skopeo, podman) and CNCF Distribution
+# against a real portcullis binary, all on loopback in a scratch directory.
+#
+#   bash tests/e2e/run.sh                 # every tests/e2e/test_*.sh
+#   bash tests/e2e/run.sh skopeo docker   # only test_skopeo.sh and test_docker.sh
+#
+# Needs root (dockerd and rootful podman) and, on Debian 12, these packages:
+#
+#   apt-get install -y docker.io skopeo podman docker-registry python3 curl
+#
+# docker.io brings dockerd, containerd and runc; docker-registry is CNCF
+# Distribution 2.8 (registry:2); podman pulls in conmon and
+# golang-github-containers-common. No network is used beyond loopback.
+#
+# Environment:
+#   PORTCULLIS_BIN             binary to test (default: `cargo build`, then target/debug/portcullis)
+#   E2E_SKIP                   test names to skip, e.g. "podman"; each counts as neither passed nor failed
+#   E2E_KEEP=1                 keep the scratch directory (logs, storage) for a look afterwards
+#   E2E_DOCKER_STORAGE_DRIVER  dockerd's storage driver (default vfs: slow, but works everywhere)
+#
+# Each check prints `ok - ...` or `not ok - ...`; the last line is the summary.
+
+set -u -o pipefail
+
+E2E_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$E2E_DIR/../.." && pwd)
+
+if [[ -z ${PORTCULLIS_BIN:-} ]]; then
+    echo "# building portcullis (cargo build)"
+    (cd "$REPO" && cargo build --quiet --bin portcullis) || {
+        echo "not ok - cargo build"
+        echo "e2e: 0 passed, 1 failed"
+        exit 1
+    }
+    PORTCULLIS_BIN=$REPO/target/debug/portcullis
+fi
+if [[ ! -x $PORTCULLIS_BIN ]]; then
+    echo "not ok - PORTCULLIS_BIN=$PORTCULLIS_BIN is an executable"
+    echo "e2e: 0 passed, 1 failed"
+    exit 1
+fi
+E2E_PORTCULLIS_BIN=$(cd "$(dirname "$PORTCULLIS_BIN")" && pwd)/$(basename "$PORTCULLIS_BIN")
+# The server reads every PORTCULLIS_* variable as configuration; this one is the runner's.
+unset PORTCULLIS_BIN
+
+# Short path: dockerd's unix sockets live below it (108-byte limit).
+E2E_TMP=$(mktemp -d /tmp/pc-e2e.XXXX)
+child=
+cleanup() {
+    # A test stopped from outside still gets to stop its daemons first.
+    if [[ -n $child ]] && kill -TERM "$child" 2>/dev/null; then
+        wait "$child"
+    fi
+    if [[ ${E2E_KEEP:-} == 1 ]]; then
+        echo "# kept $E2E_TMP"
+    else
+        rm -rf "$E2E_TMP"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+export E2E_TMP E2E_PORTCULLIS_BIN
+
+selected=("$@")
+passed=0
+failed=0
+for script in "$E2E_DIR"/test_*.sh; do
+    name=$(basename "$script" .sh)
+    name=${name#test_}
+    if [[ ${#selected[@]} -gt 0 && " ${selected[*]} " != *" $name "* ]]; then
+        continue
+    fi
+    if [[ " ${E2E_SKIP:-} " == *" $name "* ]]; then
+        echo "# skipping $name (E2E_SKIP)"
+        continue
+    fi
+    echo "# $name"
+    export E2E_RESULTS=$E2E_TMP/$name.results
+    : >"$E2E_RESULTS"
+    started=$SECONDS
+    bash "$script" &
+    child=$!
+    wait "$child"
+    status=$?
+    child=
+    if [[ $status -ne 0 ]] && ! grep -qx 'not ok' "$E2E_RESULTS"; then
+        echo "not ok - $name ran to the end (exit status $status)"
+        echo "not ok" >>"$E2E_RESULTS"
+    fi
+    echo "# $name took $((SECONDS - started))s"
+    passed=$((passed + $(grep -cx 'ok' "$E2E_RESULTS")))
+    failed=$((failed + $(grep -cx 'not ok' "$E2E_RESULTS")))
+done
+
+echo "e2e: $passed passed, $failed failed"
+[[ $failed -eq 0 && $passed -gt 0 ]]

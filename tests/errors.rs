@@ -1,0 +1,185 @@
+//! What a client that sends something wrong gets back: the spec's status and
+//! error code, in the `{"errors":[{"code","message"}]}` body, for bad names,
+//! bad digests, unknown content and unsupported methods. Hostile paths go over
+//! a bare socket because HTTP clients normalise them away.
+
+mod common;
+
+use common::{expect_error, expect_raw_error, sha256, Image, TestRegistry};
+use reqwest::Method;
+
+#[tokio::test]
+async fn invalid_repository_names_are_name_invalid() {
+    let registry = TestRegistry::start().await;
+    for path in [
+        "/v2/Uppercase/tags/list",
+        "/v2/UPPER/case/manifests/latest",
+        "/v2/trailing-/manifests/latest",
+        "/v2/double..dot/manifests/latest",
+        "/v2/a//b/manifests/latest",
+        "/v2/sp%20ace/blobs/uploads/",
+    ] {
+        let response = registry.raw_request("GET", path).await;
+        expect_raw_error(&response, 400, "NAME_INVALID");
+    }
+}
+
+#[tokio::test]
+async fn path_traversal_in_a_name_is_name_invalid_and_touches_nothing() {
+    let registry = TestRegistry::start().await;
+    for (method, path) in [
+        ("GET", "/v2/../../etc/manifests/latest"),
+        ("GET", "/v2/x/../y/tags/list"),
+        ("GET", "/v2/%2e%2e/%2e%2e/etc/manifests/latest"),
+        ("GET", "/v2/%2E%2E/x/tags/list"),
+        ("POST", "/v2/../escape/blobs/uploads/"),
+        ("POST", "/v2/%2e%2e/escape/blobs/uploads/"),
+        ("GET", "/v2/a%2f..%2fb/tags/list"),
+    ] {
+        let response = registry.raw_request(method, path).await;
+        expect_raw_error(&response, 400, "NAME_INVALID");
+    }
+    let outside = registry.root().join("docker/registry/escape");
+    assert!(!outside.exists(), "nothing was created outside the layout");
+    let repositories = registry.root().join("docker/registry/v2/repositories");
+    assert_eq!(
+        std::fs::read_dir(repositories).unwrap().count(),
+        0,
+        "no repository was created"
+    );
+}
+
+#[tokio::test]
+async fn invalid_digests_are_digest_invalid() {
+    let registry = TestRegistry::start().await;
+    let short = "sha256:abc";
+    let upper = format!("sha256:{}", "A".repeat(64));
+    let unknown_algorithm = format!("md5:{}", "a".repeat(32));
+    for digest in [short, upper.as_str(), unknown_algorithm.as_str()] {
+        let blob = registry.get(&format!("/v2/repo/blobs/{digest}")).await;
+        expect_error(blob, 400, "DIGEST_INVALID").await;
+        let manifest = registry.get(&format!("/v2/repo/manifests/{digest}")).await;
+        expect_error(manifest, 400, "DIGEST_INVALID").await;
+        let referrers = registry.get(&format!("/v2/repo/referrers/{digest}")).await;
+        expect_error(referrers, 400, "DIGEST_INVALID").await;
+        let post = registry
+            .request(
+                Method::POST,
+                &format!("/v2/repo/blobs/uploads/?digest={digest}"),
+            )
+            .body(b"data".to_vec())
+            .send()
+            .await
+            .unwrap();
+        expect_error(post, 400, "DIGEST_INVALID").await;
+    }
+}
+
+#[tokio::test]
+async fn committing_an_upload_without_a_digest_is_digest_invalid() {
+    let registry = TestRegistry::start().await;
+    let session = registry.start_upload("nodigest").await;
+    let put = registry
+        .http
+        .put(&session)
+        .body(b"data".to_vec())
+        .send()
+        .await
+        .unwrap();
+    expect_error(put, 400, "DIGEST_INVALID").await;
+    let bad = registry
+        .http
+        .put(format!("{session}?digest=sha256:nope"))
+        .send()
+        .await
+        .unwrap();
+    expect_error(bad, 400, "DIGEST_INVALID").await;
+}
+
+#[tokio::test]
+async fn unknown_content_is_the_matching_unknown_code() {
+    let registry = TestRegistry::start().await;
+    registry.push_image("known", "v1", &Image::random()).await;
+    let absent = sha256(b"absent");
+
+    let blob = registry.get(&format!("/v2/known/blobs/{absent}")).await;
+    expect_error(blob, 404, "BLOB_UNKNOWN").await;
+    let by_tag = registry.get("/v2/known/manifests/v2").await;
+    expect_error(by_tag, 404, "MANIFEST_UNKNOWN").await;
+    let by_digest = registry.get(&format!("/v2/known/manifests/{absent}")).await;
+    expect_error(by_digest, 404, "MANIFEST_UNKNOWN").await;
+    let delete_blob = registry
+        .request(Method::DELETE, &format!("/v2/known/blobs/{absent}"))
+        .send()
+        .await
+        .unwrap();
+    expect_error(delete_blob, 404, "BLOB_UNKNOWN").await;
+    let tags = registry.get("/v2/unknown/tags/list").await;
+    expect_error(tags, 404, "NAME_UNKNOWN").await;
+}
+
+#[tokio::test]
+async fn an_unknown_or_malformed_upload_id_is_blob_upload_unknown() {
+    let registry = TestRegistry::start().await;
+    let never_started = format!(
+        "/v2/repo/blobs/uploads/{}",
+        "0123abcd-0000-4000-8000-000000000000"
+    );
+    for (method, path) in [
+        (Method::GET, never_started.as_str()),
+        (Method::PATCH, never_started.as_str()),
+        (Method::DELETE, never_started.as_str()),
+        (Method::GET, "/v2/repo/blobs/uploads/not-a-session-id"),
+    ] {
+        let response = registry.request(method.clone(), path).send().await.unwrap();
+        expect_error(response, 404, "BLOB_UPLOAD_UNKNOWN").await;
+    }
+    let put = registry
+        .request(
+            Method::PUT,
+            &format!("{never_started}?digest={}", sha256(b"")),
+        )
+        .send()
+        .await
+        .unwrap();
+    expect_error(put, 404, "BLOB_UPLOAD_UNKNOWN").await;
+}
+
+#[tokio::test]
+async fn an_invalid_tag_is_refused() {
+    let registry = TestRegistry::start().await;
+    let image = Image::random();
+    registry.push_image("tags", "ok", &image).await;
+    let too_long = "t".repeat(129);
+    for tag in ["-leading-dash", ".leading-dot", too_long.as_str()] {
+        let put = registry
+            .put_manifest("tags", tag, common::OCI_MANIFEST, image.manifest.clone())
+            .await;
+        assert_eq!(put.status(), 400, "tag {tag:?}");
+        let body: serde_json::Value = put.json().await.unwrap();
+        assert!(body["errors"][0]["code"].is_string(), "{body}");
+    }
+}
+
+#[tokio::test]
+async fn a_method_the_endpoint_does_not_have_is_405_unsupported() {
+    let registry = TestRegistry::start().await;
+    for (method, path) in [
+        (Method::POST, "/v2/repo/manifests/latest".to_owned()),
+        (Method::PATCH, format!("/v2/repo/blobs/{}", sha256(b"x"))),
+        (Method::DELETE, "/v2/repo/tags/list".to_owned()),
+        (Method::PUT, "/v2/_catalog".to_owned()),
+    ] {
+        let response = registry.request(method.clone(), &path).send().await.unwrap();
+        expect_error(response, 405, "UNSUPPORTED").await;
+    }
+}
+
+#[tokio::test]
+async fn a_path_outside_the_api_is_404() {
+    let registry = TestRegistry::start().await;
+    for path in ["/", "/v1/repo/tags/list", "/v2/repo", "/v2/repo/unknown-endpoint"] {
+        let response = registry.get(path).await;
+        expect_error(response, 404, "UNSUPPORTED").await;
+    }
+}
