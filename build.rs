@@ -1,6 +1,7 @@
 //! Builds the bundled policies in `policies/` for `wasm32-wasip2` and hands
 //! them to the registry as `OUT_DIR/<name>.wasm`, embedded in the binary as
-//! `builtin:<name>`. A nested cargo with its own target directory, with the
+//! `builtin:<name>`. (`policies/misbehave`, a test fixture, is built too but
+//! not embedded: tests load it from `target/policies`.) A nested cargo with its own target directory, with the
 //! outer build's flags and wrappers removed (they are for the host, not Wasm).
 
 use std::path::{Path, PathBuf};
@@ -13,10 +14,13 @@ fn main() {
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("set by cargo"));
     let policies = root.join("policies");
     for watched in ["Cargo.toml", "Cargo.lock", ".cargo/config.toml"] {
-        println!("cargo:rerun-if-changed={}", policies.join(watched).display());
+        println!(
+            "cargo:rerun-if-changed={}",
+            policies.join(watched).display()
+        );
     }
     println!("cargo:rerun-if-changed={}", root.join("wit").display());
-    for dir in std::iter::once("patterns").chain(POLICIES) {
+    for dir in ["patterns", "misbehave"].into_iter().chain(POLICIES) {
         println!("cargo:rerun-if-changed={}", policies.join(dir).display());
     }
 
@@ -25,7 +29,13 @@ fn main() {
     let mut command = Command::new(cargo);
     command
         .current_dir(&policies)
-        .args(["build", "--release", "--locked", "--target", "wasm32-wasip2"])
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--target",
+            "wasm32-wasip2",
+        ])
         .arg("--target-dir")
         .arg(&target_dir);
     for var in [

@@ -127,7 +127,10 @@ impl Authenticator {
     }
 
     /// The caller behind an `Authorization` header value (or its absence).
-    pub async fn identify(self: &Arc<Self>, authorization: Option<&str>) -> Result<Identity, AuthError> {
+    pub async fn identify(
+        self: &Arc<Self>,
+        authorization: Option<&str>,
+    ) -> Result<Identity, AuthError> {
         let Some(header) = authorization else {
             return Ok(Identity::anonymous());
         };
@@ -143,9 +146,10 @@ impl Authenticator {
         let hash = users.get(&user).cloned();
         let known = hash.is_some();
         let hash = hash.unwrap_or_else(|| self.dummy_hash.clone());
-        let verified = tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
-            .await
-            .unwrap_or(false);
+        let verified =
+            tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
+                .await
+                .unwrap_or(false);
         if !(verified && known) {
             return Err(AuthError::BadCredentials);
         }
@@ -282,11 +286,19 @@ mod tests {
     async fn bcrypt_users_get_their_groups_and_wrong_passwords_fail() {
         let hash = bcrypt::hash("s3cret", 4).unwrap();
         let (_dir, auth) = authenticator(&format!("# users\nalice:{hash}\n"));
-        let who = auth.identify(Some(&basic("alice", "s3cret"))).await.unwrap();
+        let who = auth
+            .identify(Some(&basic("alice", "s3cret")))
+            .await
+            .unwrap();
         assert_eq!(who.subject.as_deref(), Some("alice"));
         assert_eq!(who.groups, vec!["devs".to_string()]);
         // Second time from the cache, same answer.
-        assert_eq!(auth.identify(Some(&basic("alice", "s3cret"))).await.unwrap(), who);
+        assert_eq!(
+            auth.identify(Some(&basic("alice", "s3cret")))
+                .await
+                .unwrap(),
+            who
+        );
         assert!(matches!(
             auth.identify(Some(&basic("alice", "wrong"))).await,
             Err(AuthError::BadCredentials)
@@ -309,7 +321,13 @@ mod tests {
         std::fs::write(&path, "bob:{SHA}abc\n").unwrap();
         let mut config = Config::default();
         config.auth.htpasswd = Some(path);
-        let err = Authenticator::from_config(&config).err().unwrap().to_string();
-        assert!(err.contains("line 1") && err.contains("htpasswd -B"), "{err}");
+        let err = Authenticator::from_config(&config)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("line 1") && err.contains("htpasswd -B"),
+            "{err}"
+        );
     }
 }

@@ -82,7 +82,8 @@ enum PolicyCommand {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("PORTCULLIS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_env("PORTCULLIS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -133,8 +134,10 @@ async fn run(command: Command) -> Result<(), String> {
             command: PolicyCommand::Check { config },
         } => {
             let config = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
-            let engine = PolicyEngine::new(Some(config.policy_cache_dir())).map_err(|e| e.to_string())?;
-            let chain = PolicyChain::load(std::sync::Arc::new(engine), &config).map_err(|e| e.to_string())?;
+            let engine =
+                PolicyEngine::new(Some(config.policy_cache_dir())).map_err(|e| e.to_string())?;
+            let chain = PolicyChain::load(std::sync::Arc::new(engine), &config)
+                .map_err(|e| e.to_string())?;
             println!("policy chain ok: {}", chain.names().join(" -> "));
             Ok(())
         }

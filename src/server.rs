@@ -64,16 +64,19 @@ impl Server {
             },
         )
         .map_err(ServerError::Storage)?;
-        let listener = TcpListener::bind(config.listen)
-            .await
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ServerError::Listen {
+                    addr: config.listen,
+                    source,
+                })?;
+        let local_addr = listener
+            .local_addr()
             .map_err(|source| ServerError::Listen {
                 addr: config.listen,
                 source,
             })?;
-        let local_addr = listener.local_addr().map_err(|source| ServerError::Listen {
-            addr: config.listen,
-            source,
-        })?;
         let auth = Arc::new(Authenticator::from_config(&config)?);
         let engine = Arc::new(
             PolicyEngine::new(Some(config.policy_cache_dir()))
@@ -116,7 +119,7 @@ impl Server {
                 .into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(shutdown)
-            .await
+        .await
     }
 }
 

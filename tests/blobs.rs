@@ -6,11 +6,7 @@ mod common;
 use common::{expect_error, header, random_bytes, sha256, TestRegistry};
 use reqwest::{Method, StatusCode};
 
-async fn get_range(
-    registry: &TestRegistry,
-    path: &str,
-    range: &str,
-) -> reqwest::Response {
+async fn get_range(registry: &TestRegistry, path: &str, range: &str) -> reqwest::Response {
     registry
         .request(Method::GET, path)
         .header("range", range)
@@ -31,10 +27,7 @@ async fn a_blob_is_served_with_its_digest_and_length() {
         header(&get, "docker-content-digest").as_deref(),
         Some(digest.as_str())
     );
-    assert_eq!(
-        header(&get, "content-length"),
-        Some(data.len().to_string())
-    );
+    assert_eq!(header(&get, "content-length"), Some(data.len().to_string()));
     assert_eq!(sha256(&get.bytes().await.unwrap()), sha256(&data));
 }
 

@@ -28,7 +28,11 @@ fn portcullis(args: &[&str], env: &[(&str, &str)]) -> Output {
 
 fn gc(root: &Path, dry_run: bool) -> String {
     let root = root.to_str().expect("UTF-8 temp path");
-    let args: &[&str] = if dry_run { &["gc", "--dry-run"] } else { &["gc"] };
+    let args: &[&str] = if dry_run {
+        &["gc", "--dry-run"]
+    } else {
+        &["gc"]
+    };
     let output = portcullis(
         args,
         &[
@@ -64,7 +68,13 @@ async fn gc_removes_orphan_blobs_and_abandoned_uploads_but_keeps_images() {
         oci_client::client::ImageLayer::oci_v1(random_bytes(30_000), None),
     ];
     client
-        .push(&reference, &layers, config.clone(), &RegistryAuth::Anonymous, None)
+        .push(
+            &reference,
+            &layers,
+            config.clone(),
+            &RegistryAuth::Anonymous,
+            None,
+        )
         .await
         .expect("image push succeeds");
     let (_, manifest_digest) = client
@@ -107,12 +117,17 @@ async fn gc_removes_orphan_blobs_and_abandoned_uploads_but_keeps_images() {
         "{report}"
     );
     assert!(
-        report.contains(&format!("would remove upload app/server/{upload_id} (100 bytes)")),
+        report.contains(&format!(
+            "would remove upload app/server/{upload_id} (100 bytes)"
+        )),
         "{report}"
     );
     assert!(report.contains("7877 bytes would be freed"), "{report}");
     for digest in &kept {
-        assert!(!report.contains(digest.as_str()), "{digest} is in use: {report}");
+        assert!(
+            !report.contains(digest.as_str()),
+            "{digest} is in use: {report}"
+        );
     }
     assert!(blob_file(registry.root(), &orphan_digest).is_file());
     assert!(upload_dir.is_dir());
@@ -124,14 +139,19 @@ async fn gc_removes_orphan_blobs_and_abandoned_uploads_but_keeps_images() {
         "{report}"
     );
     assert!(
-        report.contains(&format!("removed upload app/server/{upload_id} (100 bytes)")),
+        report.contains(&format!(
+            "removed upload app/server/{upload_id} (100 bytes)"
+        )),
         "{report}"
     );
     assert!(report.contains("7877 bytes freed"), "{report}");
     assert!(!blob_file(registry.root(), &orphan_digest).exists());
     assert!(!upload_dir.exists());
     for digest in &kept {
-        assert!(blob_file(registry.root(), digest).is_file(), "{digest} kept");
+        assert!(
+            blob_file(registry.root(), digest).is_file(),
+            "{digest} kept"
+        );
     }
 
     // The image still pulls; the orphan and the session are gone.
@@ -212,13 +232,15 @@ async fn gc_keeps_the_children_of_a_tagged_index() {
 
     let report = gc(registry.root(), false);
     assert!(report.contains(" 0 bytes freed"), "{report}");
-    for digest in a
-        .blob_digests()
-        .into_iter()
-        .chain(b.blob_digests())
-        .chain([a.digest.clone(), b.digest.clone(), sha256(&index)])
-    {
-        assert!(blob_file(registry.root(), &digest).is_file(), "{digest} kept");
+    for digest in a.blob_digests().into_iter().chain(b.blob_digests()).chain([
+        a.digest.clone(),
+        b.digest.clone(),
+        sha256(&index),
+    ]) {
+        assert!(
+            blob_file(registry.root(), &digest).is_file(),
+            "{digest} kept"
+        );
     }
 }
 
@@ -275,7 +297,10 @@ fn an_invalid_config_is_refused_with_a_clear_message() {
         ("listn = \"127.0.0.1:5000\"\n", "listn"),
         ("listen = \"not an address\"\n", "listen"),
         ("[storage]\nupload_max_age = \"soon\"\n", "upload_max_age"),
-        ("[limits]\nmax_page_size = 0\n", "max_page_size must be greater than 0"),
+        (
+            "[limits]\nmax_page_size = 0\n",
+            "max_page_size must be greater than 0",
+        ),
         ("this is not toml", "invalid configuration"),
     ] {
         let file = dir.path().join("bad.toml");

@@ -89,7 +89,11 @@ async fn tags_are_listed_in_order_and_paginated_with_n_last_and_link() {
         .unwrap();
     assert_eq!(after["tags"], json!(["epsilon", "gamma"]));
     let exact = registry.get("/v2/paged/tags/list?n=5").await;
-    assert_eq!(header(&exact, "link"), None, "no next page after the last tag");
+    assert_eq!(
+        header(&exact, "link"),
+        None,
+        "no next page after the last tag"
+    );
 }
 
 #[tokio::test]
@@ -120,7 +124,10 @@ async fn the_catalog_lists_repositories_and_paginates() {
     );
     let pages = follow_pages(&registry, "/v2/_catalog?n=2", "repositories").await;
     assert_eq!(pages.concat(), sorted);
-    assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), vec![2, 2, 1]);
+    assert_eq!(
+        pages.iter().map(Vec::len).collect::<Vec<_>>(),
+        vec![2, 2, 1]
+    );
 }
 
 /// Pushes an artifact whose subject is `subject`, and returns it.
@@ -155,7 +162,10 @@ async fn referrers_list_the_manifests_whose_subject_is_the_digest() {
         .get(&format!("/v2/refs/referrers/{}", subject.digest))
         .await;
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(header(&response, "content-type").as_deref(), Some(OCI_INDEX));
+    assert_eq!(
+        header(&response, "content-type").as_deref(),
+        Some(OCI_INDEX)
+    );
     assert_eq!(header(&response, "oci-filters-applied"), None);
     let index: Value = response.json().await.unwrap();
     assert_eq!(index["schemaVersion"], 2);
@@ -188,8 +198,20 @@ async fn referrers_filtered_by_artifact_type_say_the_filter_was_applied() {
     let registry = TestRegistry::start().await;
     let subject = Image::random();
     registry.push_image("filtered", "v1", &subject).await;
-    let sbom = push_referrer(&registry, "filtered", &subject, "application/vnd.example.sbom+json").await;
-    push_referrer(&registry, "filtered", &subject, "application/vnd.example.sig").await;
+    let sbom = push_referrer(
+        &registry,
+        "filtered",
+        &subject,
+        "application/vnd.example.sbom+json",
+    )
+    .await;
+    push_referrer(
+        &registry,
+        "filtered",
+        &subject,
+        "application/vnd.example.sig",
+    )
+    .await;
 
     let encoded = "application%2Fvnd.example.sbom%2Bjson";
     let response = registry
@@ -218,15 +240,27 @@ async fn referrers_of_an_unknown_digest_are_an_empty_index() {
     let registry = TestRegistry::start().await;
     registry.push_image("lonely", "v1", &Image::random()).await;
     let response = registry
-        .get(&format!("/v2/lonely/referrers/{}", sha256(b"nothing refers to me")))
+        .get(&format!(
+            "/v2/lonely/referrers/{}",
+            sha256(b"nothing refers to me")
+        ))
         .await;
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(header(&response, "content-type").as_deref(), Some(OCI_INDEX));
+    assert_eq!(
+        header(&response, "content-type").as_deref(),
+        Some(OCI_INDEX)
+    );
     let index: Value = response.json().await.unwrap();
     assert_eq!(
         index,
         json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [] })
     );
+
+    // The spec forbids a 404 from the referrers API, even for an unknown repository.
+    let response = registry
+        .get(&format!("/v2/no/such/repo/referrers/{}", sha256(b"x")))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
 }
 
 #[tokio::test]
@@ -234,7 +268,8 @@ async fn a_deleted_referrer_is_no_longer_listed() {
     let registry = TestRegistry::start().await;
     let subject = Image::random();
     registry.push_image("unref", "v1", &subject).await;
-    let signature = push_referrer(&registry, "unref", &subject, "application/vnd.example.sig").await;
+    let signature =
+        push_referrer(&registry, "unref", &subject, "application/vnd.example.sig").await;
 
     let delete = registry
         .request(

@@ -11,7 +11,12 @@ use reqwest::Method;
 #[tokio::test]
 async fn invalid_repository_names_are_name_invalid() {
     let registry = TestRegistry::start().await;
+    let too_long = format!("/v2/{}/tags/list", "a".repeat(256));
+    let longest = format!("/v2/{}/tags/list", "a".repeat(255));
+    let response = registry.raw_request("GET", &longest).await;
+    expect_raw_error(&response, 404, "NAME_UNKNOWN");
     for path in [
+        too_long.as_str(),
         "/v2/Uppercase/tags/list",
         "/v2/UPPER/case/manifests/latest",
         "/v2/trailing-/manifests/latest",
@@ -170,7 +175,11 @@ async fn a_method_the_endpoint_does_not_have_is_405_unsupported() {
         (Method::DELETE, "/v2/repo/tags/list".to_owned()),
         (Method::PUT, "/v2/_catalog".to_owned()),
     ] {
-        let response = registry.request(method.clone(), &path).send().await.unwrap();
+        let response = registry
+            .request(method.clone(), &path)
+            .send()
+            .await
+            .unwrap();
         expect_error(response, 405, "UNSUPPORTED").await;
     }
 }
@@ -178,7 +187,12 @@ async fn a_method_the_endpoint_does_not_have_is_405_unsupported() {
 #[tokio::test]
 async fn a_path_outside_the_api_is_404() {
     let registry = TestRegistry::start().await;
-    for path in ["/", "/v1/repo/tags/list", "/v2/repo", "/v2/repo/unknown-endpoint"] {
+    for path in [
+        "/",
+        "/v1/repo/tags/list",
+        "/v2/repo",
+        "/v2/repo/unknown-endpoint",
+    ] {
         let response = registry.get(path).await;
         expect_error(response, 404, "UNSUPPORTED").await;
     }

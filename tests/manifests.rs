@@ -131,7 +131,9 @@ async fn an_index_referencing_a_missing_child_manifest_is_refused() {
     let registry = TestRegistry::start().await;
     let present = Image::random();
     let missing = Image::random();
-    registry.push_image("index", &present.digest, &present).await;
+    registry
+        .push_image("index", &present.digest, &present)
+        .await;
     let index = serde_json::to_vec(&json!({
         "schemaVersion": 2,
         "mediaType": OCI_INDEX,
@@ -139,7 +141,9 @@ async fn an_index_referencing_a_missing_child_manifest_is_refused() {
     }))
     .unwrap();
 
-    let put = registry.put_manifest("index", "multi", OCI_INDEX, index).await;
+    let put = registry
+        .put_manifest("index", "multi", OCI_INDEX, index)
+        .await;
     let error = expect_error(put, 400, "MANIFEST_BLOB_UNKNOWN").await;
     assert_eq!(error["detail"]["digest"], missing.digest);
 }
@@ -163,10 +167,7 @@ async fn an_index_of_pushed_manifests_is_served_as_an_index() {
     assert_eq!(put.status(), StatusCode::CREATED);
     let get = registry.get("/v2/index/manifests/multi").await;
     assert_eq!(header(&get, "content-type").as_deref(), Some(OCI_INDEX));
-    assert_eq!(
-        header(&get, "docker-content-digest"),
-        Some(sha256(&index))
-    );
+    assert_eq!(header(&get, "docker-content-digest"), Some(sha256(&index)));
     assert_eq!(get.bytes().await.unwrap().to_vec(), index);
 }
 
@@ -247,8 +248,10 @@ async fn a_manifest_that_is_not_json_or_not_a_manifest_is_refused() {
         ),
         (
             "image manifest without a config",
-            serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": []}))
-                .unwrap(),
+            serde_json::to_vec(
+                &json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": []}),
+            )
+            .unwrap(),
         ),
         (
             "bad digest in a descriptor",
@@ -384,7 +387,10 @@ async fn a_docker_manifest_is_served_with_its_docker_media_type() {
         .await
         .unwrap();
     assert_eq!(get.status(), StatusCode::OK);
-    assert_eq!(header(&get, "content-type").as_deref(), Some(DOCKER_MANIFEST));
+    assert_eq!(
+        header(&get, "content-type").as_deref(),
+        Some(DOCKER_MANIFEST)
+    );
     let oci_only = registry
         .request(Method::GET, "/v2/docker/manifests/v1")
         .header("accept", OCI_MANIFEST)
@@ -485,4 +491,81 @@ async fn deletes_are_refused_when_the_operator_disabled_them() {
     }
     let get = registry.get("/v2/kept/manifests/v1").await;
     assert_eq!(get.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_deleted_manifest_can_be_pushed_again() {
+    let registry = TestRegistry::start().await;
+    let image = Image::random();
+    registry.push_image("again", "v1", &image).await;
+    let delete = registry
+        .request(
+            Method::DELETE,
+            &format!("/v2/again/manifests/{}", image.digest),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(delete.status(), StatusCode::ACCEPTED);
+
+    let put = registry
+        .put_manifest("again", "v1", OCI_MANIFEST, image.manifest.clone())
+        .await;
+    assert_eq!(put.status(), StatusCode::CREATED);
+    let get = registry.get("/v2/again/manifests/v1").await;
+    assert_eq!(get.status(), StatusCode::OK);
+    assert_eq!(
+        header(&get, "docker-content-digest").as_deref(),
+        Some(image.digest.as_str())
+    );
+}
+
+#[tokio::test]
+async fn a_manifest_can_be_addressed_by_its_sha512_digest() {
+    let registry = TestRegistry::start().await;
+    let image = Image::random();
+    registry.push_image("sha512", "v1", &image).await;
+    let digest = common::sha512(&image.manifest);
+
+    let put = registry
+        .put_manifest("sha512", &digest, OCI_MANIFEST, image.manifest.clone())
+        .await;
+    assert_eq!(put.status(), StatusCode::CREATED);
+    assert_eq!(
+        header(&put, "docker-content-digest").as_deref(),
+        Some(digest.as_str())
+    );
+    let get = registry
+        .get(&format!("/v2/sha512/manifests/{digest}"))
+        .await;
+    assert_eq!(get.status(), StatusCode::OK);
+    assert_eq!(
+        header(&get, "docker-content-digest").as_deref(),
+        Some(digest.as_str())
+    );
+    assert_eq!(get.bytes().await.unwrap().to_vec(), image.manifest);
+}
+
+#[tokio::test]
+async fn a_non_distributable_layer_with_urls_need_not_be_pushed() {
+    let registry = TestRegistry::start().await;
+    let config = random_bytes(64);
+    registry.push_blob("foreign", &config).await;
+    let foreign = random_bytes(64);
+    let mut layer = descriptor(
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+        &foreign,
+    );
+    layer["urls"] = json!(["https://example.com/layer.tar.gz"]);
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": descriptor(common::OCI_CONFIG, &config),
+        "layers": [layer],
+    }))
+    .unwrap();
+    let put = registry
+        .put_manifest("foreign", "v1", OCI_MANIFEST, manifest)
+        .await;
+    assert_eq!(put.status(), StatusCode::CREATED);
 }

@@ -141,6 +141,12 @@ async fn a_256_mib_blob_streams_through_without_growing_memory() {
     let peak = sampler.finish();
     let after = resident_bytes();
     let growth = peak.saturating_sub(before);
+    eprintln!(
+        "resident set: {} MiB before, {} MiB peak, {} MiB after",
+        before >> 20,
+        peak >> 20,
+        after >> 20
+    );
     assert!(
         growth < ALLOWED_GROWTH,
         "resident set grew by {} MiB (from {} MiB to a peak of {} MiB, {} MiB at the end) \

@@ -82,7 +82,13 @@ async fn pull_a_manifest_by_tag_and_digest_then_each_blob() {
     let reference = registry.reference("blobs/one-by-one", "latest");
     let (config, layers) = sample_image("b");
     client
-        .push(&reference, &layers, config.clone(), &RegistryAuth::Anonymous, None)
+        .push(
+            &reference,
+            &layers,
+            config.clone(),
+            &RegistryAuth::Anonymous,
+            None,
+        )
         .await
         .expect("push succeeds");
 
@@ -222,8 +228,39 @@ async fn list_tags_with_oci_client() {
     assert_eq!(all.name, "tagged/app");
     assert_eq!(all.tags, vec!["latest", "v1", "v2"]);
     let page = client
-        .list_tags(&reference, &RegistryAuth::Anonymous, Some(1), Some("latest"))
+        .list_tags(
+            &reference,
+            &RegistryAuth::Anonymous,
+            Some(1),
+            Some("latest"),
+        )
         .await
         .expect("paginated tag list succeeds");
     assert_eq!(page.tags, vec!["v1"]);
+}
+
+#[tokio::test]
+async fn a_client_speaking_cleartext_http2_can_push_and_pull() {
+    let registry = TestRegistry::start().await;
+    let http2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .expect("HTTP/2 client");
+    let data = common::random_bytes(100_000);
+    let digest = sha256(&data);
+    let push = http2
+        .post(registry.url(&format!("/v2/h2/blobs/uploads/?digest={digest}")))
+        .body(data.clone())
+        .send()
+        .await
+        .expect("HTTP/2 POST reaches the registry");
+    assert_eq!(push.version(), reqwest::Version::HTTP_2);
+    assert_eq!(push.status(), reqwest::StatusCode::CREATED);
+    let pull = http2
+        .get(registry.url(&format!("/v2/h2/blobs/{digest}")))
+        .send()
+        .await
+        .expect("HTTP/2 GET reaches the registry");
+    assert_eq!(pull.status(), reqwest::StatusCode::OK);
+    assert_eq!(sha256(&pull.bytes().await.unwrap()), digest);
 }

@@ -7,9 +7,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{
-    expect_error, files_under, header, random_bytes, sha256, sha512, TestRegistry,
-};
+use common::{expect_error, files_under, header, random_bytes, sha256, sha512, TestRegistry};
 use reqwest::{Method, StatusCode};
 
 #[tokio::test]
@@ -92,7 +90,9 @@ async fn streamed_patch_without_content_range_then_put_commits() {
         .http
         .patch(&session)
         .header("content-type", "application/octet-stream")
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
         .send()
         .await
         .unwrap();
@@ -150,6 +150,69 @@ async fn chunked_patches_with_content_range_append_in_order() {
     assert_eq!(put.status(), StatusCode::CREATED);
     let blob = registry.get(&format!("/v2/chunked/blobs/{digest}")).await;
     assert_eq!(sha256(&blob.bytes().await.unwrap()), sha256(&data));
+
+    // A committed session has ended.
+    let status = registry.http.get(&session).send().await.unwrap();
+    expect_error(status, 404, "BLOB_UPLOAD_UNKNOWN").await;
+}
+
+#[tokio::test]
+async fn a_chunk_cut_off_mid_transfer_is_not_kept() {
+    let registry = TestRegistry::start().await;
+    let data = random_bytes(300_000);
+    let digest = sha256(&data);
+    let session = registry.start_upload("interrupted").await;
+    let first = registry
+        .http
+        .patch(&session)
+        .header("content-range", "0-99999")
+        .body(data[..100_000].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+
+    // The next chunk's connection fails after 64 KiB of its 200,000 bytes.
+    let partial: Vec<Result<Vec<u8>, std::io::Error>> = vec![
+        Ok(data[100_000..165_536].to_vec()),
+        Err(std::io::Error::other("network cable pulled")),
+    ];
+    let cut = registry
+        .http
+        .patch(&session)
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            partial,
+        )))
+        .send()
+        .await;
+    assert!(cut.is_err(), "the interrupted request fails on the client");
+
+    // The retry of that chunk from byte 100,000 is accepted: the partial
+    // bytes were cut back off the session.
+    let retry = registry
+        .http
+        .patch(&session)
+        .header("content-range", format!("100000-{}", data.len() - 1))
+        .body(data[100_000..].to_vec())
+        .send()
+        .await
+        .unwrap();
+    let status = retry.status();
+    let range = header(&retry, "range");
+    assert_eq!(
+        status,
+        StatusCode::ACCEPTED,
+        "{}",
+        retry.text().await.unwrap_or_default()
+    );
+    assert_eq!(range, Some(format!("0-{}", data.len() - 1)));
+    let put = registry
+        .http
+        .put(format!("{session}?digest={digest}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::CREATED);
 }
 
 #[tokio::test]
@@ -282,7 +345,9 @@ async fn mount_from_a_repository_that_has_the_blob_is_201() {
         header(&mount, "docker-content-digest").as_deref(),
         Some(digest.as_str())
     );
-    let blob = registry.get(&format!("/v2/target/repo/blobs/{digest}")).await;
+    let blob = registry
+        .get(&format!("/v2/target/repo/blobs/{digest}"))
+        .await;
     assert_eq!(blob.status(), StatusCode::OK);
     assert_eq!(sha256(&blob.bytes().await.unwrap()), sha256(&data));
 }
@@ -437,7 +502,11 @@ async fn clients_pushing_the_same_blob_concurrently_all_succeed() {
         pushes.push(tokio::spawn(async move {
             // Separate clients: separate connections.
             let http = reqwest::Client::new();
-            let repository = if i % 2 == 0 { "same/blob" } else { "other/repo" };
+            let repository = if i % 2 == 0 {
+                "same/blob"
+            } else {
+                "other/repo"
+            };
             let start = http
                 .post(registry.url(&format!("/v2/{repository}/blobs/uploads/")))
                 .send()
@@ -446,7 +515,12 @@ async fn clients_pushing_the_same_blob_concurrently_all_succeed() {
             assert_eq!(start.status(), StatusCode::ACCEPTED);
             let session = registry.location(&start);
             let (head, tail) = data.split_at(data.len() / 2);
-            let patch = http.patch(&session).body(head.to_vec()).send().await.unwrap();
+            let patch = http
+                .patch(&session)
+                .body(head.to_vec())
+                .send()
+                .await
+                .unwrap();
             assert_eq!(patch.status(), StatusCode::ACCEPTED);
             let session = registry.location(&patch);
             barrier.wait().await;

@@ -77,7 +77,9 @@ pub fn authorize(state: &SharedState, caller: &Caller, access: &Access) -> ApiRe
         }
         Verdict::Failed { policy, .. } => Err(ApiError::new(
             ErrorCode::Denied,
-            format!("policy {policy} failed; the request is denied (the operator's log has details)"),
+            format!(
+                "policy {policy} failed; the request is denied (the operator's log has details)"
+            ),
         )
         .with_status(StatusCode::FORBIDDEN)),
     }

@@ -32,7 +32,10 @@ pub async fn get(
                     format!("range {range:?} is outside the blob's {size} bytes"),
                 )
                 .with_status(StatusCode::RANGE_NOT_SATISFIABLE)
-                .with_header(header::CONTENT_RANGE, header_value(format!("bytes */{size}"))?))
+                .with_header(
+                    header::CONTENT_RANGE,
+                    header_value(format!("bytes */{size}"))?,
+                ))
             }
             // A range we cannot read is ignored, as RFC 9110 says: the whole blob is sent.
             Err(RangeError::Malformed(_)) => None,

@@ -37,9 +37,10 @@ pub async fn list(state: &SharedState, caller: &Caller, query: &Query) -> ApiRes
     )
         .into_response();
     if let (true, Some(n), Some(last)) = (more, n, page.last()) {
-        response
-            .headers_mut()
-            .insert(header::LINK, header_value(next_link("/v2/_catalog", n, last))?);
+        response.headers_mut().insert(
+            header::LINK,
+            header_value(next_link("/v2/_catalog", n, last))?,
+        );
     }
     Ok(response)
 }

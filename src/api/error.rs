@@ -110,12 +110,18 @@ impl ApiError {
     }
 
     pub fn not_found_route() -> Self {
-        Self::new(ErrorCode::Unsupported, "no such endpoint in the registry API")
-            .with_status(StatusCode::NOT_FOUND)
+        Self::new(
+            ErrorCode::Unsupported,
+            "no such endpoint in the registry API",
+        )
+        .with_status(StatusCode::NOT_FOUND)
     }
 
     pub fn method_not_allowed() -> Self {
-        Self::new(ErrorCode::Unsupported, "method not allowed on this endpoint")
+        Self::new(
+            ErrorCode::Unsupported,
+            "method not allowed on this endpoint",
+        )
     }
 }
 

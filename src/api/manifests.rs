@@ -89,7 +89,10 @@ async fn read_limited(body: Body, limit: u64) -> ApiResult<Vec<u8>> {
     let mut bytes = Vec::new();
     while let Some(frame) = stream.next().await {
         let frame = frame.map_err(|e| {
-            ApiError::new(ErrorCode::ManifestInvalid, format!("reading the manifest body: {e}"))
+            ApiError::new(
+                ErrorCode::ManifestInvalid,
+                format!("reading the manifest body: {e}"),
+            )
         })?;
         if (bytes.len() + frame.len()) as u64 > limit {
             return Err(too_large(limit));

@@ -99,7 +99,12 @@ async fn route(state: SharedState, request: Request) -> ApiResult {
             tags::list(&state, &name, &query).await
         }
         (Route::Manifest(name, reference), Method::GET | Method::HEAD) => {
-            check(Action::Pull, Resource::Manifest, &name, Some(reference.clone()))?;
+            check(
+                Action::Pull,
+                Resource::Manifest,
+                &name,
+                Some(reference.clone()),
+            )?;
             manifests::get(&state, &name, &reference, headers, head).await
         }
         (Route::Manifest(name, reference), Method::PUT) => {
@@ -109,11 +114,21 @@ async fn route(state: SharedState, request: Request) -> ApiResult {
             manifests::delete(&state, &caller, &name, &reference).await
         }
         (Route::Blob(name, digest), Method::GET | Method::HEAD) => {
-            check(Action::Pull, Resource::Blob, &name, Some(Reference::Digest(digest.clone())))?;
+            check(
+                Action::Pull,
+                Resource::Blob,
+                &name,
+                Some(Reference::Digest(digest.clone())),
+            )?;
             blobs::get(&state, &name, &digest, headers, head).await
         }
         (Route::Blob(name, digest), Method::DELETE) => {
-            check(Action::Delete, Resource::Blob, &name, Some(Reference::Digest(digest.clone())))?;
+            check(
+                Action::Delete,
+                Resource::Blob,
+                &name,
+                Some(Reference::Digest(digest.clone())),
+            )?;
             blobs::delete(&state, &name, &digest).await
         }
         (Route::UploadStart(name), Method::POST) => {
@@ -130,7 +145,12 @@ async fn route(state: SharedState, request: Request) -> ApiResult {
             }
         }
         (Route::Referrers(name, digest), Method::GET) => {
-            check(Action::Pull, Resource::Referrers, &name, Some(Reference::Digest(digest.clone())))?;
+            check(
+                Action::Pull,
+                Resource::Referrers,
+                &name,
+                Some(Reference::Digest(digest.clone())),
+            )?;
             referrers::list(&state, &name, &digest, &query).await
         }
         _ => Err(ApiError::method_not_allowed()),

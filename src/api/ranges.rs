@@ -15,10 +15,7 @@ pub enum RangeError {
 /// (the whole blob is sent instead, which RFC 9110 allows): `Ok(None)`.
 pub fn parse_range(header: &str, size: u64) -> Result<Option<(u64, u64)>, RangeError> {
     let malformed = || RangeError::Malformed(header.chars().take(100).collect());
-    let spec = header
-        .trim()
-        .strip_prefix("bytes=")
-        .ok_or_else(malformed)?;
+    let spec = header.trim().strip_prefix("bytes=").ok_or_else(malformed)?;
     if spec.contains(',') {
         return Ok(None);
     }

@@ -35,7 +35,9 @@ impl Route {
     pub fn parse(path: &str) -> ApiResult<Route> {
         let rest = match path.strip_prefix("/v2") {
             Some("") | Some("/") => return Ok(Route::Base),
-            Some(rest) => rest.strip_prefix('/').ok_or_else(ApiError::not_found_route)?,
+            Some(rest) => rest
+                .strip_prefix('/')
+                .ok_or_else(ApiError::not_found_route)?,
             None => return Err(ApiError::not_found_route()),
         };
         if rest == "_catalog" {
@@ -45,9 +47,7 @@ impl Route {
         let n = segments.len();
         let last = |k: usize| segments.get(n.wrapping_sub(k)).copied();
         match (last(3), last(2), last(1)) {
-            (_, Some("tags"), Some("list")) if n > 2 => {
-                Ok(Route::Tags(name(&segments[..n - 2])?))
-            }
+            (_, Some("tags"), Some("list")) if n > 2 => Ok(Route::Tags(name(&segments[..n - 2])?)),
             (_, Some("manifests"), Some(reference)) if n > 2 => Ok(Route::Manifest(
                 name(&segments[..n - 2])?,
                 Reference::parse(&decode(reference))?,
@@ -134,7 +134,10 @@ mod tests {
             ("/v2//x/manifests/latest", ErrorCode::NameInvalid),
             ("/v2/X/tags/list", ErrorCode::NameInvalid),
             ("/v2/x/blobs/sha256:abc", ErrorCode::DigestInvalid),
-            ("/v2/x/blobs/uploads/..%2f..%2fetc", ErrorCode::BlobUploadUnknown),
+            (
+                "/v2/x/blobs/uploads/..%2f..%2fetc",
+                ErrorCode::BlobUploadUnknown,
+            ),
             ("/v2/x/blobs/uploads/../../etc", ErrorCode::Unsupported),
             ("/v2/manifests/latest", ErrorCode::Unsupported),
             ("/v3/x", ErrorCode::Unsupported),

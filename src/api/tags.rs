@@ -21,7 +21,9 @@ pub async fn list(state: &SharedState, name: &RepositoryName, query: &Query) -> 
         .into_response();
     if let (true, Some(n), Some(last)) = (more, n, page.last()) {
         let link = next_link(&format!("/v2/{name}/tags/list"), n, last);
-        response.headers_mut().insert(header::LINK, header_value(link)?);
+        response
+            .headers_mut()
+            .insert(header::LINK, header_value(link)?);
     }
     Ok(response)
 }

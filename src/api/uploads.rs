@@ -77,7 +77,10 @@ fn chunk_bounds(headers: &HeaderMap) -> ApiResult<ChunkBounds> {
     if declared.is_some_and(|declared| declared != length) {
         return Err(ApiError::new(
             ErrorCode::SizeInvalid,
-            format!("Content-Range covers {length} bytes but Content-Length is {}", declared.unwrap_or(0)),
+            format!(
+                "Content-Range covers {length} bytes but Content-Length is {}",
+                declared.unwrap_or(0)
+            ),
         )
         .with_status(StatusCode::RANGE_NOT_SATISFIABLE));
     }
@@ -184,7 +187,11 @@ pub async fn status(state: &SharedState, name: &RepositoryName, id: UploadId) ->
     in_progress(StatusCode::NO_CONTENT, name, id, status.size)
 }
 
-pub async fn cancel(state: &SharedState, name: &RepositoryName, id: UploadId) -> ApiResult<Response> {
+pub async fn cancel(
+    state: &SharedState,
+    name: &RepositoryName,
+    id: UploadId,
+) -> ApiResult<Response> {
     state.storage.cancel_upload(name, id).await?;
     Ok((StatusCode::NO_CONTENT, [(header::CONTENT_LENGTH, "0")]).into_response())
 }

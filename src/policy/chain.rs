@@ -8,9 +8,9 @@ use std::time::Instant;
 
 use portcullis_patterns::PatternList;
 
+use super::builtin;
 use super::engine::{EngineError, Limits, Outcome, PolicyEngine, PolicyRuntime};
 use super::request::Access;
-use super::builtin;
 use crate::auth::Identity;
 use crate::config::{Action, Config, PolicyEntry};
 
@@ -36,9 +36,15 @@ pub enum PolicyError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     Allow,
-    Deny { policy: String, reason: String },
+    Deny {
+        policy: String,
+        reason: String,
+    },
     /// A policy trapped, ran out of fuel or memory: the request is denied.
-    Failed { policy: String, reason: String },
+    Failed {
+        policy: String,
+        reason: String,
+    },
 }
 
 struct Scoped {
@@ -133,7 +139,6 @@ impl PolicyChain {
         }
         Verdict::Allow
     }
-
 }
 
 /// Loads one policy file with `settings` and decides one request, for
@@ -145,7 +150,8 @@ pub fn test_policy(
     limits: Limits,
 ) -> Result<super::engine::Measured, String> {
     let engine = PolicyEngine::new(None).map_err(|e| e.to_string())?;
-    let wasm = std::fs::read(module).map_err(|e| format!("cannot read {}: {e}", module.display()))?;
+    let wasm =
+        std::fs::read(module).map_err(|e| format!("cannot read {}: {e}", module.display()))?;
     let label = module.display().to_string();
     let pre = engine.compile(&label, &wasm).map_err(|e| e.to_string())?;
     let runtime = PolicyRuntime::new(&engine, label, settings.to_owned(), pre, limits)
@@ -183,9 +189,13 @@ fn load_one(
         name: name.clone(),
         source,
     };
-    let pre = engine
-        .compile(&entry.module, &wasm)
-        .map_err(engine_error)?;
-    PolicyRuntime::new(engine, name.clone(), entry.settings.to_string(), pre, limits)
-        .map_err(engine_error)
+    let pre = engine.compile(&entry.module, &wasm).map_err(engine_error)?;
+    PolicyRuntime::new(
+        engine,
+        name.clone(),
+        entry.settings.to_string(),
+        pre,
+        limits,
+    )
+    .map_err(engine_error)
 }

@@ -19,8 +19,8 @@ use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::bindings::{Policy, PolicyPre};
 use super::bindings::portcullis::policy::types as wit;
+use super::bindings::{Policy, PolicyPre};
 
 /// Resource limits applied to every evaluation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,7 +126,10 @@ impl PolicyEngine {
         let mut key = sha2::Sha256::new();
         key.update(wasm);
         let mut engine_hash = std::collections::hash_map::DefaultHasher::new();
-        std::hash::Hash::hash(&self.engine.precompile_compatibility_hash(), &mut engine_hash);
+        std::hash::Hash::hash(
+            &self.engine.precompile_compatibility_hash(),
+            &mut engine_hash,
+        );
         let engine_key = std::hash::Hasher::finish(&engine_hash);
         Some(dir.join(format!(
             "{}-{engine_key:016x}.cwasm",
@@ -145,7 +148,9 @@ impl PolicyEngine {
             // checks the artifact's header against this engine.
             match unsafe { Component::deserialize_file(&self.engine, &path) } {
                 Ok(component) => return Ok(component),
-                Err(e) => tracing::warn!(path = %path.display(), error = %e, "ignoring unusable policy cache entry"),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "ignoring unusable policy cache entry")
+                }
             }
         }
         let component = Component::new(&self.engine, wasm)?;

@@ -20,7 +20,11 @@ pub struct ChainHolder {
 }
 
 impl ChainHolder {
-    pub fn new(chain: PolicyChain, engine: Arc<PolicyEngine>, config_file: Option<PathBuf>) -> Self {
+    pub fn new(
+        chain: PolicyChain,
+        engine: Arc<PolicyEngine>,
+        config_file: Option<PathBuf>,
+    ) -> Self {
         Self {
             current: ArcSwap::from_pointee(chain),
             engine,
@@ -35,7 +39,8 @@ impl ChainHolder {
     /// Re-reads the config and rebuilds the chain; on success swaps it in.
     pub fn reload(&self) -> Result<Vec<String>, String> {
         let config = Config::load(self.config_file.as_deref()).map_err(|e| e.to_string())?;
-        let chain = PolicyChain::load(Arc::clone(&self.engine), &config).map_err(|e| e.to_string())?;
+        let chain =
+            PolicyChain::load(Arc::clone(&self.engine), &config).map_err(|e| e.to_string())?;
         let names = chain.names().iter().map(|s| s.to_string()).collect();
         self.current.store(Arc::new(chain));
         Ok(names)
@@ -48,8 +53,14 @@ impl ChainHolder {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
         let notify_tx = tx.clone();
         let relevant = Relevant {
-            config_file: self.config_file.as_ref().and_then(|f| f.file_name()).map(Into::into),
-            policy_dir: policy_dir.canonicalize().unwrap_or_else(|_| policy_dir.clone()),
+            config_file: self
+                .config_file
+                .as_ref()
+                .and_then(|f| f.file_name())
+                .map(Into::into),
+            policy_dir: policy_dir
+                .canonicalize()
+                .unwrap_or_else(|_| policy_dir.clone()),
         };
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             if let Ok(event) = event {
@@ -133,7 +144,10 @@ struct Relevant {
 
 impl Relevant {
     fn matches(&self, path: &std::path::Path) -> bool {
-        let is_config = self.config_file.as_deref().is_some_and(|f| path.file_name() == Some(f));
+        let is_config = self
+            .config_file
+            .as_deref()
+            .is_some_and(|f| path.file_name() == Some(f));
         let is_policy = path.parent().is_some_and(|p| {
             p == self.policy_dir || p.canonicalize().is_ok_and(|p| p == self.policy_dir)
         }) && path.extension().is_some_and(|e| e == "wasm");
@@ -143,7 +157,8 @@ impl Relevant {
 
 fn spawn_sighup(tx: tokio::sync::mpsc::UnboundedSender<()>) {
     tokio::spawn(async move {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
             tracing::warn!("cannot listen for SIGHUP");
             return;
         };

@@ -19,9 +19,19 @@ use crate::reference::{Algorithm, Digest, RepositoryName};
 /// One thing `gc` removed (or, on a dry run, would remove).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Removal {
-    Blob { digest: Digest, bytes: u64 },
-    Upload { repository: RepositoryName, id: String, bytes: u64 },
-    Staging { file: String, bytes: u64 },
+    Blob {
+        digest: Digest,
+        bytes: u64,
+    },
+    Upload {
+        repository: RepositoryName,
+        id: String,
+        bytes: u64,
+    },
+    Staging {
+        file: String,
+        bytes: u64,
+    },
 }
 
 impl Removal {

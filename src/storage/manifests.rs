@@ -21,7 +21,8 @@ use crate::reference::{Algorithm, Digest, Reference, RepositoryName, Tag};
 pub const MEDIA_TYPE_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const MEDIA_TYPE_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const MEDIA_TYPE_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-pub const MEDIA_TYPE_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub const MEDIA_TYPE_DOCKER_LIST: &str =
+    "application/vnd.docker.distribution.manifest.list.v2+json";
 const MEDIA_TYPE_DOCKER_SCHEMA1: [&str; 2] = [
     "application/vnd.docker.distribution.manifest.v1+json",
     "application/vnd.docker.distribution.manifest.v1+prettyjws",
@@ -104,12 +105,15 @@ impl ParsedManifest {
     /// Parses and checks a manifest. `content_type` is the request's header, if any.
     pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<Self> {
         let invalid = |m: String| StorageError::ManifestInvalid(m);
-        let raw: RawManifest =
-            serde_json::from_slice(bytes).map_err(|e| invalid(format!("not a valid manifest: {e}")))?;
+        let raw: RawManifest = serde_json::from_slice(bytes)
+            .map_err(|e| invalid(format!("not a valid manifest: {e}")))?;
         let header_type = content_type
             .map(|ct| ct.split(';').next().unwrap_or("").trim())
             .filter(|ct| !ct.is_empty());
-        for t in [raw.media_type.as_deref(), header_type].into_iter().flatten() {
+        for t in [raw.media_type.as_deref(), header_type]
+            .into_iter()
+            .flatten()
+        {
             if MEDIA_TYPE_DOCKER_SCHEMA1.contains(&t) {
                 return Err(invalid(
                     "Docker schema1 manifests are not supported; push with a current client".into(),
@@ -137,7 +141,9 @@ impl ParsedManifest {
         match kind {
             ManifestKind::Image => {
                 if raw.config.is_none() {
-                    return Err(invalid("an image manifest needs a config descriptor".into()));
+                    return Err(invalid(
+                        "an image manifest needs a config descriptor".into(),
+                    ));
                 }
                 if raw.layers.is_none() {
                     return Err(invalid("an image manifest needs a layers array".into()));
@@ -201,7 +207,8 @@ fn stored_media_type(bytes: &[u8]) -> String {
     }
     match serde_json::from_slice::<Peek>(bytes) {
         Ok(Peek {
-            media_type: Some(t), ..
+            media_type: Some(t),
+            ..
         }) => t,
         Ok(Peek {
             manifests: Some(_), ..
@@ -263,7 +270,8 @@ impl Storage {
             };
             for blob in manifest.referenced_blobs() {
                 let linked = read_link(root, &paths::layer_link(&name, &blob.digest))?;
-                if linked.as_ref() != Some(&blob.digest) || !Storage::blob_exists(root, &blob.digest)
+                if linked.as_ref() != Some(&blob.digest)
+                    || !Storage::blob_exists(root, &blob.digest)
                 {
                     return Err(StorageError::ManifestBlobUnknown(blob.digest.clone()));
                 }
@@ -331,7 +339,11 @@ impl Storage {
     }
 
     /// The tags that point to `digest` now, sorted.
-    pub async fn tags_pointing_to(&self, name: &RepositoryName, digest: &Digest) -> Result<Vec<String>> {
+    pub async fn tags_pointing_to(
+        &self,
+        name: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<Vec<String>> {
         let (name, digest) = (name.clone(), digest.clone());
         self.blocking(move |root| {
             let mut tags: Vec<String> = tags_naming(root, &name, &digest)?
@@ -443,7 +455,12 @@ impl Storage {
     pub async fn list_repositories(&self) -> Result<Vec<RepositoryName>> {
         self.blocking(|root| {
             let mut out = Vec::new();
-            walk_repositories(root, std::path::Path::new(paths::REPOSITORIES), "", &mut out)?;
+            walk_repositories(
+                root,
+                std::path::Path::new(paths::REPOSITORIES),
+                "",
+                &mut out,
+            )?;
             out.sort();
             Ok(out)
         })

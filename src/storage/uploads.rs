@@ -248,10 +248,9 @@ impl Storage {
             .blocking(move |root| {
                 let data = paths::upload_data(&name, id);
                 let actual = match expected.algorithm() {
-                    Algorithm::Sha256 => Digest::from_parts(
-                        Algorithm::Sha256,
-                        &hex::encode(hasher.finalize()),
-                    ),
+                    Algorithm::Sha256 => {
+                        Digest::from_parts(Algorithm::Sha256, &hex::encode(hasher.finalize()))
+                    }
                     Algorithm::Sha512 => {
                         let mut h = Sha512::new();
                         hash_reader(root.open(&data)?, &mut h)?;

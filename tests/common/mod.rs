@@ -355,7 +355,10 @@ fn check_error(
         .unwrap_or_else(|| panic!("error body has no errors array: {text}"));
     assert!(!errors.is_empty(), "errors array is empty: {text}");
     for entry in errors {
-        assert!(entry["code"].is_string(), "error entry without code: {text}");
+        assert!(
+            entry["code"].is_string(),
+            "error entry without code: {text}"
+        );
         assert!(
             entry["message"].as_str().is_some_and(|m| !m.is_empty()),
             "error entry without a message: {text}"

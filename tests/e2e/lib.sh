@@ -10,6 +10,7 @@
 
 set -u -o pipefail
 
+# shellcheck disable=SC2034 # used by the test scripts that source this file
 E2E_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 : "${E2E_TMP:?run the e2e tests through tests/e2e/run.sh}"
 : "${E2E_RESULTS:?run the e2e tests through tests/e2e/run.sh}"
@@ -114,9 +115,15 @@ e2e_init() {
     echo '{"default":[{"type":"insecureAcceptAnything"}]}' >"$POLICY"
 }
 
+# Whether PID is still a process this test started, not a reused number.
+is_our_child() {
+    [[ $(awk '/^PPid:/ { print $2 }' "/proc/$1/status" 2>/dev/null) == "$$" ]]
+}
+
 # stop_pid PID [SECONDS]: SIGTERM, then SIGKILL if it is still alive after SECONDS.
 stop_pid() {
     local pid=$1 timeout=${2:-10} i
+    is_our_child "$pid" || return 0
     kill -TERM "$pid" 2>/dev/null || return 0
     for ((i = 0; i < timeout * 10; i++)); do
         kill -0 "$pid" 2>/dev/null || break
@@ -229,8 +236,8 @@ storage:
 http:
   addr: $DISTRIBUTION_ADDR
 EOF
-    # Distribution reads REGISTRY_* variables as configuration (REGISTRY_AUTH_FILE
-    # of containers tools would become its `auth` section); give it none.
+    # Distribution reads REGISTRY_* variables as configuration (a REGISTRY_AUTH_FILE
+    # meant for skopeo would become its `auth` section); give it none.
     local unset_registry_vars=()
     for var in $(compgen -e | grep '^REGISTRY_'); do unset_registry_vars+=(-u "$var"); done
     env "${unset_registry_vars[@]}" "${DOCKER_REGISTRY:-docker-registry}" serve "$config" >"$DISTRIBUTION_LOG" 2>&1 &
@@ -247,7 +254,8 @@ stop_distribution() {
 # ---------------------------------------------------------------- dockerd
 
 # start_dockerd: a private dockerd (own data root, exec root and socket);
-# exports DOCKER_HOST for the docker CLI.
+# exports DOCKER_HOST for the docker CLI. dockerd starts its own containerd
+# unless the host runs one, which it then shares under its own namespaces.
 start_dockerd() {
     local dir=$WORK/docker i
     mkdir -p "$dir"
@@ -255,11 +263,12 @@ start_dockerd() {
     dockerd --iptables=false --ip6tables=false --bridge=none \
         --storage-driver="${E2E_DOCKER_STORAGE_DRIVER:-vfs}" \
         --data-root="$dir/data" --exec-root="$dir/exec" --pidfile="$dir/dockerd.pid" \
+        --containerd-namespace=portcullis-e2e --containerd-plugins-namespace=portcullis-e2e-plugins \
         --host="unix://$dir/docker.sock" >"$DOCKERD_LOG" 2>&1 &
     DOCKERD_PID=$!
-    # dockerd starts its own containerd; stop it too should dockerd not.
+    # Stop dockerd's own containerd too, should dockerd leave it behind.
     defer "umount_below $dir"
-    defer "stop_pid_file $dir/exec/containerd/containerd.pid"
+    defer "stop_orphan $dir/exec/containerd/containerd.pid $dir"
     defer "stop_pid $DOCKERD_PID 30"
     export DOCKER_HOST=unix://$dir/docker.sock
     for ((i = 0; i < 600; i++)); do
@@ -270,8 +279,15 @@ start_dockerd() {
     bail "dockerd starts" "$DOCKERD_LOG"
 }
 
-stop_pid_file() {
-    [[ -s $1 ]] && stop_pid "$(cat "$1")"
+# stop_orphan PIDFILE MARKER: stops the process in PIDFILE if its command line
+# contains MARKER (a daemon's child that outlived it is no longer our child).
+stop_orphan() {
+    local pid
+    pid=$(cat "$1" 2>/dev/null) || return 0
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "$2" || return 0
+    kill -TERM "$pid" 2>/dev/null
+    sleep 2
+    kill -KILL "$pid" 2>/dev/null || true
 }
 
 # Unmounts whatever a daemon left mounted below DIR, deepest first.

@@ -93,5 +93,7 @@ for script in "$E2E_DIR"/test_*.sh; do
     failed=$((failed + $(grep -cx 'not ok' "$E2E_RESULTS")))
 done
 
+# A run that checked nothing (every test skipped, a mistyped name) is no pass.
+[[ $passed -gt 0 || $failed -gt 0 ]] || echo "# no checks ran"
 echo "e2e: $passed passed, $failed failed"
 [[ $failed -eq 0 && $passed -gt 0 ]]
