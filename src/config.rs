@@ -151,7 +151,11 @@ impl Default for Config {
 impl Config {
     /// Loads defaults, then `file` if given, then the environment.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        Self::load_with_env(file, Env::prefixed("PORTCULLIS_").split("__"))
+        // PORTCULLIS_LOG is the log filter, read by the binary, not a config key.
+        Self::load_with_env(
+            file,
+            Env::prefixed("PORTCULLIS_").split("__").ignore(&["log"]),
+        )
     }
 
     fn load_with_env(file: Option<&Path>, env: Env) -> Result<Self, ConfigError> {

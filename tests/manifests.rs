@@ -569,3 +569,45 @@ async fn a_non_distributable_layer_with_urls_need_not_be_pushed() {
         .await;
     assert_eq!(put.status(), StatusCode::CREATED);
 }
+
+#[tokio::test]
+async fn a_manifest_is_served_with_the_media_type_it_was_accepted_as() {
+    let registry = TestRegistry::start().await;
+    let (a, b) = (Image::random(), Image::random());
+    registry.push_image("typed", &a.digest, &a).await;
+    registry.push_image("typed", &b.digest, &b).await;
+    // No `mediaType` in the bodies: the media type is only in Content-Type,
+    // as oci-client sends an `OciImageIndex` whose `media_type` is `None`.
+    let list = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "manifests": [a.descriptor(), b.descriptor()],
+    }))
+    .unwrap();
+    let mut image: serde_json::Value = serde_json::from_slice(&a.manifest).unwrap();
+    image.as_object_mut().unwrap().remove("mediaType");
+    let image = serde_json::to_vec(&image).unwrap();
+
+    for (tag, media_type, body) in [("list", DOCKER_LIST, list), ("v2", DOCKER_MANIFEST, image)] {
+        let put = registry.put_manifest("typed", tag, media_type, body).await;
+        if put.status() == StatusCode::BAD_REQUEST {
+            // Refusing a Docker manifest without its mediaType field is fine too.
+            expect_error(put, 400, "MANIFEST_INVALID").await;
+            continue;
+        }
+        assert_eq!(put.status(), StatusCode::CREATED, "PUT as {media_type}");
+        let get = registry
+            .request(Method::GET, &format!("/v2/typed/manifests/{tag}"))
+            .header("accept", media_type)
+            .send()
+            .await
+            .unwrap();
+        let status = get.status();
+        let content_type = header(&get, "content-type");
+        assert_eq!(
+            (status, content_type.as_deref()),
+            (StatusCode::OK, Some(media_type)),
+            "accepted as {media_type}, then GET with Accept: {media_type} answered {}",
+            get.text().await.unwrap_or_default()
+        );
+    }
+}

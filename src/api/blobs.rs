@@ -27,15 +27,17 @@ pub async fn get(
         Some(range) => match parse_range(range, info.size) {
             Ok(span) => span,
             Err(RangeError::Unsatisfiable(size)) => {
+                // The blob exists, so not BLOB_UNKNOWN; the spec has no code
+                // for this, and SIZE_INVALID says what is wrong: the range.
                 return Err(ApiError::new(
-                    ErrorCode::BlobUnknown,
+                    ErrorCode::SizeInvalid,
                     format!("range {range:?} is outside the blob's {size} bytes"),
                 )
                 .with_status(StatusCode::RANGE_NOT_SATISFIABLE)
                 .with_header(
                     header::CONTENT_RANGE,
                     header_value(format!("bytes */{size}"))?,
-                ))
+                ));
             }
             // A range we cannot read is ignored, as RFC 9110 says: the whole blob is sent.
             Err(RangeError::Malformed(_)) => None,

@@ -90,7 +90,14 @@ fn older_than(modified: io::Result<SystemTime>, age: Duration) -> bool {
 fn collect(root: &Dir, dry_run: bool, grace: Duration, progress: &ProgressBar) -> Result<GcReport> {
     let mut report = GcReport::default();
     let mut repositories = Vec::new();
-    walk_repositories(root, Path::new(paths::REPOSITORIES), "", &mut repositories)?;
+    // Repositories holding only abandoned uploads count too, so those get cleaned.
+    walk_repositories(
+        root,
+        Path::new(paths::REPOSITORIES),
+        "",
+        true,
+        &mut repositories,
+    )?;
 
     // Mark.
     progress.set_length(repositories.len() as u64);

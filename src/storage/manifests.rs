@@ -133,6 +133,15 @@ impl ParsedManifest {
                 )))
             }
             (Some(body), _) => body.to_owned(),
+            // Docker's schema requires `mediaType` in the body; without it the
+            // bytes would read back as OCI, so such a manifest is refused.
+            (None, Some(header))
+                if header == MEDIA_TYPE_DOCKER_MANIFEST || header == MEDIA_TYPE_DOCKER_LIST =>
+            {
+                return Err(invalid(format!(
+                    "a {header} must carry its mediaType field in the body"
+                )))
+            }
             (None, Some(header)) if kind_of(header).is_some() => header.to_owned(),
             (None, _) if raw.manifests.is_some() => MEDIA_TYPE_OCI_INDEX.to_owned(),
             (None, _) => MEDIA_TYPE_OCI_MANIFEST.to_owned(),
@@ -459,6 +468,7 @@ impl Storage {
                 root,
                 std::path::Path::new(paths::REPOSITORIES),
                 "",
+                false,
                 &mut out,
             )?;
             out.sort();
@@ -479,12 +489,14 @@ fn tags_naming(root: &Dir, name: &RepositoryName, digest: &Digest) -> io::Result
     Ok(tags)
 }
 
-/// Depth-first walk: a directory holding `_manifests` or `_layers` is a repository;
-/// its other subdirectories may hold nested repositories.
+/// Depth-first walk: a directory holding `_manifests` or `_layers` (or, with
+/// `with_uploads_only`, just `_uploads`) is a repository; its other
+/// subdirectories may hold nested repositories.
 pub(super) fn walk_repositories(
     root: &Dir,
     dir: &std::path::Path,
     prefix: &str,
+    with_uploads_only: bool,
     out: &mut Vec<RepositoryName>,
 ) -> io::Result<()> {
     for entry in list_dir(root, dir)? {
@@ -500,12 +512,15 @@ pub(super) fn walk_repositories(
         } else {
             format!("{prefix}/{entry}")
         };
-        if root.is_dir(path.join("_manifests")) || root.is_dir(path.join("_layers")) {
+        if root.is_dir(path.join("_manifests"))
+            || root.is_dir(path.join("_layers"))
+            || (with_uploads_only && root.is_dir(path.join("_uploads")))
+        {
             if let Ok(parsed) = RepositoryName::parse(&name) {
                 out.push(parsed);
             }
         }
-        walk_repositories(root, &path, &name, out)?;
+        walk_repositories(root, &path, &name, with_uploads_only, out)?;
     }
     Ok(())
 }
@@ -526,7 +541,14 @@ mod tests {
         let image = format!(r#"{{"schemaVersion":2,"config":{},"layers":[]}}"#, desc(&d));
         let m = ParsedManifest::parse(image.as_bytes(), None).unwrap();
         assert_eq!(m.media_type, MEDIA_TYPE_OCI_MANIFEST);
-        let m = ParsedManifest::parse(image.as_bytes(), Some(MEDIA_TYPE_DOCKER_MANIFEST)).unwrap();
+        // Docker's schema requires mediaType in the body, so the header alone is not enough.
+        assert!(ParsedManifest::parse(image.as_bytes(), Some(MEDIA_TYPE_DOCKER_MANIFEST)).is_err());
+        let docker = image.replacen(
+            '{',
+            &format!(r#"{{"mediaType":"{MEDIA_TYPE_DOCKER_MANIFEST}","#),
+            1,
+        );
+        let m = ParsedManifest::parse(docker.as_bytes(), Some(MEDIA_TYPE_DOCKER_MANIFEST)).unwrap();
         assert_eq!(m.media_type, MEDIA_TYPE_DOCKER_MANIFEST);
         let index = format!(r#"{{"schemaVersion":2,"manifests":[{}]}}"#, desc(&d));
         let m = ParsedManifest::parse(index.as_bytes(), Some("application/json")).unwrap();

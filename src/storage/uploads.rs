@@ -37,6 +37,10 @@ pub(super) struct Progress {
     hashed: Option<(Sha256, u64)>,
 }
 
+/// Sessions whose hash state is cached; past this, idle entries are dropped
+/// (their state is rebuilt from disk if they come back).
+const MAX_CACHED_SESSIONS: usize = 1024;
+
 #[derive(Default)]
 pub(super) struct Sessions {
     live: Mutex<HashMap<UploadId, Arc<AsyncMutex<Progress>>>>,
@@ -46,6 +50,10 @@ impl Sessions {
     async fn lock(&self, id: UploadId) -> OwnedMutexGuard<Progress> {
         let entry = {
             let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+            if live.len() >= MAX_CACHED_SESSIONS && !live.contains_key(&id) {
+                // Only entries nobody holds a lock on (strong count 1) may go.
+                live.retain(|_, e| Arc::strong_count(e) > 1);
+            }
             Arc::clone(live.entry(id).or_default())
         };
         entry.lock_owned().await
@@ -99,8 +107,14 @@ impl Storage {
         E: std::fmt::Display,
     {
         let mut progress = self.uploads.lock(id).await;
-        self.append_locked(&mut progress, name, id, bounds, body)
-            .await
+        let result = self
+            .append_locked(&mut progress, name, id, bounds, body)
+            .await;
+        drop(progress);
+        if matches!(result, Err(StorageError::UploadUnknown(_))) {
+            self.uploads.forget(id);
+        }
+        result
     }
 
     async fn append_locked<S, E>(
@@ -239,9 +253,19 @@ impl Storage {
         E: std::fmt::Display,
     {
         let mut progress = self.uploads.lock(id).await;
-        let status = self
+        let status = match self
             .append_locked(&mut progress, name, id, bounds, body)
-            .await?;
+            .await
+        {
+            Ok(status) => status,
+            Err(e) => {
+                drop(progress);
+                if matches!(e, StorageError::UploadUnknown(_)) {
+                    self.uploads.forget(id);
+                }
+                return Err(e);
+            }
+        };
         let (hasher, _) = self.current_hash(&mut progress, name, id).await?;
         let (name, expected) = (name.clone(), expected.clone());
         let result = self
@@ -273,7 +297,10 @@ impl Storage {
             })
             .await;
         drop(progress);
-        if matches!(result, Ok(_) | Err(StorageError::DigestMismatch { .. })) {
+        if matches!(
+            result,
+            Ok(_) | Err(StorageError::DigestMismatch { .. } | StorageError::UploadUnknown(_))
+        ) {
             self.uploads.forget(id);
         }
         result
@@ -281,16 +308,18 @@ impl Storage {
 
     /// Ends a session without creating a blob.
     pub async fn cancel_upload(&self, name: &RepositoryName, id: UploadId) -> Result<()> {
-        let _progress = self.uploads.lock(id).await;
-        let name2 = name.clone();
-        self.blocking(move |root| {
-            session_size(root, &name2, id)?;
-            remove_tree(root, &paths::upload_dir(&name2, id))?;
-            Ok(())
-        })
-        .await?;
+        let progress = self.uploads.lock(id).await;
+        let name = name.clone();
+        let result = self
+            .blocking(move |root| {
+                session_size(root, &name, id)?;
+                remove_tree(root, &paths::upload_dir(&name, id))?;
+                Ok(())
+            })
+            .await;
+        drop(progress);
         self.uploads.forget(id);
-        Ok(())
+        result
     }
 }
 

@@ -50,8 +50,10 @@ impl TestRegistry {
     /// Starts a registry after `configure` has adjusted the configuration.
     pub async fn start_with(configure: impl FnOnce(&mut Config)) -> Self {
         let root = tempfile::tempdir().expect("create a temporary storage root");
-        let mut config = Config::default();
-        config.listen = "127.0.0.1:0".parse().expect("loopback address");
+        let mut config = Config {
+            listen: "127.0.0.1:0".parse().expect("loopback address"),
+            ..Config::default()
+        };
         config.storage.root = root.path().to_owned();
         configure(&mut config);
         let (addr, stop, task) = serve(config.clone()).await;
