@@ -498,3 +498,48 @@ async fn config_changes_take_effect_within_two_seconds_without_failing_requests(
     assert!(pulls > 10, "the puller ran ({pulls} pulls)");
     eprintln!("reload in force after {took:?}, {pulls} pulls without a failure");
 }
+
+/// The example configs are documentation users copy: each must load and its
+/// chain must compile and accept its settings.
+#[test]
+fn every_example_config_loads_and_its_policy_chain_compiles() {
+    let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let cache = tempfile::tempdir().unwrap();
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&examples).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let mut config = Config::load(Some(&path)).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        config.policy.cache_dir = Some(cache.path().to_owned());
+        let engine = std::sync::Arc::new(portcullis::policy::PolicyEngine::new(None).unwrap());
+        let chain = portcullis::policy::PolicyChain::load(engine, &config)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(!chain.names().is_empty(), "{} has policies", path.display());
+        checked += 1;
+    }
+    assert!(checked >= 2, "found the example configs");
+}
+
+#[tokio::test]
+async fn the_group_example_lets_alice_push_to_team_a_only() {
+    let example = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/config-groups.toml");
+    let mut loaded = Config::load(Some(&example)).unwrap();
+    loaded.auth.htpasswd = Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/htpasswd"));
+    let registry = TestRegistry::start_with(move |c| {
+        c.auth = loaded.auth;
+        c.groups = loaded.groups;
+        c.policy.chain = loaded.policy.chain;
+    })
+    .await;
+    let image = Image::random();
+    let alice = Some(("alice", "change-me"));
+    assert_eq!(push_as(&registry, alice, "team-a/api", "v1.0.0", &image).await.0, StatusCode::CREATED);
+    let (status, body) = push_as(&registry, alice, "team-b/api", "v1.0.0", &image).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, _) = push_as(&registry, Some(("bob", "change-me")), "team-b/api", "v1.0.0", &image).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, _) = push_as(&registry, Some(("bob", "change-me")), "elsewhere/api", "1", &image).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "the allowlist still applies to ops");
+}

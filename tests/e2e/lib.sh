@@ -172,13 +172,15 @@ json_get() {
 
 # ---------------------------------------------------------------- portcullis
 
-# start_portcullis ROOT: serves ROOT on an ephemeral loopback port.
+# start_portcullis ROOT [CONFIG]: serves ROOT on an ephemeral loopback port,
+# with CONFIG's other settings (policies, ...) if given.
 # Sets PORTCULLIS_PID, PORTCULLIS_ADDR and PORTCULLIS_LOG.
 start_portcullis() {
-    local root=$1 i
+    local root=$1 i config=()
+    [[ -n ${2:-} ]] && config=(--config "$2")
     PORTCULLIS_LOG=$(mktemp "$WORK/portcullis.XXXX.log")
     PORTCULLIS_LISTEN=127.0.0.1:0 PORTCULLIS_STORAGE__ROOT=$root \
-        "$E2E_PORTCULLIS_BIN" --log-format json serve >"$PORTCULLIS_LOG" 2>&1 &
+        "$E2E_PORTCULLIS_BIN" --log-format json serve "${config[@]}" >"$PORTCULLIS_LOG" 2>&1 &
     PORTCULLIS_PID=$!
     defer "stop_pid $PORTCULLIS_PID"
     PORTCULLIS_ADDR=

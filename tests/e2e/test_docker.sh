@@ -96,3 +96,32 @@ docker rmi "$IMAGE" "$MOUNTED" "$REG/e2e/docker@$DIGEST" >"$WORK/rmi.log" 2>&1
 check "docker pulls the image from the second repository" docker pull "$MOUNTED"
 expect_eq "the image pulled from the second repository is the same image" "$IMAGE_ID" \
     "$(docker image inspect -f '{{.Id}}' "$MOUNTED" 2>&1)"
+
+# --- tag immutability: the same registry, now with the bundled policy on
+
+stop_portcullis
+cat >"$WORK/immutable.toml" <<'TOML'
+[[policy.chain]]
+name = "immutable-releases"
+module = "builtin:tag-immutability"
+settings = { tags = ["v*", "!*-rc*"] }
+TOML
+start_portcullis "$WORK/storage" "$WORK/immutable.toml"
+REG2=$PORTCULLIS_ADDR
+RELEASE=$REG2/e2e/docker:v1
+docker tag "$MOUNTED" "$RELEASE"
+check "docker re-push of the same image to the immutable tag v1 is allowed" docker push "$RELEASE"
+echo "changed $RANDOM" >"$CONTEXT/three.txt"
+DOCKER_BUILDKIT=0 check "docker build of a different image" docker build -t "$RELEASE" "$CONTEXT"
+if bounded docker push "$RELEASE" >"$WORK/last.log" 2>&1; then
+    not_ok "docker push of a different image to the immutable tag v1 fails" "$WORK/last.log"
+else
+    ok "docker push of a different image to the immutable tag v1 fails"
+fi
+expect_eq "docker shows the policy's message" \
+    "denied: denied by policy immutable-releases: tag v1 in e2e/docker is immutable: it points to $DIGEST; push under a new tag instead" \
+    "$(grep -oE 'denied: denied by policy.*' "$WORK/last.log" | head -n1)"
+status=$(http_status "http://$REG2/v2/e2e/docker/manifests/v1" -I \
+    -H 'Accept: application/vnd.docker.distribution.manifest.v2+json')
+served=$(grep -i '^docker-content-digest:' "$WORK/http.headers" | tr -d '\r' | cut -d' ' -f2)
+expect_eq "v1 still names the first image" "200 $DIGEST" "$status $served"
