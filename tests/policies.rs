@@ -511,7 +511,8 @@ fn every_example_config_loads_and_its_policy_chain_compiles() {
         if path.extension().is_none_or(|e| e != "toml") {
             continue;
         }
-        let mut config = Config::load(Some(&path)).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let mut config =
+            Config::load(Some(&path)).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         config.policy.cache_dir = Some(cache.path().to_owned());
         let engine = std::sync::Arc::new(portcullis::policy::PolicyEngine::new(None).unwrap());
         let chain = portcullis::policy::PolicyChain::load(engine, &config)
@@ -526,7 +527,8 @@ fn every_example_config_loads_and_its_policy_chain_compiles() {
 async fn the_group_example_lets_alice_push_to_team_a_only() {
     let example = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/config-groups.toml");
     let mut loaded = Config::load(Some(&example)).unwrap();
-    loaded.auth.htpasswd = Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/htpasswd"));
+    loaded.auth.htpasswd =
+        Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/htpasswd"));
     let registry = TestRegistry::start_with(move |c| {
         c.auth = loaded.auth;
         c.groups = loaded.groups;
@@ -535,11 +537,34 @@ async fn the_group_example_lets_alice_push_to_team_a_only() {
     .await;
     let image = Image::random();
     let alice = Some(("alice", "change-me"));
-    assert_eq!(push_as(&registry, alice, "team-a/api", "v1.0.0", &image).await.0, StatusCode::CREATED);
+    assert_eq!(
+        push_as(&registry, alice, "team-a/api", "v1.0.0", &image)
+            .await
+            .0,
+        StatusCode::CREATED
+    );
     let (status, body) = push_as(&registry, alice, "team-b/api", "v1.0.0", &image).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
-    let (status, _) = push_as(&registry, Some(("bob", "change-me")), "team-b/api", "v1.0.0", &image).await;
+    let (status, _) = push_as(
+        &registry,
+        Some(("bob", "change-me")),
+        "team-b/api",
+        "v1.0.0",
+        &image,
+    )
+    .await;
     assert_eq!(status, StatusCode::CREATED);
-    let (status, _) = push_as(&registry, Some(("bob", "change-me")), "elsewhere/api", "1", &image).await;
-    assert_eq!(status, StatusCode::FORBIDDEN, "the allowlist still applies to ops");
+    let (status, _) = push_as(
+        &registry,
+        Some(("bob", "change-me")),
+        "elsewhere/api",
+        "1",
+        &image,
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "the allowlist still applies to ops"
+    );
 }

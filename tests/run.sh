@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# The whole test suite: formatting, lints, unit and integration tests, then the
-# end-to-end tests with real clients (docker, skopeo, registry:2).
+# The whole test suite: formatting, lints, the bundled policies' unit tests,
+# the example policies in C, Python and JavaScript built from source, unit and
+# integration tests, then the end-to-end tests with real clients (docker,
+# skopeo, podman, registry:2). CI runs it through .ci/run, which installs the
+# tools first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
+(cd policies && cargo fmt --all -- --check && cargo test --locked)
+bash examples/policies/build-all.sh
 cargo test --all-targets
 bash tests/e2e/run.sh
