@@ -57,7 +57,8 @@ impl Grant {
             }
         }
         Ok(Self {
-            repositories: PatternList::new(&raw.repositories).map_err(|e| format!("{whose}: {e}"))?,
+            repositories: PatternList::new(&raw.repositories)
+                .map_err(|e| format!("{whose}: {e}"))?,
             actions: raw.actions,
         })
     }
@@ -188,14 +189,24 @@ mod tests {
         let s = Settings::parse(SETTINGS).unwrap();
         let alice = who(Some("alice"), &["devs"]);
         let carol = who(Some("carol"), &[]);
-        assert!(matches!(s.decide(Action::Push, "team-a/api", &alice), Decision::Allow));
-        assert!(matches!(s.decide(Action::Pull, "team-b/api", &carol), Decision::Allow));
+        assert!(matches!(
+            s.decide(Action::Push, "team-a/api", &alice),
+            Decision::Allow
+        ));
+        assert!(matches!(
+            s.decide(Action::Pull, "team-b/api", &carol),
+            Decision::Allow
+        ));
         match s.decide(Action::Push, "team-b/api", &alice) {
             Decision::Deny(m) => assert_eq!(m, "user alice (groups devs) may not push team-b/api"),
             Decision::Allow => panic!("alice pushed to team-b"),
         }
         assert!(matches!(
-            s.decide(Action::Delete, "team-a/api", &who(Some("root"), &["admins"])),
+            s.decide(
+                Action::Delete,
+                "team-a/api",
+                &who(Some("root"), &["admins"])
+            ),
             Decision::Allow
         ));
     }
@@ -204,8 +215,14 @@ mod tests {
     fn anonymous_callers_get_only_their_grants() {
         let s = Settings::parse(SETTINGS).unwrap();
         let anon = who(None, &[]);
-        assert!(matches!(s.decide(Action::Pull, "public/x", &anon), Decision::Allow));
-        assert!(matches!(s.decide(Action::Pull, "team-a/x", &anon), Decision::Deny(_)));
+        assert!(matches!(
+            s.decide(Action::Pull, "public/x", &anon),
+            Decision::Allow
+        ));
+        assert!(matches!(
+            s.decide(Action::Pull, "team-a/x", &anon),
+            Decision::Deny(_)
+        ));
     }
 
     #[test]

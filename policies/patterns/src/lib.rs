@@ -32,8 +32,13 @@ impl PatternList {
     }
 
     pub fn matches(&self, value: &str) -> bool {
-        self.include.iter().any(|p| glob_match::glob_match(p, value))
-            && !self.exclude.iter().any(|p| glob_match::glob_match(p, value))
+        self.include
+            .iter()
+            .any(|p| glob_match::glob_match(p, value))
+            && !self
+                .exclude
+                .iter()
+                .any(|p| glob_match::glob_match(p, value))
     }
 
     pub fn is_empty(&self) -> bool {

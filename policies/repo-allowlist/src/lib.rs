@@ -117,7 +117,9 @@ mod tests {
         assert!(allowed(s.decide(Action::Push, "team-a/api")));
         assert!(allowed(s.decide(Action::Pull, "team-b/api")));
         match s.decide(Action::Push, "team-b/api") {
-            Decision::Deny(m) => assert!(m.contains("team-a/**") && m.contains("team-b/api"), "{m}"),
+            Decision::Deny(m) => {
+                assert!(m.contains("team-a/**") && m.contains("team-b/api"), "{m}")
+            }
             Decision::Allow => panic!("push to team-b allowed"),
         }
         match s.decide(Action::Delete, "team-a/api") {

@@ -49,7 +49,9 @@ impl Settings {
     }
 
     pub fn decide(&self, request: &Request) -> Decision {
-        if request.resource != ResourceKind::Manifest || !self.repositories.matches(&request.repository) {
+        if request.resource != ResourceKind::Manifest
+            || !self.repositories.matches(&request.repository)
+        {
             return Decision::Allow;
         }
         let repo = &request.repository;
@@ -66,7 +68,9 @@ impl Settings {
             (Action::Delete, Some(Reference::Tag(tag)))
                 if self.tags.matches(tag) && request.current_digest.is_some() =>
             {
-                Decision::Deny(format!("tag {tag} in {repo} is immutable and cannot be deleted"))
+                Decision::Deny(format!(
+                    "tag {tag} in {repo} is immutable and cannot be deleted"
+                ))
             }
             (Action::Delete, Some(Reference::Digest(digest))) => {
                 match request.digest_tags.iter().find(|t| self.tags.matches(t)) {
@@ -118,7 +122,10 @@ mod tests {
             resource: ResourceKind::Manifest,
             repository: "team-a/api".into(),
             reference: Some(Reference::Tag(tag.into())),
-            identity: Identity { subject: Some("alice".into()), groups: vec![] },
+            identity: Identity {
+                subject: Some("alice".into()),
+                groups: vec![],
+            },
             client_ip: "127.0.0.1".into(),
             manifest: Some(Manifest {
                 media_type: "application/vnd.oci.image.manifest.v1+json".into(),
@@ -141,14 +148,26 @@ mod tests {
     #[test]
     fn same_digest_repush_is_allowed_other_digest_denied() {
         let s = settings();
-        assert!(matches!(s.decide(&push("v1.2.0", None, "sha256:a")), Decision::Allow));
-        assert!(matches!(s.decide(&push("v1.2.0", Some("sha256:a"), "sha256:a")), Decision::Allow));
+        assert!(matches!(
+            s.decide(&push("v1.2.0", None, "sha256:a")),
+            Decision::Allow
+        ));
+        assert!(matches!(
+            s.decide(&push("v1.2.0", Some("sha256:a"), "sha256:a")),
+            Decision::Allow
+        ));
         match s.decide(&push("v1.2.0", Some("sha256:a"), "sha256:b")) {
             Decision::Deny(m) => assert!(m.contains("v1.2.0") && m.contains("sha256:a"), "{m}"),
             Decision::Allow => panic!("immutable tag moved"),
         }
-        assert!(matches!(s.decide(&push("v1.3.0-rc1", Some("sha256:a"), "sha256:b")), Decision::Allow));
-        assert!(matches!(s.decide(&push("latest", Some("sha256:a"), "sha256:b")), Decision::Allow));
+        assert!(matches!(
+            s.decide(&push("v1.3.0-rc1", Some("sha256:a"), "sha256:b")),
+            Decision::Allow
+        ));
+        assert!(matches!(
+            s.decide(&push("latest", Some("sha256:a"), "sha256:b")),
+            Decision::Allow
+        ));
     }
 
     #[test]
