@@ -6,9 +6,9 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{Image, TestRegistry, OCI_MANIFEST};
+use common::{Image, TestRegistry};
 use portcullis::config::PolicyEntry;
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 fn built(example: &str) -> String {
@@ -42,33 +42,12 @@ async fn push(
     tag: &str,
     image: &Image,
 ) -> (StatusCode, String) {
-    for blob in std::iter::once(&image.config).chain(&image.layers) {
-        let response = registry
-            .request(
-                Method::POST,
-                &format!(
-                    "/v2/{repository}/blobs/uploads/?digest={}",
-                    common::sha256(blob)
-                ),
-            )
-            .body(blob.clone())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::CREATED);
-    }
-    let response = registry
-        .put_manifest(repository, tag, OCI_MANIFEST, image.manifest.clone())
-        .await;
-    let status = response.status();
-    let body: Value = response.json().await.unwrap_or(Value::Null);
-    (
-        status,
-        body["errors"][0]["message"]
-            .as_str()
-            .unwrap_or("")
-            .to_owned(),
-    )
+    let (status, body) = registry.push_image_as(None, repository, tag, image).await;
+    let message = body["errors"][0]["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    (status, message)
 }
 
 #[tokio::test]

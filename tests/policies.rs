@@ -30,45 +30,6 @@ fn misbehave() -> String {
         .to_string()
 }
 
-/// Pushes an image's blobs and manifest as `user` (or anonymously), returning
-/// the first failing response's status and body, or the manifest PUT's.
-async fn push_as(
-    registry: &TestRegistry,
-    user: Option<(&str, &str)>,
-    repository: &str,
-    tag: &str,
-    image: &Image,
-) -> (StatusCode, Value) {
-    let auth = |b: reqwest::RequestBuilder| match user {
-        Some((u, p)) => b.basic_auth(u, Some(p)),
-        None => b,
-    };
-    for blob in std::iter::once(&image.config).chain(&image.layers) {
-        let digest = common::sha256(blob);
-        let response = auth(registry.request(
-            Method::POST,
-            &format!("/v2/{repository}/blobs/uploads/?digest={digest}"),
-        ))
-        .body(blob.clone())
-        .send()
-        .await
-        .expect("upload reaches the registry");
-        if response.status() != StatusCode::CREATED {
-            let status = response.status();
-            return (status, response.json().await.unwrap_or(Value::Null));
-        }
-    }
-    let response =
-        auth(registry.request(Method::PUT, &format!("/v2/{repository}/manifests/{tag}")))
-            .header("content-type", OCI_MANIFEST)
-            .body(image.manifest.clone())
-            .send()
-            .await
-            .expect("manifest PUT reaches the registry");
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
 #[tokio::test]
 async fn push_outside_the_allowlist_is_denied_with_the_rule_named() {
     let registry = TestRegistry::start_with(|c| {
@@ -80,7 +41,9 @@ async fn push_outside_the_allowlist_is_denied_with_the_rule_named() {
     })
     .await;
     let image = Image::random();
-    let (status, _) = push_as(&registry, None, "team-a/api", "1", &image).await;
+    let (status, _) = registry
+        .push_image_as(None, "team-a/api", "1", &image)
+        .await;
     assert_eq!(status, StatusCode::CREATED);
 
     let response = registry
@@ -163,15 +126,23 @@ async fn groups_decide_who_pushes_where_and_anonymous_callers_are_challenged() {
 
     let image = Image::random();
     assert_eq!(
-        push_as(&registry, alice, "team-a/api", "1", &image).await.0,
+        registry
+            .push_image_as(alice, "team-a/api", "1", &image)
+            .await
+            .0,
         StatusCode::CREATED
     );
     assert_eq!(
-        push_as(&registry, bob, "team-b/api", "1", &image).await.0,
+        registry
+            .push_image_as(bob, "team-b/api", "1", &image)
+            .await
+            .0,
         StatusCode::CREATED
     );
 
-    let (status, body) = push_as(&registry, alice, "team-b/api", "2", &image).await;
+    let (status, body) = registry
+        .push_image_as(alice, "team-b/api", "2", &image)
+        .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(body["errors"][0]["code"], "DENIED");
     assert_eq!(
@@ -180,7 +151,9 @@ async fn groups_decide_who_pushes_where_and_anonymous_callers_are_challenged() {
     );
 
     // Anonymous callers are asked to log in rather than refused outright.
-    let (status, body) = push_as(&registry, None, "team-a/api", "3", &image).await;
+    let (status, body) = registry
+        .push_image_as(None, "team-a/api", "3", &image)
+        .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(body["errors"][0]["code"], "UNAUTHORIZED");
 
@@ -231,16 +204,22 @@ async fn immutable_tags_accept_the_same_digest_and_refuse_another() {
     let first = Image::random();
     let second = Image::random();
     assert_eq!(
-        push_as(&registry, None, "app", "v1.2.0", &first).await.0,
+        registry
+            .push_image_as(None, "app", "v1.2.0", &first)
+            .await
+            .0,
         StatusCode::CREATED
     );
     // Clients re-push manifests routinely: the same digest is fine.
     assert_eq!(
-        push_as(&registry, None, "app", "v1.2.0", &first).await.0,
+        registry
+            .push_image_as(None, "app", "v1.2.0", &first)
+            .await
+            .0,
         StatusCode::CREATED
     );
 
-    let (status, body) = push_as(&registry, None, "app", "v1.2.0", &second).await;
+    let (status, body) = registry.push_image_as(None, "app", "v1.2.0", &second).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(
         body["errors"][0]["message"],
@@ -283,23 +262,31 @@ async fn immutable_tags_accept_the_same_digest_and_refuse_another() {
 
     // Release candidates and `latest` move freely.
     assert_eq!(
-        push_as(&registry, None, "app", "v1.3.0-rc1", &first)
+        registry
+            .push_image_as(None, "app", "v1.3.0-rc1", &first)
             .await
             .0,
         StatusCode::CREATED
     );
     assert_eq!(
-        push_as(&registry, None, "app", "v1.3.0-rc1", &second)
+        registry
+            .push_image_as(None, "app", "v1.3.0-rc1", &second)
             .await
             .0,
         StatusCode::CREATED
     );
     assert_eq!(
-        push_as(&registry, None, "app", "latest", &first).await.0,
+        registry
+            .push_image_as(None, "app", "latest", &first)
+            .await
+            .0,
         StatusCode::CREATED
     );
     assert_eq!(
-        push_as(&registry, None, "app", "latest", &second).await.0,
+        registry
+            .push_image_as(None, "app", "latest", &second)
+            .await
+            .0,
         StatusCode::CREATED
     );
 }
@@ -326,7 +313,10 @@ async fn runaway_and_memory_hungry_policies_are_stopped_and_others_keep_working(
     .await;
     let image = Image::random();
     assert_eq!(
-        push_as(&registry, None, "fine/app", "1", &image).await.0,
+        registry
+            .push_image_as(None, "fine/app", "1", &image)
+            .await
+            .0,
         StatusCode::CREATED
     );
 
@@ -538,30 +528,23 @@ async fn the_group_example_lets_alice_push_to_team_a_only() {
     let image = Image::random();
     let alice = Some(("alice", "change-me"));
     assert_eq!(
-        push_as(&registry, alice, "team-a/api", "v1.0.0", &image)
+        registry
+            .push_image_as(alice, "team-a/api", "v1.0.0", &image)
             .await
             .0,
         StatusCode::CREATED
     );
-    let (status, body) = push_as(&registry, alice, "team-b/api", "v1.0.0", &image).await;
+    let (status, body) = registry
+        .push_image_as(alice, "team-b/api", "v1.0.0", &image)
+        .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
-    let (status, _) = push_as(
-        &registry,
-        Some(("bob", "change-me")),
-        "team-b/api",
-        "v1.0.0",
-        &image,
-    )
-    .await;
+    let (status, _) = registry
+        .push_image_as(Some(("bob", "change-me")), "team-b/api", "v1.0.0", &image)
+        .await;
     assert_eq!(status, StatusCode::CREATED);
-    let (status, _) = push_as(
-        &registry,
-        Some(("bob", "change-me")),
-        "elsewhere/api",
-        "1",
-        &image,
-    )
-    .await;
+    let (status, _) = registry
+        .push_image_as(Some(("bob", "change-me")), "elsewhere/api", "1", &image)
+        .await;
     assert_eq!(
         status,
         StatusCode::FORBIDDEN,

@@ -1,12 +1,10 @@
 //! `GET /v2/_catalog`: the repositories in the store, paginated like tag lists.
 
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
 use serde_json::json;
 
 use super::access::{allows, Caller};
 use super::error::ApiResult;
-use super::{header_value, next_link, paginate, pagination, Query, SharedState};
+use super::{paged_response, paginate, pagination, Query, SharedState};
 use crate::config::Action;
 use crate::policy::request::Resource;
 use crate::policy::Access;
@@ -29,18 +27,6 @@ pub async fn list(state: &SharedState, caller: &Caller, query: &Query) -> ApiRes
         .map(|n| n.as_str().to_owned())
         .collect();
     let (page, more) = paginate(names, n, last.as_deref());
-    let body = json!({ "repositories": page }).to_string();
-    let mut response = (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/json")],
-        body,
-    )
-        .into_response();
-    if let (true, Some(n), Some(last)) = (more, n, page.last()) {
-        response.headers_mut().insert(
-            header::LINK,
-            header_value(next_link("/v2/_catalog", n, last))?,
-        );
-    }
-    Ok(response)
+    let body = json!({ "repositories": page });
+    paged_response(body, "/v2/_catalog", &page, n, more)
 }

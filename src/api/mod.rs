@@ -231,10 +231,29 @@ pub(crate) fn paginate(
     }
 }
 
-/// `Link: <path?n=N&last=L>; rel="next"` for the next page.
-pub(crate) fn next_link(path: &str, n: usize, last: &str) -> String {
-    let last = percent_encoding::utf8_percent_encode(last, percent_encoding::NON_ALPHANUMERIC);
-    format!("<{path}?n={n}&last={last}>; rel=\"next\"")
+/// A page of a listing as JSON, with `Link: <path?n=N&last=L>; rel="next"`
+/// when more follow.
+pub(crate) fn paged_response(
+    body: serde_json::Value,
+    path: &str,
+    page: &[String],
+    n: Option<usize>,
+    more: bool,
+) -> ApiResult {
+    let mut response = (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response();
+    if let (true, Some(n), Some(last)) = (more, n, page.last()) {
+        let last = percent_encoding::utf8_percent_encode(last, percent_encoding::NON_ALPHANUMERIC);
+        let link = format!("<{path}?n={n}&last={last}>; rel=\"next\"");
+        response
+            .headers_mut()
+            .insert(header::LINK, header_value(link)?);
+    }
+    Ok(response)
 }
 
 /// One log line per request, and the API version header on every response.

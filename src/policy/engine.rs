@@ -269,29 +269,11 @@ impl PolicyRuntime {
         }
     }
 
-    /// Runs `validate-settings` on a fresh instance, then warms one instance.
-    fn validate_settings(&self, engine: &PolicyEngine) -> Result<(), EngineError> {
-        let mut store = engine.new_store(&self.limits);
-        store
-            .set_fuel(self.limits.fuel)
-            .map_err(|e| self.failed(e))?;
-        let bindings = self
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| self.failed(format!("{e:#}")))?;
-        bindings
-            .call_validate_settings(&mut store, &self.settings)
-            .map_err(|e| self.failed(format!("{e:#}")))?
-            .map_err(|reason| EngineError::Settings {
-                policy: self.name.clone(),
-                reason,
-            })?;
-        let warm = self.fresh(engine)?;
-        self.lock_pool().push(warm);
-        Ok(())
-    }
-
-    fn fresh(&self, engine: &PolicyEngine) -> Result<Warm, EngineError> {
+    /// A new instance in a new store, with a full tank of fuel.
+    fn instantiate(
+        &self,
+        engine: &PolicyEngine,
+    ) -> Result<(Store<GuestState>, Policy), EngineError> {
         let mut store = engine.new_store(&self.limits);
         store
             .set_fuel(self.limits.fuel)
@@ -300,13 +282,35 @@ impl PolicyRuntime {
             .pre
             .instantiate(&mut store)
             .map_err(|e| self.failed(format!("instantiation: {e:#}")))?;
+        Ok((store, bindings))
+    }
+
+    fn settings_error(&self, reason: String) -> EngineError {
+        EngineError::Settings {
+            policy: self.name.clone(),
+            reason,
+        }
+    }
+
+    /// Runs `validate-settings` on a fresh instance, then warms one instance.
+    fn validate_settings(&self, engine: &PolicyEngine) -> Result<(), EngineError> {
+        let (mut store, bindings) = self.instantiate(engine)?;
+        bindings
+            .call_validate_settings(&mut store, &self.settings)
+            .map_err(|e| self.failed(format!("validate-settings: {e:#}")))?
+            .map_err(|reason| self.settings_error(reason))?;
+        let warm = self.fresh(engine)?;
+        self.lock_pool().push(warm);
+        Ok(())
+    }
+
+    /// A new instance that has been given its settings.
+    fn fresh(&self, engine: &PolicyEngine) -> Result<Warm, EngineError> {
+        let (mut store, bindings) = self.instantiate(engine)?;
         bindings
             .call_init(&mut store, &self.settings)
             .map_err(|e| self.failed(format!("init: {e:#}")))?
-            .map_err(|reason| EngineError::Settings {
-                policy: self.name.clone(),
-                reason,
-            })?;
+            .map_err(|reason| self.settings_error(reason))?;
         Ok(Warm {
             store,
             bindings,

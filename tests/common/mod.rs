@@ -221,6 +221,43 @@ impl TestRegistry {
         );
     }
 
+    /// Pushes an image's blobs (monolithic uploads) and manifest as `user`
+    /// (or anonymously), stopping at the first refusal. Returns that
+    /// response's status and JSON body, or the manifest PUT's.
+    pub async fn push_image_as(
+        &self,
+        user: Option<(&str, &str)>,
+        repository: &str,
+        tag: &str,
+        image: &Image,
+    ) -> (StatusCode, Value) {
+        let auth = |b: reqwest::RequestBuilder| match user {
+            Some((u, p)) => b.basic_auth(u, Some(p)),
+            None => b,
+        };
+        for blob in std::iter::once(&image.config).chain(&image.layers) {
+            let path = format!("/v2/{repository}/blobs/uploads/?digest={}", sha256(blob));
+            let response = auth(self.request(Method::POST, &path))
+                .body(blob.clone())
+                .send()
+                .await
+                .expect("upload reaches the registry");
+            if response.status() != StatusCode::CREATED {
+                let status = response.status();
+                return (status, response.json().await.unwrap_or(Value::Null));
+            }
+        }
+        let path = format!("/v2/{repository}/manifests/{tag}");
+        let response = auth(self.request(Method::PUT, &path))
+            .header("content-type", OCI_MANIFEST)
+            .body(image.manifest.clone())
+            .send()
+            .await
+            .expect("manifest PUT reaches the registry");
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
     /// Sends a request over a bare TCP connection, with the path byte for byte:
     /// HTTP clients normalise `..` and `%2e%2e` away, a hostile client does not.
     pub async fn raw_request(&self, method: &str, path: &str) -> RawResponse {
