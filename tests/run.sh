@@ -10,5 +10,5 @@ cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 (cd policies && cargo fmt --all -- --check && cargo test --locked)
 bash examples/policies/build-all.sh
-cargo test --all-targets
+cargo test
 bash tests/e2e/run.sh
