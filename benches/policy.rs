@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use portcullis::auth::Identity;
 use portcullis::config::{Action, Config, PolicyEntry};
+use portcullis::metrics::Metrics;
 use portcullis::policy::request::Resource;
 use portcullis::policy::{Access, PolicyChain, PolicyEngine, Verdict};
 use portcullis::reference::{Reference, RepositoryName, Tag};
@@ -63,15 +64,16 @@ fn direct_evaluation() {
         groups: vec!["devs".into()],
     };
     let ip: IpAddr = [127, 0, 0, 1].into();
+    let metrics = Metrics::new();
     for _ in 0..2_000 {
-        assert_eq!(chain.evaluate(&access, &who, ip), Verdict::Allow);
+        assert_eq!(chain.evaluate(&access, &who, ip, &metrics), Verdict::Allow);
     }
     const BATCH: usize = 2_000;
     let samples: Vec<f64> = (0..25)
         .map(|_| {
             let started = Instant::now();
             for _ in 0..BATCH {
-                std::hint::black_box(chain.evaluate(&access, &who, ip));
+                std::hint::black_box(chain.evaluate(&access, &who, ip, &metrics));
             }
             started.elapsed().as_secs_f64() * 1e6 / BATCH as f64
         })

@@ -25,6 +25,10 @@ pub enum ConfigError {
 pub struct Config {
     /// Address the registry listens on.
     pub listen: SocketAddr,
+    /// On SIGTERM, how long requests in flight (uploads) may take to finish.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    pub tls: TlsConfig,
     pub storage: StorageConfig,
     pub limits: LimitsConfig,
     pub auth: AuthConfig,
@@ -95,6 +99,16 @@ pub enum Action {
     List,
 }
 
+/// TLS is on when both files are set; they are re-read when they change.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, server certificate first.
+    pub cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
@@ -106,6 +120,41 @@ pub struct StorageConfig {
     /// blobs younger than this are never swept, so an image being pushed is safe.
     #[serde(with = "humantime_serde")]
     pub upload_max_age: Duration,
+    /// Mode of every file the registry creates, in octal ("0640"). Never world-writable.
+    pub file_mode: String,
+    /// Mode of every directory the registry creates, in octal ("0750").
+    pub dir_mode: String,
+    /// Group (name or numeric gid) given to everything the registry creates,
+    /// so a shared volume needs no `chmod 777`.
+    pub group: Option<String>,
+}
+
+impl StorageConfig {
+    /// The file and directory modes, checked: octal, and not world-writable.
+    pub fn modes(&self) -> Result<(u32, u32), ConfigError> {
+        let parse = |key: &str, raw: &str| {
+            let mode = u32::from_str_radix(raw.trim_start_matches("0o"), 8).map_err(|_| {
+                ConfigError::Invalid(format!(
+                    "storage.{key} = {raw:?} is not an octal mode like \"0640\""
+                ))
+            })?;
+            if mode > 0o777 {
+                return Err(ConfigError::Invalid(format!(
+                    "storage.{key} = {raw:?}: only permission bits (at most 0777)"
+                )));
+            }
+            if mode & 0o002 != 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "storage.{key} = {raw:?} is world-writable; use a group (storage.group) instead"
+                )));
+            }
+            Ok(mode)
+        };
+        Ok((
+            parse("file_mode", &self.file_mode)?,
+            parse("dir_mode", &self.dir_mode)?,
+        ))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -121,10 +170,15 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 5000)),
+            shutdown_grace: Duration::from_secs(30),
+            tls: TlsConfig::default(),
             storage: StorageConfig {
                 root: PathBuf::from("./data"),
                 delete_enabled: true,
                 upload_max_age: Duration::from_secs(24 * 3600),
+                file_mode: "0640".into(),
+                dir_mode: "0750".into(),
+                group: None,
             },
             limits: LimitsConfig {
                 max_manifest_bytes: 4 * 1024 * 1024,
@@ -175,6 +229,12 @@ impl Config {
     }
 
     fn check(&self) -> Result<(), ConfigError> {
+        self.storage.modes()?;
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return Err(ConfigError::Invalid(
+                "tls: set both cert and key (or neither, for plain HTTP)".into(),
+            ));
+        }
         if self.limits.max_manifest_bytes == 0 {
             return Err(ConfigError::Invalid(
                 "limits.max_manifest_bytes must be greater than 0".into(),

@@ -7,7 +7,9 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod metrics;
 pub mod policy;
 pub mod reference;
 pub mod server;
 pub mod storage;
+pub mod tls;

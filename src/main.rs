@@ -42,6 +42,11 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Certificates for TLS without a proxy.
+    Tls {
+        #[command(subcommand)]
+        command: TlsCommand,
+    },
     /// Check and try out policies.
     Policy {
         #[command(subcommand)]
@@ -54,6 +59,25 @@ enum Command {
         /// Report what would be removed without removing it.
         #[arg(long)]
         dry_run: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum TlsCommand {
+    /// Make a local CA (reused if DIR has one) and a server certificate.
+    Generate {
+        /// Host name(s) clients use, e.g. cr.local.example.com.
+        #[arg(long = "host", required = true)]
+        hosts: Vec<String>,
+        /// IP address(es) clients may use instead.
+        #[arg(long = "ip")]
+        ips: Vec<std::net::IpAddr>,
+        /// Where to write ca.crt, ca.key, tls.crt, tls.key.
+        #[arg(long, default_value = "./tls")]
+        out: PathBuf,
+        /// The port clients use, for the instructions printed.
+        #[arg(long, default_value_t = 5000)]
+        port: u16,
     },
 }
 
@@ -170,6 +194,20 @@ async fn run(command: Command) -> Result<(), String> {
             println!("fuel used: {}", measured.fuel_used);
             Ok(())
         }
+        Command::Tls {
+            command:
+                TlsCommand::Generate {
+                    hosts,
+                    ips,
+                    out,
+                    port,
+                },
+        } => {
+            let generated =
+                portcullis::tls::generate(&hosts, &ips, &out).map_err(|e| e.to_string())?;
+            print_tls_instructions(&generated, &hosts[0], port);
+            Ok(())
+        }
         Command::Config { config } => {
             let config = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
             print!("{}", config.to_toml());
@@ -177,13 +215,9 @@ async fn run(command: Command) -> Result<(), String> {
         }
         Command::Gc { config, dry_run } => {
             let config = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
-            let storage = Storage::open(
-                &config.storage.root,
-                StorageSettings {
-                    upload_max_age: config.storage.upload_max_age,
-                },
-            )
-            .map_err(|e| e.to_string())?;
+            let settings = StorageSettings::from_config(&config.storage)?;
+            let storage =
+                Storage::open(&config.storage.root, settings).map_err(|e| e.to_string())?;
             let bar = ProgressBar::new(0);
             if let Ok(style) = ProgressStyle::with_template("{msg:>14} [{bar:40}] {pos}/{len}") {
                 bar.set_style(style);
@@ -207,4 +241,38 @@ async fn run(command: Command) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+/// What to do with freshly generated certificates, step by step.
+fn print_tls_instructions(g: &portcullis::tls::Generated, host: &str, port: u16) {
+    let (ca, cert, key) = (g.ca_cert.display(), g.cert.display(), g.key.display());
+    println!(
+        "Wrote {ca} (the CA to trust), {cert} and {key} (mode 0600).
+
+1. Serve TLS: in portcullis.toml
+     [tls]
+     cert = \"{cert}\"
+     key = \"{key}\"
+   (the files are re-read when they change; no restart needed).
+
+2. Docker on each machine that pushes or pulls:
+     sudo mkdir -p /etc/docker/certs.d/{host}:{port}
+     sudo cp {ca} /etc/docker/certs.d/{host}:{port}/ca.crt
+
+3. Every cluster node (Debian/Ubuntu/Raspberry Pi OS), so containerd and curl trust it:
+     sudo cp {ca} /usr/local/share/ca-certificates/portcullis-ca.crt
+     sudo update-ca-certificates
+
+4. k3s: /etc/rancher/k3s/registries.yaml on every node, then restart k3s:
+     configs:
+       \"{host}:{port}\":
+         tls:
+           ca_file: /usr/local/share/ca-certificates/portcullis-ca.crt
+   or plain containerd: /etc/containerd/certs.d/{host}:{port}/hosts.toml
+     server = \"https://{host}:{port}\"
+     [host.\"https://{host}:{port}\"]
+       ca = \"/usr/local/share/ca-certificates/portcullis-ca.crt\"
+
+Keep ca.key private: anyone holding it can issue certificates your nodes trust."
+    );
 }

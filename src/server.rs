@@ -7,12 +7,14 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::net::TcpListener;
+use axum_server::tls_rustls::RustlsConfig;
 
 use crate::api::{self, AppState};
 use crate::auth::{AuthConfigError, Authenticator};
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::policy::reload::ChainHolder;
 use crate::policy::{PolicyChain, PolicyEngine, PolicyError};
 use crate::storage::{Storage, StorageSettings};
@@ -24,6 +26,10 @@ pub enum ServerError {
     #[error("{0}")]
     Storage(io::Error),
     #[error("{0}")]
+    Config(String),
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("{0}")]
     Auth(#[from] AuthConfigError),
     #[error("cannot start the policy engine: {0}")]
     Engine(String),
@@ -32,9 +38,11 @@ pub enum ServerError {
 }
 
 pub struct Server {
-    listener: TcpListener,
+    listener: std::net::TcpListener,
     router: axum::Router,
     local_addr: SocketAddr,
+    tls: Option<RustlsConfig>,
+    grace: Duration,
 }
 
 impl Server {
@@ -57,27 +65,19 @@ impl Server {
         config: Config,
         watch: Option<Option<PathBuf>>,
     ) -> Result<Self, ServerError> {
-        let storage = Storage::open(
-            &config.storage.root,
-            StorageSettings {
-                upload_max_age: config.storage.upload_max_age,
-            },
-        )
-        .map_err(ServerError::Storage)?;
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| ServerError::Listen {
-                    addr: config.listen,
-                    source,
-                })?;
-        let local_addr = listener
-            .local_addr()
-            .map_err(|source| ServerError::Listen {
-                addr: config.listen,
-                source,
-            })?;
+        let settings =
+            StorageSettings::from_config(&config.storage).map_err(ServerError::Config)?;
+        let storage =
+            Storage::open(&config.storage.root, settings).map_err(ServerError::Storage)?;
+        check_storage_root(&config.storage.root);
+        storage.probe_writable().await.map_err(|e| {
+            ServerError::Config(format!(
+                "storage root {} is not writable: {e}",
+                config.storage.root.display()
+            ))
+        })?;
         let auth = Arc::new(Authenticator::from_config(&config)?);
+        let metrics = Arc::new(Metrics::new());
         let engine = Arc::new(
             PolicyEngine::new(Some(config.policy_cache_dir()))
                 .map_err(|e| ServerError::Engine(e.to_string()))?,
@@ -90,20 +90,52 @@ impl Server {
         };
         tracing::info!(policies = ?chain.names(), "policy chain loaded");
         let config_file = watch.clone().flatten();
-        let policies = Arc::new(ChainHolder::new(chain, engine, config_file));
+        let policies = Arc::new(ChainHolder::new(
+            chain,
+            engine,
+            config_file,
+            Arc::clone(&metrics),
+        ));
         if watch.is_some() {
             policies.watch(config.policy.dir.clone());
         }
+        let tls = match (&config.tls.cert, &config.tls.key) {
+            (Some(cert), Some(key)) => {
+                let tls = crate::tls::load(cert, key).await?;
+                if watch.is_some() {
+                    crate::tls::watch(tls.clone(), cert.clone(), key.clone());
+                }
+                Some(tls)
+            }
+            _ => None,
+        };
+        spawn_storage_gauge(storage.clone(), Arc::clone(&metrics));
+
+        let listener =
+            std::net::TcpListener::bind(config.listen).map_err(|source| ServerError::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| ServerError::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        let grace = config.shutdown_grace;
         let router = api::router(Arc::new(AppState {
             storage,
             config,
             auth,
             policies,
+            metrics,
         }));
         Ok(Self {
             listener,
             router,
             local_addr,
+            tls,
+            grace,
         })
     }
 
@@ -111,16 +143,65 @@ impl Server {
         self.local_addr
     }
 
-    /// Serves until `shutdown` completes, then lets requests in flight finish.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> io::Result<()> {
-        axum::serve(
-            self.listener,
-            self.router
-                .into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await
+    /// Whether connections are TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
+
+    /// Serves until `shutdown` completes, then stops accepting and lets
+    /// requests in flight (uploads) finish within the configured grace period.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> io::Result<()> {
+        let handle = axum_server::Handle::new();
+        let grace = self.grace;
+        let stopper = handle.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            stopper.graceful_shutdown(Some(grace));
+        });
+        let service = self
+            .router
+            .into_make_service_with_connect_info::<SocketAddr>();
+        match self.tls {
+            Some(tls) => {
+                axum_server::from_tcp_rustls(self.listener, tls)?
+                    .handle(handle)
+                    .serve(service)
+                    .await
+            }
+            None => {
+                axum_server::from_tcp(self.listener)?
+                    .handle(handle)
+                    .serve(service)
+                    .await
+            }
+        }
+    }
+}
+
+/// Warns about a world-writable storage root: the registry never needs it.
+fn check_storage_root(root: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(root) {
+        if meta.permissions().mode() & 0o002 != 0 {
+            tracing::warn!(
+                root = %root.display(),
+                "the storage root is world-writable; use storage.group (or fsGroup in Kubernetes) and chmod o-w"
+            );
+        }
+    }
+}
+
+/// Keeps the storage-bytes gauge current (a walk of `blobs/` every minute).
+fn spawn_storage_gauge(storage: Storage, metrics: Arc<Metrics>) {
+    tokio::spawn(async move {
+        loop {
+            match storage.blob_bytes().await {
+                Ok(bytes) => metrics.set_storage_bytes(bytes),
+                Err(e) => tracing::warn!(error = %e, "cannot measure storage"),
+            }
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        }
+    });
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -55,16 +55,17 @@ pub fn allows(state: &SharedState, caller: &Caller, access: &Access) -> bool {
     state
         .policies
         .current()
-        .evaluate(access, &caller.identity, caller.ip)
+        .evaluate(access, &caller.identity, caller.ip, &state.metrics)
         == Verdict::Allow
 }
 
 /// Runs `access` through the chain and turns a denial into the right error.
 pub fn authorize(state: &SharedState, caller: &Caller, access: &Access) -> ApiResult<()> {
-    let verdict = state
-        .policies
-        .current()
-        .evaluate(access, &caller.identity, caller.ip);
+    let verdict =
+        state
+            .policies
+            .current()
+            .evaluate(access, &caller.identity, caller.ip, &state.metrics);
     match verdict {
         Verdict::Allow => Ok(()),
         Verdict::Deny { policy, reason } => {

@@ -25,10 +25,12 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
 use axum::Router;
 
 use crate::auth::Authenticator;
 use crate::config::{Action, Config};
+use crate::metrics::Metrics;
 use crate::policy::reload::ChainHolder;
 use crate::policy::request::Resource;
 use crate::policy::Access;
@@ -44,15 +46,60 @@ pub struct AppState {
     pub config: Config,
     pub auth: Arc<Authenticator>,
     pub policies: Arc<ChainHolder>,
+    pub metrics: Arc<Metrics>,
 }
 
 pub type SharedState = Arc<AppState>;
 
 pub fn router(state: SharedState) -> Router {
     Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .fallback(dispatch)
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            access_log,
+        ))
         .with_state(state)
-        .layer(middleware::from_fn(access_log))
+}
+
+/// Liveness: the process answers.
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Readiness: storage is writable and a policy chain is loaded.
+async fn readyz(State(state): State<SharedState>) -> Response {
+    match state.storage.probe_writable().await {
+        Ok(()) => {
+            let policies = state.policies.current().names().len();
+            (
+                StatusCode::OK,
+                format!("ready: storage writable, {policies} policies loaded\n"),
+            )
+                .into_response()
+        }
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "not ready: storage {}: {e}\n",
+                state.storage.location().display()
+            ),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(state): State<SharedState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
 }
 
 async fn dispatch(State(state): State<SharedState>, request: Request) -> Response {
@@ -256,8 +303,9 @@ pub(crate) fn paged_response(
     Ok(response)
 }
 
-/// One log line per request, and the API version header on every response.
-async fn access_log(request: Request, next: Next) -> Response {
+/// One log line and one metrics sample per request, and the API version
+/// header on every response.
+async fn access_log(State(state): State<SharedState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
@@ -279,6 +327,18 @@ async fn access_log(request: Request, next: Next) -> Response {
         .and_then(|v| v.parse::<u64>().ok())
         .or_else(|| axum::body::HttpBody::size_hint(response.body()).exact())
         .unwrap_or(0);
+    let route = match path.as_str() {
+        "/healthz" | "/readyz" | "/metrics" => path.trim_start_matches('/'),
+        _ => Route::parse(&path).map(|r| r.kind()).unwrap_or("invalid"),
+    };
+    state.metrics.record_request(
+        route,
+        method.as_str(),
+        response.status().as_u16(),
+        bytes_in,
+        bytes_out,
+        started.elapsed(),
+    );
     tracing::info!(
         target: "portcullis::access",
         %method,

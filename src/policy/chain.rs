@@ -13,6 +13,7 @@ use super::engine::{EngineError, Limits, Outcome, PolicyEngine, PolicyRuntime};
 use super::request::Access;
 use crate::auth::Identity;
 use crate::config::{Action, Config, PolicyEntry};
+use crate::metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
@@ -105,19 +106,33 @@ impl PolicyChain {
         self.policies.iter().map(|p| p.runtime.name()).collect()
     }
 
-    /// Decides `access` by `identity` from `client`.
-    pub fn evaluate(&self, access: &Access, identity: &Identity, client: IpAddr) -> Verdict {
+    /// Decides `access` by `identity` from `client`, recording each policy's
+    /// decision and time in `metrics`.
+    pub fn evaluate(
+        &self,
+        access: &Access,
+        identity: &Identity,
+        client: IpAddr,
+        metrics: &Metrics,
+    ) -> Verdict {
         let mut request = None;
         for policy in self.policies.iter().filter(|p| p.applies(access)) {
             let request = request.get_or_insert_with(|| access.to_wit(identity, client));
             let started = Instant::now();
             let measured = policy.runtime.evaluate(&self.engine, request);
             let name = policy.runtime.name();
+            let elapsed = started.elapsed();
+            let outcome = match &measured.outcome {
+                Outcome::Allow => "allow",
+                Outcome::Deny(_) => "deny",
+                Outcome::Failed(_) => "failed",
+            };
+            metrics.record_decision(name, outcome, elapsed);
             tracing::debug!(
                 policy = name,
                 outcome = ?measured.outcome,
                 fuel = measured.fuel_used,
-                micros = started.elapsed().as_micros() as u64,
+                micros = elapsed.as_micros() as u64,
                 "policy evaluated"
             );
             match measured.outcome {

@@ -11,12 +11,14 @@ use arc_swap::ArcSwap;
 use super::chain::PolicyChain;
 use super::engine::PolicyEngine;
 use crate::config::Config;
+use crate::metrics::Metrics;
 
 /// The chain in force. Requests load it once and finish on it, whatever swaps happen meanwhile.
 pub struct ChainHolder {
     current: ArcSwap<PolicyChain>,
     engine: Arc<PolicyEngine>,
     config_file: Option<PathBuf>,
+    metrics: Arc<Metrics>,
 }
 
 impl ChainHolder {
@@ -24,11 +26,13 @@ impl ChainHolder {
         chain: PolicyChain,
         engine: Arc<PolicyEngine>,
         config_file: Option<PathBuf>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             current: ArcSwap::from_pointee(chain),
             engine,
             config_file,
+            metrics,
         }
     }
 
@@ -38,6 +42,12 @@ impl ChainHolder {
 
     /// Re-reads the config and rebuilds the chain; on success swaps it in.
     pub fn reload(&self) -> Result<Vec<String>, String> {
+        let result = self.rebuild();
+        self.metrics.record_reload(result.is_ok());
+        result
+    }
+
+    fn rebuild(&self) -> Result<Vec<String>, String> {
         let config = Config::load(self.config_file.as_deref()).map_err(|e| e.to_string())?;
         let chain =
             PolicyChain::load(Arc::clone(&self.engine), &config).map_err(|e| e.to_string())?;

@@ -19,6 +19,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::os::unix::fs::DirBuilderExt as _;
+
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
 
@@ -64,12 +66,110 @@ pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 #[derive(Debug, Clone)]
 pub struct StorageSettings {
     pub upload_max_age: Duration,
+    pub permissions: Permissions,
+}
+
+impl StorageSettings {
+    /// Settings from the config, with the group name resolved to a gid.
+    pub fn from_config(config: &crate::config::StorageConfig) -> std::result::Result<Self, String> {
+        let (file_mode, dir_mode) = config.modes().map_err(|e| e.to_string())?;
+        let gid = match config.group.as_deref() {
+            None => None,
+            Some(raw) => Some(match raw.parse::<u32>() {
+                Ok(gid) => gid,
+                Err(_) => nix::unistd::Group::from_name(raw)
+                    .map_err(|e| format!("storage.group {raw:?}: {e}"))?
+                    .ok_or_else(|| format!("storage.group {raw:?}: no such group"))?
+                    .gid
+                    .as_raw(),
+            }),
+        };
+        Ok(Self {
+            upload_max_age: config.upload_max_age,
+            permissions: Permissions {
+                file_mode,
+                dir_mode,
+                gid,
+            },
+        })
+    }
+}
+
+/// What every file and directory the registry creates gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Permissions {
+    pub file_mode: u32,
+    pub dir_mode: u32,
+    pub gid: Option<u32>,
+}
+
+/// The layout root: a directory handle plus the permissions new entries get.
+/// It derefs to the `Dir`, so reads go straight through; creating goes
+/// through `create_dirs` and `create_file`.
+pub(crate) struct Root {
+    dir: Dir,
+    permissions: Permissions,
+}
+
+impl std::ops::Deref for Root {
+    type Target = Dir;
+    fn deref(&self) -> &Dir {
+        &self.dir
+    }
+}
+
+impl Root {
+    /// Creates `path` and any missing parents with the directory mode and group.
+    pub(crate) fn create_dirs(&self, path: &Path) -> io::Result<()> {
+        use cap_std::fs::DirBuilderExt;
+        let mut prefix = PathBuf::new();
+        for component in path.components() {
+            prefix.push(component);
+            if self.dir.is_dir(&prefix) {
+                continue;
+            }
+            let mut builder = cap_std::fs::DirBuilder::new();
+            builder.mode(self.permissions.dir_mode);
+            match self.dir.create_dir_with(&prefix, &builder) {
+                Ok(()) => {}
+                // Another request created it meanwhile.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+            if let Some(gid) = self.permissions.gid {
+                let dir = self.dir.open_dir(&prefix)?;
+                chown_group(&dir, gid)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates a new file (it must not exist) with the file mode and group.
+    pub(crate) fn create_file(&self, path: &Path) -> io::Result<cap_std::fs::File> {
+        use cap_std::fs::OpenOptionsExt;
+        let mut options = cap_std::fs::OpenOptions::new();
+        options
+            .write(true)
+            .create_new(true)
+            .mode(self.permissions.file_mode);
+        let file = self.dir.open_with(path, &options)?;
+        if let Some(gid) = self.permissions.gid {
+            chown_group(&file, gid)?;
+        }
+        Ok(file)
+    }
+}
+
+fn chown_group(fd: impl std::os::fd::AsFd, gid: u32) -> io::Result<()> {
+    // SAFETY-free: rustix wraps fchown; a gid the process may not use is an
+    // error the operator sees at startup (the write probe) rather than later.
+    rustix::fs::fchown(fd, None, Some(rustix::fs::Gid::from_raw(gid))).map_err(io::Error::from)
 }
 
 /// The registry's content store on a local filesystem.
 #[derive(Clone)]
 pub struct Storage {
-    root: Arc<Dir>,
+    root: Arc<Root>,
     location: PathBuf,
     settings: StorageSettings,
     uploads: Arc<uploads::Sessions>,
@@ -79,23 +179,31 @@ impl Storage {
     /// Opens (creating if needed) the data directory at `root`.
     pub fn open(root: &Path, settings: StorageSettings) -> io::Result<Self> {
         let layout = root.join(paths::LAYOUT_ROOT);
-        std::fs::create_dir_all(&layout).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("cannot create storage root {}: {e}", layout.display()),
-            )
-        })?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(settings.permissions.dir_mode)
+            .create(&layout)
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot create storage root {}: {e}", layout.display()),
+                )
+            })?;
         let dir = Dir::open_ambient_dir(&layout, ambient_authority()).map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!("cannot open storage root {}: {e}", layout.display()),
             )
         })?;
-        dir.create_dir_all(paths::TMP)?;
-        dir.create_dir_all(paths::BLOBS)?;
-        dir.create_dir_all(paths::REPOSITORIES)?;
+        let root = Root {
+            dir,
+            permissions: settings.permissions,
+        };
+        for dir in [paths::TMP, paths::BLOBS, paths::REPOSITORIES] {
+            root.create_dirs(Path::new(dir))?;
+        }
         Ok(Self {
-            root: Arc::new(dir),
+            root: Arc::new(root),
             location: layout,
             settings,
             uploads: Arc::new(uploads::Sessions::default()),
@@ -114,13 +222,46 @@ impl Storage {
     /// Runs filesystem work off the async runtime's threads.
     async fn blocking<T, F>(&self, work: F) -> Result<T>
     where
-        F: FnOnce(&Dir) -> Result<T> + Send + 'static,
+        F: FnOnce(&Root) -> Result<T> + Send + 'static,
         T: Send + 'static,
     {
         let root = Arc::clone(&self.root);
         tokio::task::spawn_blocking(move || work(&root))
             .await
             .map_err(|e| StorageError::Io(io::Error::other(format!("storage task failed: {e}"))))?
+    }
+
+    /// Checks that the store can be written (a file created, synced and
+    /// removed in `_tmp`): the readiness probe, and a start-up check.
+    pub async fn probe_writable(&self) -> Result<()> {
+        self.blocking(|root| {
+            let probe = paths::temp_file();
+            let mut file = root.create_file(&probe)?;
+            file.write_all(b"probe")?;
+            file.sync_all()?;
+            root.remove_file(&probe)?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Bytes held in blobs, for the storage metric.
+    pub async fn blob_bytes(&self) -> Result<u64> {
+        self.blocking(|root| {
+            let mut total = 0;
+            for algorithm in crate::reference::Algorithm::ALL {
+                let dir = paths::blobs_algorithm_dir(algorithm);
+                for prefix in list_dir(root, &dir)? {
+                    for hex in list_dir(root, &dir.join(&prefix))? {
+                        if let Ok(meta) = root.metadata(dir.join(&prefix).join(hex).join("data")) {
+                            total += meta.len();
+                        }
+                    }
+                }
+            }
+            Ok(total)
+        })
+        .await
     }
 
     /// Whether the repository has any content at all.
@@ -132,15 +273,15 @@ impl Storage {
 
 /// Writes `contents` to `path` atomically: staged in `_tmp`, fsynced, renamed,
 /// and the parent directory fsynced so the rename itself is durable.
-pub(crate) fn write_atomic(root: &Dir, path: &Path, contents: &[u8]) -> io::Result<()> {
+pub(crate) fn write_atomic(root: &Root, path: &Path, contents: &[u8]) -> io::Result<()> {
     let staged = paths::temp_file();
     let result = (|| {
-        let mut file = root.create(&staged)?;
+        let mut file = root.create_file(&staged)?;
         file.write_all(contents)?;
         file.sync_all()?;
         drop(file);
         let parent = parent_of(path);
-        root.create_dir_all(parent)?;
+        root.create_dirs(parent)?;
         root.rename(&staged, root, path)?;
         sync_dir(root, parent)
     })();
@@ -177,7 +318,7 @@ pub(crate) fn read_link(root: &Dir, path: &Path) -> io::Result<Option<Digest>> {
     })
 }
 
-pub(crate) fn write_link(root: &Dir, path: &Path, digest: &Digest) -> io::Result<()> {
+pub(crate) fn write_link(root: &Root, path: &Path, digest: &Digest) -> io::Result<()> {
     write_atomic(root, path, digest.to_string().as_bytes())
 }
 

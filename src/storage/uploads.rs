@@ -78,10 +78,11 @@ impl Storage {
         let name = name.clone();
         self.blocking(move |root| {
             let id = UploadId::new();
-            root.create_dir_all(paths::upload_dir(&name, id))?;
-            root.create(paths::upload_data(&name, id))?;
+            root.create_dirs(&paths::upload_dir(&name, id))?;
+            root.create_file(&paths::upload_data(&name, id))?;
             let started = humantime::format_rfc3339_nanos(SystemTime::now()).to_string();
-            root.write(paths::upload_started_at(&name, id), started)?;
+            root.create_file(&paths::upload_started_at(&name, id))?
+                .write_all(started.as_bytes())?;
             Ok(id)
         })
         .await
@@ -288,7 +289,7 @@ impl Storage {
                 }
                 // Chunks were fsynced as they were acknowledged; now publish atomically.
                 let blob_dir = paths::blob_dir(&expected);
-                root.create_dir_all(&blob_dir)?;
+                root.create_dirs(&blob_dir)?;
                 root.rename(&data, root, paths::blob_data(&expected))?;
                 sync_dir(root, &blob_dir)?;
                 write_link(root, &paths::layer_link(&name, &expected), &expected)?;

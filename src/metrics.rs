@@ -1,0 +1,204 @@
+//! Prometheus metrics, served at `/metrics`: requests by route, method and
+//! status with latency histograms, bytes in and out, policy decisions by
+//! policy and outcome with evaluation time, policy reloads, storage bytes.
+//! Labels never carry repository names or users, so cardinality stays small.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    method: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+    method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    policy: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyLabels {
+    policy: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    result: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: HistogramFamily<RouteLabels>,
+    bytes_in: Family<RouteLabels, Counter>,
+    bytes_out: Family<RouteLabels, Counter>,
+    decisions: Family<DecisionLabels, Counter>,
+    evaluation: HistogramFamily<PolicyLabels>,
+    reloads: Family<ReloadLabels, Counter>,
+    storage_bytes: Gauge,
+}
+
+fn request_buckets() -> Histogram {
+    // 0.1 ms .. ~13 s
+    Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+}
+
+fn policy_buckets() -> Histogram {
+    // 1 µs .. ~33 ms
+    Histogram::new(exponential_buckets(0.000_001, 2.0, 16))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("portcullis");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency = HistogramFamily::<RouteLabels>::new_with_constructor(request_buckets);
+        let bytes_in = Family::<RouteLabels, Counter>::default();
+        let bytes_out = Family::<RouteLabels, Counter>::default();
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        let evaluation = HistogramFamily::<PolicyLabels>::new_with_constructor(policy_buckets);
+        let reloads = Family::<ReloadLabels, Counter>::default();
+        let storage_bytes = Gauge::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests by route, method and status",
+            requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency",
+            latency.clone(),
+        );
+        registry.register(
+            "http_received_bytes",
+            "Request body bytes received",
+            bytes_in.clone(),
+        );
+        registry.register(
+            "http_sent_bytes",
+            "Response body bytes sent",
+            bytes_out.clone(),
+        );
+        registry.register(
+            "policy_decisions",
+            "Policy decisions by policy and outcome",
+            decisions.clone(),
+        );
+        registry.register(
+            "policy_evaluation_duration_seconds",
+            "Time one policy took to decide one request",
+            evaluation.clone(),
+        );
+        registry.register(
+            "policy_reloads",
+            "Policy chain reloads by result",
+            reloads.clone(),
+        );
+        registry.register(
+            "storage_blob_bytes",
+            "Bytes held in blobs",
+            storage_bytes.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            latency,
+            bytes_in,
+            bytes_out,
+            decisions,
+            evaluation,
+            reloads,
+            storage_bytes,
+        }
+    }
+
+    pub fn record_request(
+        &self,
+        route: &str,
+        method: &str,
+        status: u16,
+        bytes_in: u64,
+        bytes_out: u64,
+        elapsed: Duration,
+    ) {
+        let route_labels = RouteLabels {
+            route: route.to_owned(),
+            method: method.to_owned(),
+        };
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: route.to_owned(),
+                method: method.to_owned(),
+                status: status.to_string(),
+            })
+            .inc();
+        self.latency
+            .get_or_create(&route_labels)
+            .observe(elapsed.as_secs_f64());
+        self.bytes_in.get_or_create(&route_labels).inc_by(bytes_in);
+        self.bytes_out
+            .get_or_create(&route_labels)
+            .inc_by(bytes_out);
+    }
+
+    /// `outcome` is `allow`, `deny` or `failed`.
+    pub fn record_decision(&self, policy: &str, outcome: &str, elapsed: Duration) {
+        self.decisions
+            .get_or_create(&DecisionLabels {
+                policy: policy.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+        self.evaluation
+            .get_or_create(&PolicyLabels {
+                policy: policy.to_owned(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn record_reload(&self, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.reloads
+            .get_or_create(&ReloadLabels {
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn set_storage_bytes(&self, bytes: u64) {
+        self.storage_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        out
+    }
+}
