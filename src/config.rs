@@ -126,7 +126,16 @@ pub struct StorageConfig {
     pub dir_mode: String,
     /// Group (name or numeric gid) given to everything the registry creates,
     /// so a shared volume needs no `chmod 777`.
-    pub group: Option<String>,
+    pub group: Option<Group>,
+}
+
+/// A group by name or number (`group = "registry"`, `group = 1000`, or
+/// `PORTCULLIS_STORAGE__GROUP=1000`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum Group {
+    Id(u32),
+    Name(String),
 }
 
 impl StorageConfig {

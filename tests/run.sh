@@ -2,7 +2,8 @@
 # The whole test suite: formatting, lints, the bundled policies' unit tests,
 # the example policies in C, Python and JavaScript built from source, unit and
 # integration tests, then the end-to-end tests with real clients (docker,
-# skopeo, podman, registry:2). CI runs it through .ci/run, which installs the
+# skopeo, podman, registry:2, the container image). deploy/ is validated
+# offline (Kubernetes schemas, Traefik CRD subset, systemd-analyze). CI runs it through .ci/run, which installs the
 # tools first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,5 +11,6 @@ cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 (cd policies && cargo fmt --all -- --check && cargo test --locked)
 bash examples/policies/build-all.sh
+bash deploy/check.sh
 cargo test
 bash tests/e2e/run.sh

@@ -69,11 +69,21 @@ if [[ $BINARY_ONLY == 1 ]]; then
     exit 0
 fi
 
-# --- the image, from a context of three files
+# --- the image, from a context of three files and a directory
 
 CONTEXT=$(mktemp -d "${TMPDIR:-/tmp}/portcullis-image.XXXX")
 trap 'rm -rf "$CONTEXT"' EXIT
-install -m 0755 "$BIN" "$CONTEXT/portcullis"
+# The release profile keeps line tables for backtraces (about 100 MB of them):
+# the image gets the binary without debug sections, symbols kept.
+STRIP=strip
+[[ $TARGET == x86_64-* ]] || STRIP=${TARGET%%-*}-linux-gnu-strip
+if command -v "$STRIP" >/dev/null 2>&1; then
+    "$STRIP" --strip-debug -o "$CONTEXT/portcullis" "$BIN"
+else
+    log "no $STRIP (binutils for $TARGET): the image gets the binary with its debug sections"
+    cp "$BIN" "$CONTEXT/portcullis"
+fi
+chmod 0755 "$CONTEXT/portcullis"
 install -D -m 0644 "$REPO/deploy/container/portcullis.toml" "$CONTEXT/etc/portcullis/portcullis.toml"
 if [[ -r /etc/ssl/certs/ca-certificates.crt ]]; then
     install -D -m 0644 /etc/ssl/certs/ca-certificates.crt "$CONTEXT/etc/ssl/certs/ca-certificates.crt"

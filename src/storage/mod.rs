@@ -73,9 +73,10 @@ impl StorageSettings {
     /// Settings from the config, with the group name resolved to a gid.
     pub fn from_config(config: &crate::config::StorageConfig) -> std::result::Result<Self, String> {
         let (file_mode, dir_mode) = config.modes().map_err(|e| e.to_string())?;
-        let gid = match config.group.as_deref() {
+        let gid = match &config.group {
             None => None,
-            Some(raw) => Some(match raw.parse::<u32>() {
+            Some(crate::config::Group::Id(gid)) => Some(*gid),
+            Some(crate::config::Group::Name(raw)) => Some(match raw.parse::<u32>() {
                 Ok(gid) => gid,
                 Err(_) => nix::unistd::Group::from_name(raw)
                     .map_err(|e| format!("storage.group {raw:?}: {e}"))?
@@ -137,8 +138,18 @@ impl Root {
                 Err(e) => return Err(e),
             }
             if let Some(gid) = self.permissions.gid {
+                // cap-std opens directories O_PATH, which fchown refuses;
+                // fchownat with an empty path works on it, still without
+                // resolving any name outside the handle.
                 let dir = self.dir.open_dir(&prefix)?;
-                chown_group(&dir, gid)?;
+                rustix::fs::chownat(
+                    &dir,
+                    "",
+                    None,
+                    Some(rustix::fs::Gid::from_raw(gid)),
+                    rustix::fs::AtFlags::EMPTY_PATH,
+                )
+                .map_err(io::Error::from)?;
             }
         }
         Ok(())
@@ -160,9 +171,9 @@ impl Root {
     }
 }
 
+/// A gid the process may not use is an error the operator sees at startup
+/// (the write probe), not at the first push.
 fn chown_group(fd: impl std::os::fd::AsFd, gid: u32) -> io::Result<()> {
-    // SAFETY-free: rustix wraps fchown; a gid the process may not use is an
-    // error the operator sees at startup (the write probe) rather than later.
     rustix::fs::fchown(fd, None, Some(rustix::fs::Gid::from_raw(gid))).map_err(io::Error::from)
 }
 
@@ -179,24 +190,28 @@ impl Storage {
     /// Opens (creating if needed) the data directory at `root`.
     pub fn open(root: &Path, settings: StorageSettings) -> io::Result<Self> {
         let layout = root.join(paths::LAYOUT_ROOT);
+        let context = |what: &str, e: io::Error| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot {what} storage root {}: {e}", root.display()),
+            )
+        };
+        // The configured root is the operator's; everything below it is ours
+        // and gets our modes and group.
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(settings.permissions.dir_mode)
-            .create(&layout)
-            .map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!("cannot create storage root {}: {e}", layout.display()),
-                )
-            })?;
-        let dir = Dir::open_ambient_dir(&layout, ambient_authority()).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("cannot open storage root {}: {e}", layout.display()),
-            )
-        })?;
+            .create(root)
+            .map_err(|e| context("create", e))?;
+        let base = Root {
+            dir: Dir::open_ambient_dir(root, ambient_authority())
+                .map_err(|e| context("open", e))?,
+            permissions: settings.permissions,
+        };
+        base.create_dirs(Path::new(paths::LAYOUT_ROOT))
+            .map_err(|e| context("create the layout in", e))?;
         let root = Root {
-            dir,
+            dir: base.open_dir(paths::LAYOUT_ROOT)?,
             permissions: settings.permissions,
         };
         for dir in [paths::TMP, paths::BLOBS, paths::REPOSITORIES] {

@@ -4,10 +4,14 @@
 #
 #   bash tests/e2e/run.sh                 # every tests/e2e/test_*.sh
 #   bash tests/e2e/run.sh skopeo docker   # only test_skopeo.sh and test_docker.sh
+#   bash tests/e2e/run.sh container       # only test_container.sh: the image of deploy/container
 #
 # Needs root (dockerd and rootful podman) and, on Debian 12, these packages:
 #
 #   apt-get install -y docker.io skopeo podman docker-registry python3 curl
+#
+# and, for the container test's static binary, musl-tools and
+# `rustup target add x86_64-unknown-linux-musl` (deploy/install-tools.sh does both).
 #
 # docker.io brings dockerd, containerd and runc; docker-registry is CNCF
 # Distribution 2.8 (registry:2); podman pulls in conmon and
@@ -15,6 +19,8 @@
 #
 # Environment:
 #   PORTCULLIS_BIN             binary to test (default: `cargo build`, then target/debug/portcullis)
+#   PORTCULLIS_STATIC_BIN      static binary for the container test's image (default: it runs
+#                              deploy/container/build.sh, a release musl build)
 #   E2E_SKIP                   test names to skip, e.g. "podman"; each counts as neither passed nor failed
 #   E2E_KEEP=1                 keep the scratch directory (logs, storage) for a look afterwards
 #   E2E_DOCKER_STORAGE_DRIVER  dockerd's storage driver (default vfs: slow, but works everywhere)
@@ -41,8 +47,12 @@ if [[ ! -x $PORTCULLIS_BIN ]]; then
     exit 1
 fi
 E2E_PORTCULLIS_BIN=$(cd "$(dirname "$PORTCULLIS_BIN")" && pwd)/$(basename "$PORTCULLIS_BIN")
-# The server reads every PORTCULLIS_* variable as configuration; this one is the runner's.
-unset PORTCULLIS_BIN
+E2E_STATIC_BIN=
+if [[ -n ${PORTCULLIS_STATIC_BIN:-} ]]; then
+    E2E_STATIC_BIN=$(cd "$(dirname "$PORTCULLIS_STATIC_BIN")" && pwd)/$(basename "$PORTCULLIS_STATIC_BIN")
+fi
+# The server reads every PORTCULLIS_* variable as configuration; these are the runner's.
+unset PORTCULLIS_BIN PORTCULLIS_STATIC_BIN
 
 # Short path: dockerd's unix sockets live below it (108-byte limit).
 E2E_TMP=$(mktemp -d /tmp/pc-e2e.XXXX)
@@ -60,7 +70,7 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-export E2E_TMP E2E_PORTCULLIS_BIN
+export E2E_TMP E2E_PORTCULLIS_BIN E2E_STATIC_BIN
 
 selected=("$@")
 passed=0
