@@ -36,6 +36,48 @@ pub struct Config {
     /// caller's groups in the request's identity.
     pub groups: BTreeMap<String, Vec<String>>,
     pub policy: PolicyConfig,
+    pub proxy: ProxyConfig,
+}
+
+/// Pull-through cache: repositories under `prefix` mirror `remote`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// The upstream registry, e.g. "https://registry-1.docker.io". Unset: no cache.
+    pub remote: Option<String>,
+    /// Local repositories `<prefix>/<name>` mirror the upstream's `<name>`
+    /// (`dockerhub/library/postgres` -> `library/postgres`). Empty: the whole
+    /// registry is a mirror (what Docker's `registry-mirrors` expects).
+    pub prefix: String,
+    /// Upstream credentials, if it needs them (Docker Hub rate limits are per account).
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    /// A tag is re-checked against the upstream after this long.
+    #[serde(with = "humantime_serde")]
+    pub tag_ttl: Duration,
+}
+
+/// A value never printed: `portcullis config` and logs show `********`.
+#[derive(Clone, Deserialize, PartialEq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("********")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("********")
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -207,6 +249,13 @@ impl Default for Config {
                 cache_dir: None,
                 chain: Vec::new(),
             },
+            proxy: ProxyConfig {
+                remote: None,
+                prefix: "mirror".into(),
+                username: None,
+                password: None,
+                tag_ttl: Duration::from_secs(300),
+            },
         }
     }
 }
@@ -239,6 +288,19 @@ impl Config {
 
     fn check(&self) -> Result<(), ConfigError> {
         self.storage.modes()?;
+        if let Some(remote) = &self.proxy.remote {
+            if !(remote.starts_with("https://") || remote.starts_with("http://")) {
+                return Err(ConfigError::Invalid(format!(
+                    "proxy.remote = {remote:?}: use a URL such as https://registry-1.docker.io"
+                )));
+            }
+            let prefix = &self.proxy.prefix;
+            if !prefix.is_empty() && crate::reference::RepositoryName::parse(prefix).is_err() {
+                return Err(ConfigError::Invalid(format!(
+                    "proxy.prefix = {prefix:?} is not a repository name prefix"
+                )));
+            }
+        }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return Err(ConfigError::Invalid(
                 "tls: set both cert and key (or neither, for plain HTTP)".into(),
@@ -287,8 +349,8 @@ impl Config {
             .unwrap_or_else(|| self.storage.root.join("portcullis/policy-cache"))
     }
 
-    /// The effective configuration as TOML, for `portcullis config`.
-    /// There are no secret-bearing keys yet; when there are, they are masked here.
+    /// The effective configuration as TOML, for `portcullis config`; secrets
+    /// (`proxy.password`) are masked.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }

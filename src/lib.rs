@@ -9,6 +9,7 @@ pub mod auth;
 pub mod config;
 pub mod metrics;
 pub mod policy;
+pub mod proxy;
 pub mod reference;
 pub mod server;
 pub mod storage;

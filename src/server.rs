@@ -123,12 +123,17 @@ impl Server {
                 source,
             })?;
         let grace = config.shutdown_grace;
+        let proxy = crate::proxy::Proxy::from_config(&config.proxy).map(Arc::new);
+        if let Some(proxy) = &proxy {
+            tracing::info!(remote = proxy.remote(), prefix = %config.proxy.prefix, "pull-through cache on");
+        }
         let router = api::router(Arc::new(AppState {
             storage,
             config,
             auth,
             policies,
             metrics,
+            proxy,
         }));
         Ok(Self {
             listener,

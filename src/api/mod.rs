@@ -10,6 +10,7 @@ mod blobs;
 mod catalog;
 pub mod error;
 mod manifests;
+mod mirror;
 pub mod ranges;
 mod referrers;
 pub mod route;
@@ -47,6 +48,7 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     pub policies: Arc<ChainHolder>,
     pub metrics: Arc<Metrics>,
+    pub proxy: Option<Arc<crate::proxy::Proxy>>,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -152,36 +154,46 @@ async fn route(state: SharedState, request: Request) -> ApiResult {
                 &name,
                 Some(reference.clone()),
             )?;
+            mirror::refresh_manifest(&state, &name, &reference).await?;
             manifests::get(&state, &name, &reference, headers, head).await
         }
         (Route::Manifest(name, reference), Method::PUT) => {
+            mirror::refuse_write(&state, &name)?;
             manifests::put(&state, &caller, &name, &reference, headers, body).await
         }
         (Route::Manifest(name, reference), Method::DELETE) => {
+            mirror::refuse_write(&state, &name)?;
             manifests::delete(&state, &caller, &name, &reference).await
         }
         (Route::Blob(name, digest), Method::GET | Method::HEAD) => {
-            check(
-                Action::Pull,
-                Resource::Blob,
-                &name,
-                Some(Reference::Digest(digest.clone())),
-            )?;
-            blobs::get(&state, &name, &digest, headers, head).await
+            let reference = Some(Reference::Digest(digest.clone()));
+            check(Action::Pull, Resource::Blob, &name, reference)?;
+            match blobs::get(&state, &name, &digest, headers, head).await {
+                // Missing from a mirror: fetch it upstream.
+                Err(e)
+                    if e.code == ErrorCode::BlobUnknown
+                        && mirror::mirrored(&state, &name).is_some() =>
+                {
+                    match mirror::stream_blob(&state, &name, &digest, head).await? {
+                        Some(streamed) => Ok(streamed),
+                        None => blobs::get(&state, &name, &digest, headers, head).await,
+                    }
+                }
+                other => other,
+            }
         }
         (Route::Blob(name, digest), Method::DELETE) => {
-            check(
-                Action::Delete,
-                Resource::Blob,
-                &name,
-                Some(Reference::Digest(digest.clone())),
-            )?;
+            mirror::refuse_write(&state, &name)?;
+            let reference = Some(Reference::Digest(digest.clone()));
+            check(Action::Delete, Resource::Blob, &name, reference)?;
             blobs::delete(&state, &name, &digest).await
         }
         (Route::UploadStart(name), Method::POST) => {
+            mirror::refuse_write(&state, &name)?;
             uploads::start(&state, &caller, &name, &query, headers, body).await
         }
         (Route::Upload(name, id), method) => {
+            mirror::refuse_write(&state, &name)?;
             check(Action::Push, Resource::Upload, &name, None)?;
             match method {
                 Method::GET => uploads::status(&state, &name, id).await,

@@ -262,6 +262,31 @@ impl Storage {
         bytes: Vec<u8>,
         manifest: ParsedManifest,
     ) -> Result<Digest> {
+        self.store_manifest(name, reference, bytes, manifest, true)
+            .await
+    }
+
+    /// Stores a manifest fetched by the pull-through cache. Its blobs arrive
+    /// later, on demand, so they are not required to be present.
+    pub async fn cache_manifest(
+        &self,
+        name: &RepositoryName,
+        reference: &Reference,
+        bytes: Vec<u8>,
+        manifest: ParsedManifest,
+    ) -> Result<Digest> {
+        self.store_manifest(name, reference, bytes, manifest, false)
+            .await
+    }
+
+    async fn store_manifest(
+        &self,
+        name: &RepositoryName,
+        reference: &Reference,
+        bytes: Vec<u8>,
+        manifest: ParsedManifest,
+        verify_references: bool,
+    ) -> Result<Digest> {
         let (name, reference) = (name.clone(), reference.clone());
         self.blocking(move |root| {
             let digest = match &reference {
@@ -277,7 +302,7 @@ impl Storage {
                 }
                 Reference::Tag(_) => Digest::of(Algorithm::Sha256, &bytes),
             };
-            for blob in manifest.referenced_blobs() {
+            for blob in manifest.referenced_blobs().filter(|_| verify_references) {
                 let linked = read_link(root, &paths::layer_link(&name, &blob.digest))?;
                 if linked.as_ref() != Some(&blob.digest)
                     || !Storage::blob_exists(root, &blob.digest)
@@ -285,7 +310,7 @@ impl Storage {
                     return Err(StorageError::ManifestBlobUnknown(blob.digest.clone()));
                 }
             }
-            for child in &manifest.manifests {
+            for child in manifest.manifests.iter().filter(|_| verify_references) {
                 if read_link(root, &paths::revision_link(&name, &child.digest))?.is_none() {
                     return Err(StorageError::ManifestBlobUnknown(child.digest.clone()));
                 }

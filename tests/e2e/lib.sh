@@ -199,6 +199,30 @@ stop_portcullis() {
     stop_pid "$PORTCULLIS_PID"
 }
 
+# launch_portcullis LISTEN ROOT [CONFIG]: like start_portcullis, but on LISTEN
+# (e.g. '[::1]:0') and without the plain-HTTP readiness check, for a server
+# that speaks TLS or wants credentials; it returns once the server has logged
+# its address. Sets PORTCULLIS_PID, PORTCULLIS_ADDR (127.0.0.1:PORT or
+# [::1]:PORT) and PORTCULLIS_LOG.
+launch_portcullis() {
+    local listen=$1 root=$2 i config=()
+    [[ -n ${3:-} ]] && config=(--config "$3")
+    PORTCULLIS_LOG=$(mktemp "$WORK/portcullis.XXXX.log")
+    PORTCULLIS_LISTEN=$listen PORTCULLIS_STORAGE__ROOT=$root \
+        "$E2E_PORTCULLIS_BIN" --log-format json serve "${config[@]}" >"$PORTCULLIS_LOG" 2>&1 &
+    PORTCULLIS_PID=$!
+    defer "stop_pid $PORTCULLIS_PID"
+    PORTCULLIS_ADDR=
+    for ((i = 0; i < 300; i++)); do
+        kill -0 "$PORTCULLIS_PID" 2>/dev/null || break
+        PORTCULLIS_ADDR=$(grep -m1 'portcullis listening' "$PORTCULLIS_LOG" |
+            grep -oE '"addr":"([0-9.]+|\[[0-9a-fA-F:.]+\]):[0-9]+"' | cut -d'"' -f4)
+        [[ -n $PORTCULLIS_ADDR ]] && break
+        sleep 0.1
+    done
+    [[ -n $PORTCULLIS_ADDR ]] || bail "portcullis starts on $listen" "$PORTCULLIS_LOG"
+}
+
 # portcullis_requests METHOD PATH_REGEX STATUS: how many access-log lines match.
 portcullis_requests() {
     python3 - "$PORTCULLIS_LOG" "$1" "$2" "$3" <<'EOF'
@@ -297,4 +321,24 @@ umount_below() {
     local mounts
     mounts=$(awk -v d="$1" '$2 == d || index($2, d "/") == 1 { print $2 }' /proc/self/mounts | sort -r)
     [[ -z $mounts ]] || echo "$mounts" | xargs -r -n1 umount -l
+}
+
+# ---------------------------------------------------------------- host names
+
+# map_host NAME IP: resolves NAME to IP through /etc/hosts until the test exits.
+# The line carries a marker, so the cleanup (or the next run, after a kill)
+# removes exactly it; /etc/hosts is rewritten in place, as it may be a bind mount.
+map_host() {
+    local name=$1 ip=$2
+    unmap_host "$name"
+    defer "unmap_host $name"
+    [[ ! -s /etc/hosts || -z $(tail -c1 /etc/hosts) ]] || echo >>/etc/hosts
+    printf '%s %s # portcullis-e2e %s\n' "$ip" "$name" "$name" >>/etc/hosts
+}
+
+unmap_host() {
+    local kept
+    grep -qF "# portcullis-e2e $1" /etc/hosts || return 0
+    kept=$(grep -vF "# portcullis-e2e $1" /etc/hosts)
+    printf '%s\n' "$kept" >/etc/hosts
 }

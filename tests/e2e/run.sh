@@ -5,17 +5,23 @@
 #   bash tests/e2e/run.sh                 # every tests/e2e/test_*.sh
 #   bash tests/e2e/run.sh skopeo docker   # only test_skopeo.sh and test_docker.sh
 #   bash tests/e2e/run.sh container       # only test_container.sh: the image of deploy/container
+#   bash tests/e2e/run.sh tls             # only test_tls.sh: docker login/push/pull over TLS
 #
 # Needs root (dockerd and rootful podman) and, on Debian 12, these packages:
 #
-#   apt-get install -y docker.io skopeo podman docker-registry python3 curl
+#   apt-get install -y docker.io skopeo podman docker-registry python3 curl openssl apache2-utils
 #
 # and, for the container test's static binary, musl-tools and
 # `rustup target add x86_64-unknown-linux-musl` (deploy/install-tools.sh does both).
 #
 # docker.io brings dockerd, containerd and runc; docker-registry is CNCF
 # Distribution 2.8 (registry:2); podman pulls in conmon and
-# golang-github-containers-common. No network is used beyond loopback.
+# golang-github-containers-common; apache2-utils is htpasswd (the tls test's
+# bcrypt accounts), openssl its s_client. No network is used beyond loopback.
+#
+# The tls test serves TLS on [::1] (dockerd takes every 127.0.0.0/8 registry as
+# insecure) under a test host name: while it runs it adds a line to /etc/hosts
+# and a CA to /etc/docker/certs.d/<host>:<port>/, and removes both when it ends.
 #
 # Environment:
 #   PORTCULLIS_BIN             binary to test (default: `cargo build`, then target/debug/portcullis)
