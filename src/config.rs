@@ -378,6 +378,21 @@ mod tests {
     }
 
     #[test]
+    fn secrets_are_masked_when_the_config_is_printed() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("PORTCULLIS_PROXY__REMOTE", "https://registry-1.docker.io");
+            jail.set_env("PORTCULLIS_PROXY__PASSWORD", "hunter2");
+            let c = Config::load(None).expect("config loads");
+            assert_eq!(c.proxy.password.as_ref().map(Secret::expose), Some("hunter2"));
+            let printed = c.to_toml();
+            assert!(!printed.contains("hunter2"), "{printed}");
+            assert!(printed.contains("password = \"********\""), "{printed}");
+            assert!(!format!("{c:?}").contains("hunter2"));
+            Ok(())
+        });
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_refused() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("bad.toml", "listn = \"x\"\n")?;
