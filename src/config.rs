@@ -383,7 +383,10 @@ mod tests {
             jail.set_env("PORTCULLIS_PROXY__REMOTE", "https://registry-1.docker.io");
             jail.set_env("PORTCULLIS_PROXY__PASSWORD", "hunter2");
             let c = Config::load(None).expect("config loads");
-            assert_eq!(c.proxy.password.as_ref().map(Secret::expose), Some("hunter2"));
+            assert_eq!(
+                c.proxy.password.as_ref().map(Secret::expose),
+                Some("hunter2")
+            );
             let printed = c.to_toml();
             assert!(!printed.contains("hunter2"), "{printed}");
             assert!(printed.contains("password = \"********\""), "{printed}");

@@ -77,10 +77,18 @@ pub fn watch(config: RustlsConfig, cert: PathBuf, key: PathBuf) {
     }
     tokio::spawn(async move {
         let _watcher = watcher;
+        // Other files may live in the same directory (a log, say): reload
+        // only when the certificate or key bytes actually changed.
+        let mut loaded = fingerprint(&cert, &key).await;
         while rx.recv().await.is_some() {
             // Let a burst of events settle: cert and key are often written one after the other.
             tokio::time::sleep(Duration::from_millis(300)).await;
             while rx.try_recv().is_ok() {}
+            let current = fingerprint(&cert, &key).await;
+            if current == loaded {
+                continue;
+            }
+            loaded = current;
             match config.reload_from_pem_file(&cert, &key).await {
                 Ok(()) => tracing::info!(cert = %cert.display(), "TLS certificate reloaded"),
                 Err(e) => tracing::error!(
@@ -92,6 +100,15 @@ pub fn watch(config: RustlsConfig, cert: PathBuf, key: PathBuf) {
             }
         }
     });
+}
+
+/// A hash of the certificate and key files as they are now.
+async fn fingerprint(cert: &Path, key: &Path) -> Option<[u8; 32]> {
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(tokio::fs::read(cert).await.ok()?);
+    hasher.update(tokio::fs::read(key).await.ok()?);
+    Some(hasher.finalize().into())
 }
 
 /// What `generate` wrote.
@@ -163,12 +180,8 @@ pub fn generate(
     let cert = params.signed_by(&key, &issuer).map_err(gen_err)?;
     let cert_path = out.join("tls.crt");
     let key_path = out.join("tls.key");
-    // The chain: server certificate, then the CA.
-    write(
-        &cert_path,
-        format!("{}{ca_pem}", cert.pem()).as_bytes(),
-        0o644,
-    )?;
+    // Only the server certificate: clients are given the CA itself.
+    write(&cert_path, cert.pem().as_bytes(), 0o644)?;
     write(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
     Ok(Generated {
         ca_cert: ca_cert_path,
