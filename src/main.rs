@@ -1,4 +1,4 @@
-//! The `portcullis` command line: `serve`, `config`, `policy check|test`, `gc`.
+//! The `portcullis` command line: `serve`, `config`, `policy check|test`, `gc`, `fsck`, `tls generate`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,6 +41,14 @@ enum Command {
     Config {
         #[arg(long, short)]
         config: Option<PathBuf>,
+    },
+    /// Re-hash every blob and check every link and manifest reference.
+    Fsck {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Quarantine corrupt blobs and remove links and tags that point at nothing.
+        #[arg(long)]
+        repair: bool,
     },
     /// Certificates for TLS without a proxy.
     Tls {
@@ -194,6 +202,41 @@ async fn run(command: Command) -> Result<(), String> {
             println!("fuel used: {}", measured.fuel_used);
             Ok(())
         }
+        Command::Fsck { config, repair } => {
+            let config = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
+            let settings = StorageSettings::from_config(&config.storage)?;
+            let storage =
+                Storage::open(&config.storage.root, settings).map_err(|e| e.to_string())?;
+            let report = storage
+                .fsck(repair, progress_bar())
+                .await
+                .map_err(|e| e.to_string())?;
+            for finding in &report.repaired {
+                println!("repaired: {finding}");
+            }
+            for finding in &report.findings {
+                println!("{finding}");
+            }
+            println!(
+                "{} blobs and {} manifests checked, {} findings, {} repaired",
+                report.blobs_checked,
+                report.manifests_checked,
+                report.findings.len() + report.repaired.len(),
+                report.repaired.len()
+            );
+            if !report.findings.is_empty() {
+                return Err(format!(
+                    "{} problems remain{}",
+                    report.findings.len(),
+                    if repair {
+                        ""
+                    } else {
+                        "; `portcullis fsck --repair` fixes links, tags and corrupt blobs"
+                    }
+                ));
+            }
+            Ok(())
+        }
         Command::Tls {
             command:
                 TlsCommand::Generate {
@@ -218,12 +261,8 @@ async fn run(command: Command) -> Result<(), String> {
             let settings = StorageSettings::from_config(&config.storage)?;
             let storage =
                 Storage::open(&config.storage.root, settings).map_err(|e| e.to_string())?;
-            let bar = ProgressBar::new(0);
-            if let Ok(style) = ProgressStyle::with_template("{msg:>14} [{bar:40}] {pos}/{len}") {
-                bar.set_style(style);
-            }
             let report = storage
-                .collect_garbage(dry_run, bar)
+                .collect_garbage(dry_run, progress_bar())
                 .await
                 .map_err(|e| e.to_string())?;
             let verb = if dry_run { "would remove" } else { "removed" };
@@ -241,6 +280,15 @@ async fn run(command: Command) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+/// A progress bar drawn on a terminal only (indicatif hides it otherwise).
+fn progress_bar() -> ProgressBar {
+    let bar = ProgressBar::new(0);
+    if let Ok(style) = ProgressStyle::with_template("{msg:>14} [{bar:40}] {pos}/{len}") {
+        bar.set_style(style);
+    }
+    bar
 }
 
 /// What to do with freshly generated certificates, step by step.

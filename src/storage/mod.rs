@@ -9,6 +9,7 @@
 //! spec's error codes.
 
 mod blobs;
+pub mod fsck;
 pub mod gc;
 mod manifests;
 pub mod paths;

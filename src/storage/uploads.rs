@@ -352,7 +352,10 @@ fn write_chunk(
     Ok(hasher)
 }
 
-fn hash_reader(mut reader: impl Read, hasher: &mut impl sha2::Digest) -> io::Result<u64> {
+pub(super) fn hash_reader(
+    mut reader: impl Read,
+    hasher: &mut impl sha2::Digest,
+) -> io::Result<u64> {
     let mut buf = vec![0u8; WRITE_BUFFER];
     let mut total = 0u64;
     loop {
