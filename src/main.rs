@@ -203,10 +203,7 @@ async fn run(command: Command) -> Result<(), String> {
             Ok(())
         }
         Command::Fsck { config, repair } => {
-            let config = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
-            let settings = StorageSettings::from_config(&config.storage)?;
-            let storage =
-                Storage::open(&config.storage.root, settings).map_err(|e| e.to_string())?;
+            let storage = open_storage(config.as_deref())?;
             let report = storage
                 .fsck(repair, progress_bar())
                 .await
@@ -257,10 +254,7 @@ async fn run(command: Command) -> Result<(), String> {
             Ok(())
         }
         Command::Gc { config, dry_run } => {
-            let config = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
-            let settings = StorageSettings::from_config(&config.storage)?;
-            let storage =
-                Storage::open(&config.storage.root, settings).map_err(|e| e.to_string())?;
+            let storage = open_storage(config.as_deref())?;
             let report = storage
                 .collect_garbage(dry_run, progress_bar())
                 .await
@@ -280,6 +274,13 @@ async fn run(command: Command) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+/// The store a config names, for the offline commands (gc, fsck).
+fn open_storage(config: Option<&std::path::Path>) -> Result<Storage, String> {
+    let config = Config::load(config).map_err(|e| e.to_string())?;
+    let settings = StorageSettings::from_config(&config.storage)?;
+    Storage::open(&config.storage.root, settings).map_err(|e| e.to_string())
 }
 
 /// A progress bar drawn on a terminal only (indicatif hides it otherwise).

@@ -12,7 +12,9 @@ use sha2::Digest as _;
 
 use super::manifests::{walk_repositories, ParsedManifest};
 use super::uploads::hash_reader;
-use super::{list_digest_dirs, list_dir, paths, read_link, remove_tree, Result, Root, Storage};
+use super::{
+    list_blobs, list_digest_dirs, list_dir, paths, read_link, remove_tree, Result, Root, Storage,
+};
 use crate::reference::{Algorithm, Digest, RepositoryName, Tag};
 
 /// Where `--repair` moves corrupt blobs, below the layout root.
@@ -119,17 +121,7 @@ fn check(root: &Root, repair: bool, progress: &ProgressBar) -> Result<FsckReport
     let mut report = FsckReport::default();
 
     // Every blob: its bytes must hash to its name.
-    let mut blobs = Vec::new();
-    for algorithm in Algorithm::ALL {
-        let dir = paths::blobs_algorithm_dir(algorithm);
-        for prefix in list_dir(root, &dir)? {
-            for hex in list_dir(root, &dir.join(&prefix))? {
-                if let Some(digest) = Digest::from_parts(algorithm, &hex) {
-                    blobs.push(digest);
-                }
-            }
-        }
-    }
+    let blobs = list_blobs(root)?;
     progress.set_length(blobs.len() as u64);
     progress.set_message("hashing blobs");
     for digest in blobs {

@@ -13,8 +13,8 @@ use cap_std::fs::Dir;
 use indicatif::ProgressBar;
 
 use super::manifests::{walk_repositories, ParsedManifest};
-use super::{list_digest_dirs, list_dir, paths, remove_tree, Result, Storage};
-use crate::reference::{Algorithm, Digest, RepositoryName};
+use super::{list_blobs, list_digest_dirs, list_dir, paths, remove_tree, Result, Storage};
+use crate::reference::{Digest, RepositoryName};
 
 /// One thing `gc` removed (or, on a dry run, would remove).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,17 +114,7 @@ fn collect(root: &Dir, dry_run: bool, grace: Duration, progress: &ProgressBar) -
     // Sweep blobs.
     progress.set_message("sweeping blobs");
     progress.set_position(0);
-    let mut candidates = Vec::new();
-    for algorithm in Algorithm::ALL {
-        let dir = paths::blobs_algorithm_dir(algorithm);
-        for prefix in list_dir(root, &dir)? {
-            for hex in list_dir(root, &dir.join(&prefix))? {
-                if let Some(digest) = Digest::from_parts(algorithm, &hex) {
-                    candidates.push(digest);
-                }
-            }
-        }
-    }
+    let candidates = list_blobs(root)?;
     progress.set_length(candidates.len() as u64);
     let mut swept = HashSet::new();
     for digest in candidates {

@@ -264,18 +264,11 @@ impl Storage {
     /// Bytes held in blobs, for the storage metric.
     pub async fn blob_bytes(&self) -> Result<u64> {
         self.blocking(|root| {
-            let mut total = 0;
-            for algorithm in crate::reference::Algorithm::ALL {
-                let dir = paths::blobs_algorithm_dir(algorithm);
-                for prefix in list_dir(root, &dir)? {
-                    for hex in list_dir(root, &dir.join(&prefix))? {
-                        if let Ok(meta) = root.metadata(dir.join(&prefix).join(hex).join("data")) {
-                            total += meta.len();
-                        }
-                    }
-                }
-            }
-            Ok(total)
+            Ok(list_blobs(root)?
+                .iter()
+                .filter_map(|d| root.metadata(paths::blob_data(d)).ok())
+                .map(|meta| meta.len())
+                .sum())
         })
         .await
     }
@@ -362,6 +355,22 @@ pub(crate) fn list_dir(root: &Dir, path: &Path) -> io::Result<Vec<String>> {
         }
     }
     Ok(names)
+}
+
+/// Every blob in the store (`blobs/<alg>/<xx>/<hex>`), for gc, fsck and metrics.
+pub(crate) fn list_blobs(root: &Dir) -> io::Result<Vec<Digest>> {
+    let mut blobs = Vec::new();
+    for algorithm in crate::reference::Algorithm::ALL {
+        let dir = paths::blobs_algorithm_dir(algorithm);
+        for prefix in list_dir(root, &dir)? {
+            for hex in list_dir(root, &dir.join(&prefix))? {
+                if let Some(digest) = Digest::from_parts(algorithm, &hex) {
+                    blobs.push(digest);
+                }
+            }
+        }
+    }
+    Ok(blobs)
 }
 
 /// The digests whose link directories sit below `dir/<alg>/<hex>`.
