@@ -114,10 +114,8 @@ async fn unknown_content_is_the_matching_unknown_code() {
     let by_digest = registry.get(&format!("/v2/known/manifests/{absent}")).await;
     expect_error(by_digest, 404, "MANIFEST_UNKNOWN").await;
     let delete_blob = registry
-        .request(Method::DELETE, &format!("/v2/known/blobs/{absent}"))
-        .send()
-        .await
-        .unwrap();
+        .send(Method::DELETE, &format!("/v2/known/blobs/{absent}"))
+        .await;
     expect_error(delete_blob, 404, "BLOB_UNKNOWN").await;
     let tags = registry.get("/v2/unknown/tags/list").await;
     expect_error(tags, 404, "NAME_UNKNOWN").await;
@@ -140,13 +138,11 @@ async fn an_unknown_or_malformed_upload_id_is_blob_upload_unknown() {
         expect_error(response, 404, "BLOB_UPLOAD_UNKNOWN").await;
     }
     let put = registry
-        .request(
+        .send(
             Method::PUT,
             &format!("{never_started}?digest={}", sha256(b"")),
         )
-        .send()
-        .await
-        .unwrap();
+        .await;
     expect_error(put, 404, "BLOB_UPLOAD_UNKNOWN").await;
 }
 

@@ -46,10 +46,8 @@ async fn push_a_manifest_by_tag_and_read_it_by_tag_and_digest() {
         assert_eq!(get.bytes().await.unwrap().to_vec(), image.manifest);
 
         let head = registry
-            .request(Method::HEAD, &format!("/v2/app/manifests/{reference}"))
-            .send()
-            .await
-            .unwrap();
+            .send(Method::HEAD, &format!("/v2/app/manifests/{reference}"))
+            .await;
         assert_eq!(head.status(), StatusCode::OK, "HEAD {reference}");
         assert_eq!(header(&head, "content-type").as_deref(), Some(OCI_MANIFEST));
         assert_eq!(
@@ -410,13 +408,11 @@ async fn deleting_a_manifest_by_digest_removes_it_and_its_tags() {
     registry.push_image("deletes", "keep", &keep).await;
 
     let delete = registry
-        .request(
+        .send(
             Method::DELETE,
             &format!("/v2/deletes/manifests/{}", image.digest),
         )
-        .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(delete.status(), StatusCode::ACCEPTED);
 
     for reference in [image.digest.as_str(), "v1", "also"] {
@@ -434,13 +430,11 @@ async fn deleting_a_manifest_by_digest_removes_it_and_its_tags() {
     assert_eq!(tags["tags"], json!(["keep"]));
 
     let again = registry
-        .request(
+        .send(
             Method::DELETE,
             &format!("/v2/deletes/manifests/{}", image.digest),
         )
-        .send()
-        .await
-        .unwrap();
+        .await;
     expect_error(again, 404, "MANIFEST_UNKNOWN").await;
 }
 
@@ -451,10 +445,8 @@ async fn deleting_a_tag_keeps_the_manifest_by_digest() {
     registry.push_image("untag", "v1", &image).await;
 
     let delete = registry
-        .request(Method::DELETE, "/v2/untag/manifests/v1")
-        .send()
-        .await
-        .unwrap();
+        .send(Method::DELETE, "/v2/untag/manifests/v1")
+        .await;
     assert_eq!(delete.status(), StatusCode::ACCEPTED);
 
     let by_tag = registry.get("/v2/untag/manifests/v1").await;
@@ -464,10 +456,8 @@ async fn deleting_a_tag_keeps_the_manifest_by_digest() {
         .await;
     assert_eq!(by_digest.status(), StatusCode::OK);
     let again = registry
-        .request(Method::DELETE, "/v2/untag/manifests/v1")
-        .send()
-        .await
-        .unwrap();
+        .send(Method::DELETE, "/v2/untag/manifests/v1")
+        .await;
     expect_error(again, 404, "MANIFEST_UNKNOWN").await;
 }
 
@@ -482,11 +472,7 @@ async fn deletes_are_refused_when_the_operator_disabled_them() {
         "/v2/kept/manifests/v1".to_owned(),
         format!("/v2/kept/blobs/{}", sha256(&image.config)),
     ] {
-        let delete = registry
-            .request(Method::DELETE, &path)
-            .send()
-            .await
-            .unwrap();
+        let delete = registry.send(Method::DELETE, &path).await;
         expect_error(delete, 405, "UNSUPPORTED").await;
     }
     let get = registry.get("/v2/kept/manifests/v1").await;
@@ -499,13 +485,11 @@ async fn a_deleted_manifest_can_be_pushed_again() {
     let image = Image::random();
     registry.push_image("again", "v1", &image).await;
     let delete = registry
-        .request(
+        .send(
             Method::DELETE,
             &format!("/v2/again/manifests/{}", image.digest),
         )
-        .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(delete.status(), StatusCode::ACCEPTED);
 
     let put = registry

@@ -129,10 +129,8 @@ async fn tags_are_rechecked_after_the_ttl_and_the_mirror_is_read_only() {
     let mirror = mirror_of(&upstream, Duration::ZERO, Vec::new()).await;
 
     let head = mirror
-        .request(Method::HEAD, "/v2/hub/library/app/manifests/latest")
-        .send()
-        .await
-        .unwrap();
+        .send(Method::HEAD, "/v2/hub/library/app/manifests/latest")
+        .await;
     assert_eq!(
         header(&head, "docker-content-digest"),
         Some(first.digest.clone())
@@ -144,10 +142,8 @@ async fn tags_are_rechecked_after_the_ttl_and_the_mirror_is_read_only() {
         .push_image_as(login, "library/app", "latest", &second)
         .await;
     let head = mirror
-        .request(Method::HEAD, "/v2/hub/library/app/manifests/latest")
-        .send()
-        .await
-        .unwrap();
+        .send(Method::HEAD, "/v2/hub/library/app/manifests/latest")
+        .await;
     assert_eq!(
         header(&head, "docker-content-digest"),
         Some(second.digest.clone())
@@ -155,10 +151,8 @@ async fn tags_are_rechecked_after_the_ttl_and_the_mirror_is_read_only() {
 
     // Pushing into the mirrored namespace is refused with a clear message.
     let push = mirror
-        .request(Method::POST, "/v2/hub/library/app/blobs/uploads/")
-        .send()
-        .await
-        .unwrap();
+        .send(Method::POST, "/v2/hub/library/app/blobs/uploads/")
+        .await;
     let entry = expect_error(push, 403, "DENIED").await;
     assert!(
         entry["message"]

@@ -48,10 +48,8 @@ async fn post_then_single_put_with_the_whole_blob() {
     let digest = sha256(&data);
 
     let start = registry
-        .request(Method::POST, "/v2/twostep/blobs/uploads/")
-        .send()
-        .await
-        .unwrap();
+        .send(Method::POST, "/v2/twostep/blobs/uploads/")
+        .await;
     assert_eq!(start.status(), StatusCode::ACCEPTED);
     assert!(header(&start, "docker-upload-uuid").is_some());
     let session = registry.location(&start);
@@ -329,13 +327,11 @@ async fn mount_from_a_repository_that_has_the_blob_is_201() {
     let digest = registry.push_blob("source/repo", &data).await;
 
     let mount = registry
-        .request(
+        .send(
             Method::POST,
             &format!("/v2/target/repo/blobs/uploads/?mount={digest}&from=source/repo"),
         )
-        .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(mount.status(), StatusCode::CREATED);
     assert_eq!(
         header(&mount, "location").as_deref(),
@@ -362,13 +358,11 @@ async fn mount_of_a_blob_the_source_lacks_opens_an_upload_session_instead() {
 
     for from in ["source", "does-not-exist"] {
         let mount = registry
-            .request(
+            .send(
                 Method::POST,
                 &format!("/v2/target/blobs/uploads/?mount={digest}&from={from}"),
             )
-            .send()
-            .await
-            .unwrap();
+            .await;
         assert_eq!(mount.status(), StatusCode::ACCEPTED, "mount from {from}");
         let session = registry.location(&mount);
         assert!(

@@ -121,6 +121,14 @@ impl TestRegistry {
         self.http.request(method, self.url(path))
     }
 
+    /// Sends a request with no body and no extra headers.
+    pub async fn send(&self, method: Method, path: &str) -> reqwest::Response {
+        self.request(method, path)
+            .send()
+            .await
+            .expect("the request reaches the registry")
+    }
+
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.request(Method::GET, path)
             .send()
