@@ -215,6 +215,37 @@ pub struct LimitsConfig {
     pub max_manifest_bytes: u64,
     /// Largest page `n` accepted for tag and catalog listings.
     pub max_page_size: usize,
+    /// Largest blob accepted by an upload; unset: no limit but the disk.
+    /// A bigger upload is refused with 413 `SIZE_INVALID`.
+    pub max_blob_bytes: Option<bytesize::ByteSize>,
+    /// Largest request head (request line and headers). Past it the
+    /// connection gets 431 and is closed.
+    pub max_header_bytes: bytesize::ByteSize,
+    /// Most header fields in one request (HTTP/1.1); past it, 431.
+    pub max_headers: usize,
+    /// Time a client has to send a request's headers, also on an idle
+    /// keep-alive connection; past it the connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Longest pause between two pieces of a request body; past it the
+    /// request fails with 408 and the connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub body_idle_timeout: Duration,
+    /// Longest time to receive one request body (an upload chunk or a
+    /// manifest); past it the request fails with 408.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// Upload sessions open at once, in all. Past it, 429 `TOO_MANY_REQUESTS`
+    /// with `Retry-After`.
+    pub max_uploads: usize,
+    /// Upload sessions open at once per client (the user name, or the
+    /// address of an anonymous client). Past it, 429 `TOO_MANY_REQUESTS`.
+    pub max_uploads_per_client: usize,
+    /// An upload session unused for this long stops counting against the
+    /// two caps above; it stays resumable until `storage.upload_max_age`,
+    /// when the server deletes it.
+    #[serde(with = "humantime_serde")]
+    pub upload_idle: Duration,
 }
 
 impl Default for Config {
@@ -234,6 +265,15 @@ impl Default for Config {
             limits: LimitsConfig {
                 max_manifest_bytes: 4 * 1024 * 1024,
                 max_page_size: 10_000,
+                max_blob_bytes: None,
+                max_header_bytes: bytesize::ByteSize::kib(64),
+                max_headers: 100,
+                header_timeout: Duration::from_secs(30),
+                body_idle_timeout: Duration::from_secs(60),
+                body_timeout: Duration::from_secs(3600),
+                max_uploads: 1024,
+                max_uploads_per_client: 64,
+                upload_idle: Duration::from_secs(15 * 60),
             },
             auth: AuthConfig {
                 htpasswd: None,
@@ -314,6 +354,41 @@ impl Config {
         if self.limits.max_page_size == 0 {
             return Err(ConfigError::Invalid(
                 "limits.max_page_size must be greater than 0".into(),
+            ));
+        }
+        let limits = &self.limits;
+        if limits.max_header_bytes.as_u64() < 8192 || limits.max_header_bytes.as_u64() > 16 << 20 {
+            return Err(ConfigError::Invalid(format!(
+                "limits.max_header_bytes = {} must be between 8 KiB and 16 MiB",
+                limits.max_header_bytes
+            )));
+        }
+        for (key, value) in [
+            ("max_headers", limits.max_headers),
+            ("max_uploads", limits.max_uploads),
+            ("max_uploads_per_client", limits.max_uploads_per_client),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "limits.{key} must be greater than 0"
+                )));
+            }
+        }
+        for (key, value) in [
+            ("header_timeout", limits.header_timeout),
+            ("body_idle_timeout", limits.body_idle_timeout),
+            ("body_timeout", limits.body_timeout),
+            ("upload_idle", limits.upload_idle),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::Invalid(format!(
+                    "limits.{key} must be longer than 0s"
+                )));
+            }
+        }
+        if limits.max_blob_bytes.is_some_and(|b| b.as_u64() == 0) {
+            return Err(ConfigError::Invalid(
+                "limits.max_blob_bytes must be greater than 0 (leave it unset for no limit)".into(),
             ));
         }
         if self.policy.fuel == 0 || self.policy.memory.as_u64() == 0 {

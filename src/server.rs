@@ -43,6 +43,7 @@ pub struct Server {
     local_addr: SocketAddr,
     tls: Option<RustlsConfig>,
     grace: Duration,
+    limits: crate::config::LimitsConfig,
 }
 
 impl Server {
@@ -110,6 +111,7 @@ impl Server {
             _ => None,
         };
         spawn_storage_gauge(storage.clone(), Arc::clone(&metrics));
+        spawn_upload_expiry(storage.clone(), config.storage.upload_max_age);
 
         let listener =
             std::net::TcpListener::bind(config.listen).map_err(|source| ServerError::Listen {
@@ -123,11 +125,14 @@ impl Server {
                 source,
             })?;
         let grace = config.shutdown_grace;
+        let limits = config.limits.clone();
         let proxy = crate::proxy::Proxy::from_config(&config.proxy).map(Arc::new);
         if let Some(proxy) = &proxy {
             tracing::info!(remote = proxy.remote(), prefix = %config.proxy.prefix, "pull-through cache on");
         }
+        let uploads = api::limits::UploadLimiter::new(&config.limits);
         let router = api::router(Arc::new(AppState {
+            uploads,
             storage,
             config,
             auth,
@@ -141,6 +146,7 @@ impl Server {
             local_addr,
             tls,
             grace,
+            limits,
         })
     }
 
@@ -166,21 +172,49 @@ impl Server {
         let service = self
             .router
             .into_make_service_with_connect_info::<SocketAddr>();
+        let limits = &self.limits;
         match self.tls {
             Some(tls) => {
-                axum_server::from_tcp_rustls(self.listener, tls)?
+                let mut server = axum_server::from_tcp_rustls(self.listener, tls)?;
+                bound_heads(server.http_builder(), limits);
+                server
+                    .first_request_timeout(limits.header_timeout)
                     .handle(handle)
                     .serve(service)
                     .await
             }
             None => {
-                axum_server::from_tcp(self.listener)?
+                let mut server = axum_server::from_tcp(self.listener)?;
+                bound_heads(server.http_builder(), limits);
+                server
+                    .first_request_timeout(limits.header_timeout)
                     .handle(handle)
                     .serve(service)
                     .await
             }
         }
     }
+}
+
+/// Bounds what a client may send before a handler runs: the size and field
+/// count of a request head, and how long it may take to arrive (also the
+/// idle time of a keep-alive connection). HTTP/1.1 answers 431 past a size
+/// bound; the HTTP/2 bound is the header list size.
+fn bound_heads(
+    builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    limits: &crate::config::LimitsConfig,
+) {
+    let head = usize::try_from(limits.max_header_bytes.as_u64()).unwrap_or(usize::MAX);
+    builder
+        .http1()
+        .max_buf_size(head.max(8192))
+        .max_headers(limits.max_headers)
+        .header_read_timeout(limits.header_timeout);
+    builder
+        .http2()
+        .max_header_list_size(u32::try_from(head).unwrap_or(u32::MAX))
+        .keep_alive_interval(limits.header_timeout)
+        .keep_alive_timeout(limits.header_timeout);
 }
 
 /// Warns about a world-writable storage root: the registry never needs it.
@@ -205,6 +239,26 @@ fn spawn_storage_gauge(storage: Storage, metrics: Arc<Metrics>) {
                 Err(e) => tracing::warn!(error = %e, "cannot measure storage"),
             }
             tokio::time::sleep(Duration::from_secs(60)).await;
+        }
+    });
+}
+
+/// Deletes upload sessions idle for longer than `storage.upload_max_age`,
+/// checking every quarter of that (at most every 10 minutes).
+fn spawn_upload_expiry(storage: Storage, max_age: Duration) {
+    let every = (max_age / 4).clamp(Duration::from_secs(1), Duration::from_secs(600));
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            match storage.expire_uploads().await {
+                Ok(removed) if !removed.is_empty() => {
+                    for removal in &removed {
+                        tracing::info!(%removal, "expired upload session");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot expire upload sessions"),
+            }
         }
     });
 }

@@ -7,6 +7,7 @@ use futures_util::StreamExt;
 
 use super::access::{authorize, Caller};
 use super::error::{ApiError, ApiResult, ErrorCode};
+use super::limits::BodyLimits;
 use super::{header_str, header_value, SharedState};
 use crate::config::Action;
 use crate::policy::request::{ManifestFacts, Resource};
@@ -84,15 +85,17 @@ fn too_large(limit: u64) -> ApiError {
 }
 
 /// Reads the whole manifest body, refusing it as soon as it passes `limit`.
-async fn read_limited(body: Body, limit: u64) -> ApiResult<Vec<u8>> {
-    let mut stream = body.into_data_stream();
+/// Pauses and total time are bounded by `limits.body_*timeout`.
+async fn read_limited(state: &SharedState, body: Body, limit: u64) -> ApiResult<Vec<u8>> {
+    let timeouts = BodyLimits::new(&state.config.limits, None);
+    let mut stream = timeouts.guard(body.into_data_stream());
     let mut bytes = Vec::new();
     while let Some(frame) = stream.next().await {
         let frame = frame.map_err(|e| {
-            ApiError::new(
+            timeouts.explain(ApiError::new(
                 ErrorCode::ManifestInvalid,
                 format!("reading the manifest body: {e}"),
-            )
+            ))
         })?;
         if (bytes.len() + frame.len()) as u64 > limit {
             return Err(too_large(limit));
@@ -115,7 +118,7 @@ pub async fn put(
     if declared.is_some_and(|len| len > limit) {
         return Err(too_large(limit));
     }
-    let bytes = read_limited(body, limit).await?;
+    let bytes = read_limited(state, body, limit).await?;
     let manifest = ParsedManifest::parse(&bytes, header_str(headers, header::CONTENT_TYPE))?;
     let subject = manifest.subject.as_ref().map(|s| s.digest.clone());
 

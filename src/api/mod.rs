@@ -9,6 +9,7 @@ pub mod access;
 mod blobs;
 mod catalog;
 pub mod error;
+pub mod limits;
 mod manifests;
 mod mirror;
 pub mod ranges;
@@ -49,6 +50,7 @@ pub struct AppState {
     pub policies: Arc<ChainHolder>,
     pub metrics: Arc<Metrics>,
     pub proxy: Option<Arc<crate::proxy::Proxy>>,
+    pub uploads: limits::UploadLimiter,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -195,11 +197,17 @@ async fn route(state: SharedState, request: Request) -> ApiResult {
         (Route::Upload(name, id), method) => {
             mirror::refuse_write(&state, &name)?;
             check(Action::Push, Resource::Upload, &name, None)?;
+            let session = uploads::Session {
+                state: &state,
+                caller: &caller,
+                name: &name,
+                id,
+            };
             match method {
-                Method::GET => uploads::status(&state, &name, id).await,
-                Method::PATCH => uploads::patch(&state, &name, id, headers, body).await,
-                Method::PUT => uploads::put(&state, &name, id, &query, headers, body).await,
-                Method::DELETE => uploads::cancel(&state, &name, id).await,
+                Method::GET => session.status().await,
+                Method::PATCH => session.patch(headers, body).await,
+                Method::PUT => session.put(&query, headers, body).await,
+                Method::DELETE => session.cancel().await,
                 _ => Err(ApiError::method_not_allowed()),
             }
         }

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::access::{allows, authorize, Caller};
 use super::error::{ApiError, ApiResult, ErrorCode};
+use super::limits::{client_key, BodyLimits};
 use super::ranges::parse_content_range;
 use super::{header_str, header_value, upload_range, Query, SharedState};
 use crate::config::Action;
@@ -90,6 +91,19 @@ fn chunk_bounds(headers: &HeaderMap) -> ApiResult<ChunkBounds> {
     })
 }
 
+/// The body limits of one upload request: `already` bytes are in the session.
+fn body_limits(state: &SharedState, headers: &HeaderMap, already: u64) -> ApiResult<BodyLimits> {
+    let max = state
+        .config
+        .limits
+        .max_blob_bytes
+        .map(|max| max.as_u64().saturating_sub(already));
+    let limits = BodyLimits::new(&state.config.limits, max);
+    limits
+        .check_declared(header_str(headers, header::CONTENT_LENGTH).and_then(|v| v.parse().ok()))?;
+    Ok(limits)
+}
+
 pub async fn start(
     state: &SharedState,
     caller: &Caller,
@@ -122,76 +136,155 @@ pub async fn start(
             }
         }
         // Not mountable: the client gets a session and uploads the blob.
+        let slot = state.uploads.reserve(client_key(caller))?;
         let id = storage.start_upload(name).await?;
+        slot.bind(id);
         return in_progress(StatusCode::ACCEPTED, name, id, 0);
     }
+    let slot = state.uploads.reserve(client_key(caller))?;
     if let Some(digest) = query_digest(query, "digest")? {
+        let limits = body_limits(state, headers, 0)?;
         let id = storage.start_upload(name).await?;
         let bounds = ChunkBounds {
             start: None,
             length: header_str(headers, header::CONTENT_LENGTH).and_then(|v| v.parse().ok()),
         };
         let result = storage
-            .commit_upload(name, id, &digest, bounds, body.into_data_stream())
+            .commit_upload(
+                name,
+                id,
+                &digest,
+                bounds,
+                limits.guard(body.into_data_stream()),
+            )
             .await;
         if result.is_err() {
             // A one-shot upload has no session for the client to resume.
             let _ = storage.cancel_upload(name, id).await;
         }
-        result?;
+        drop(slot);
+        result.map_err(|e| limits.explain(e.into()))?;
         return created(name, &digest);
     }
     let id = storage.start_upload(name).await?;
+    slot.bind(id);
     in_progress(StatusCode::ACCEPTED, name, id, 0)
 }
 
-pub async fn patch(
-    state: &SharedState,
-    name: &RepositoryName,
-    id: UploadId,
-    headers: &HeaderMap,
-    body: Body,
-) -> ApiResult {
-    let bounds = chunk_bounds(headers)?;
-    let status = state
-        .storage
-        .append_upload(name, id, bounds, body.into_data_stream())
-        .await?;
-    in_progress(StatusCode::ACCEPTED, name, id, status.size)
+/// A request on an upload session (`/v2/<name>/blobs/uploads/<id>`), already
+/// authorised for push.
+pub struct Session<'a> {
+    pub state: &'a SharedState,
+    pub caller: &'a Caller,
+    pub name: &'a RepositoryName,
+    pub id: UploadId,
 }
 
-pub async fn put(
-    state: &SharedState,
-    name: &RepositoryName,
-    id: UploadId,
-    query: &Query,
-    headers: &HeaderMap,
-    body: Body,
-) -> ApiResult {
-    let digest = query_digest(query, "digest")?.ok_or_else(|| {
-        ApiError::new(
-            ErrorCode::DigestInvalid,
-            "the upload's digest is required: PUT ...?digest=<algorithm>:<hex>",
-        )
-    })?;
-    let bounds = chunk_bounds(headers)?;
-    state
-        .storage
-        .commit_upload(name, id, &digest, bounds, body.into_data_stream())
-        .await?;
-    created(name, &digest)
-}
+impl Session<'_> {
+    fn touch(&self) {
+        self.state
+            .uploads
+            .touch(self.id, || client_key(self.caller));
+    }
 
-pub async fn status(state: &SharedState, name: &RepositoryName, id: UploadId) -> ApiResult {
-    let status = state.storage.upload_status(name, id).await?;
-    in_progress(StatusCode::NO_CONTENT, name, id, status.size)
-}
+    /// Frees the session's slot when it is gone.
+    fn settle<T>(&self, result: ApiResult<T>) -> ApiResult<T> {
+        if let Err(e) = &result {
+            if e.code == ErrorCode::BlobUploadUnknown {
+                self.state.uploads.finish(self.id);
+            }
+        }
+        result
+    }
 
-pub async fn cancel(
-    state: &SharedState,
-    name: &RepositoryName,
-    id: UploadId,
-) -> ApiResult<Response> {
-    state.storage.cancel_upload(name, id).await?;
-    Ok((StatusCode::NO_CONTENT, [(header::CONTENT_LENGTH, "0")]).into_response())
+    pub async fn patch(&self, headers: &HeaderMap, body: Body) -> ApiResult {
+        let (state, name, id) = (self.state, self.name, self.id);
+        let bounds = chunk_bounds(headers)?;
+        let already = match state.config.limits.max_blob_bytes {
+            Some(_) => {
+                self.settle(
+                    state
+                        .storage
+                        .upload_status(name, id)
+                        .await
+                        .map_err(ApiError::from),
+                )?
+                .size
+            }
+            None => 0,
+        };
+        let limits = body_limits(state, headers, already)?;
+        self.touch();
+        let result = state
+            .storage
+            .append_upload(name, id, bounds, limits.guard(body.into_data_stream()))
+            .await
+            .map_err(|e| limits.explain(e.into()));
+        let status = self.settle(result)?;
+        self.touch();
+        in_progress(StatusCode::ACCEPTED, name, id, status.size)
+    }
+
+    pub async fn put(&self, query: &Query, headers: &HeaderMap, body: Body) -> ApiResult {
+        let (state, name, id) = (self.state, self.name, self.id);
+        let digest = query_digest(query, "digest")?.ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::DigestInvalid,
+                "the upload's digest is required: PUT ...?digest=<algorithm>:<hex>",
+            )
+        })?;
+        let bounds = chunk_bounds(headers)?;
+        let already = match state.config.limits.max_blob_bytes {
+            Some(_) => {
+                self.settle(
+                    state
+                        .storage
+                        .upload_status(name, id)
+                        .await
+                        .map_err(ApiError::from),
+                )?
+                .size
+            }
+            None => 0,
+        };
+        let limits = body_limits(state, headers, already)?;
+        self.touch();
+        let result = state
+            .storage
+            .commit_upload(
+                name,
+                id,
+                &digest,
+                bounds,
+                limits.guard(body.into_data_stream()),
+            )
+            .await
+            .map_err(|e| limits.explain(e.into()));
+        self.settle(result)?;
+        state.uploads.finish(id);
+        created(name, &digest)
+    }
+
+    pub async fn status(&self) -> ApiResult {
+        let result = self
+            .state
+            .storage
+            .upload_status(self.name, self.id)
+            .await
+            .map_err(ApiError::from);
+        let status = self.settle(result)?;
+        in_progress(StatusCode::NO_CONTENT, self.name, self.id, status.size)
+    }
+
+    pub async fn cancel(&self) -> ApiResult<Response> {
+        let result = self
+            .state
+            .storage
+            .cancel_upload(self.name, self.id)
+            .await
+            .map_err(ApiError::from);
+        self.settle(result)?;
+        self.state.uploads.finish(self.id);
+        Ok((StatusCode::NO_CONTENT, [(header::CONTENT_LENGTH, "0")]).into_response())
+    }
 }

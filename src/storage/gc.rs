@@ -72,6 +72,28 @@ impl GcReport {
 }
 
 impl Storage {
+    /// Deletes upload sessions nobody touched for `storage.upload_max_age`
+    /// (the server runs this periodically; `gc` does it too).
+    pub async fn expire_uploads(&self) -> Result<Vec<Removal>> {
+        let max_age = self.settings.upload_max_age;
+        self.blocking(move |root| {
+            let mut repositories = Vec::new();
+            walk_repositories(
+                root,
+                Path::new(paths::REPOSITORIES),
+                "",
+                true,
+                &mut repositories,
+            )?;
+            let mut removed = Vec::new();
+            for name in &repositories {
+                expire_sessions(root, name, max_age, false, &mut removed)?;
+            }
+            Ok(removed)
+        })
+        .await
+    }
+
     /// Runs a full mark and sweep. `progress` is drawn only on a terminal.
     pub async fn collect_garbage(&self, dry_run: bool, progress: ProgressBar) -> Result<GcReport> {
         let grace = self.settings.upload_max_age;
@@ -152,25 +174,7 @@ fn collect(root: &Dir, dry_run: bool, grace: Duration, progress: &ProgressBar) -
                 }
             }
         }
-        let uploads = paths::uploads_dir(name);
-        for id in list_dir(root, &uploads)? {
-            let dir = uploads.join(&id);
-            let data = root.metadata(dir.join("data"));
-            let last_touch = match &data {
-                Ok(m) => m.modified(),
-                Err(_) => root.metadata(&dir).and_then(|m| m.modified()),
-            };
-            if older_than(last_touch.map(|t| t.into_std()), grace) {
-                if !dry_run {
-                    remove_tree(root, &dir)?;
-                }
-                report.removed.push(Removal::Upload {
-                    repository: name.clone(),
-                    id,
-                    bytes: data.map(|m| m.len()).unwrap_or(0),
-                });
-            }
-        }
+        expire_sessions(root, name, grace, dry_run, &mut report.removed)?;
     }
     for file in list_dir(root, Path::new(paths::TMP))? {
         let path = PathBuf::from(paths::TMP).join(&file);
@@ -187,6 +191,36 @@ fn collect(root: &Dir, dry_run: bool, grace: Duration, progress: &ProgressBar) -
     }
     progress.finish_and_clear();
     Ok(report)
+}
+
+/// Removes `name`'s upload sessions untouched for longer than `max_age`.
+fn expire_sessions(
+    root: &Dir,
+    name: &RepositoryName,
+    max_age: Duration,
+    dry_run: bool,
+    removed: &mut Vec<Removal>,
+) -> Result<()> {
+    let uploads = paths::uploads_dir(name);
+    for id in list_dir(root, &uploads)? {
+        let dir = uploads.join(&id);
+        let data = root.metadata(dir.join("data"));
+        let last_touch = match &data {
+            Ok(m) => m.modified(),
+            Err(_) => root.metadata(&dir).and_then(|m| m.modified()),
+        };
+        if older_than(last_touch.map(|t| t.into_std()), max_age) {
+            if !dry_run {
+                remove_tree(root, &dir)?;
+            }
+            removed.push(Removal::Upload {
+                repository: name.clone(),
+                id,
+                bytes: data.map(|m| m.len()).unwrap_or(0),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Marks a manifest and everything it references. A manifest that cannot be
