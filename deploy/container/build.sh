@@ -54,7 +54,10 @@ else
     log "cargo build --release --target $TARGET"
     # build.rs builds the bundled policies for wasm32-wasip2 with a nested cargo
     # of its own; --target here applies to the registry binary only.
-    (cd "$REPO" && cargo build --release --locked --target "$TARGET" --bin portcullis)
+    # The image gets no debug sections: do not make them (less to link, and
+    # less disk), unless the caller asks with CARGO_PROFILE_RELEASE_DEBUG.
+    (cd "$REPO" && CARGO_PROFILE_RELEASE_DEBUG=${CARGO_PROFILE_RELEASE_DEBUG:-false} \
+        cargo build --release --locked --target "$TARGET" --bin portcullis)
     BIN=${CARGO_TARGET_DIR:-$REPO/target}/$TARGET/release/portcullis
     log "static binary built in $((SECONDS - started))s: $BIN"
 fi

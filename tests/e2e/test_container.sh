@@ -37,8 +37,15 @@ build_image() {
     timeout --kill-after=10 3600 env "${static[@]}" bash "$REPO/deploy/container/build.sh" --tag "$IMAGE"
 }
 started=$SECONDS
-check "deploy/container/build.sh builds the static binary and the image" build_image ||
+if ! check "deploy/container/build.sh builds the static binary and the image" build_image; then
+    # The linker's own complaint is buried in a long command line: show it,
+    # and the machine's room, so a CI failure explains itself.
+    grep -E 'error(\[|:)|= note: .*(ld|collect2|undefined|cannot|No space|Killed|signal|relocation)|No space left' \
+        "$WORK/last.log" | cut -c1-400 | tail -n 15 | sed 's/^/#   /'
+    df -h / "${CARGO_TARGET_DIR:-$REPO/target}" 2>&1 | sed 's/^/#   /'
+    free -m | sed 's/^/#   /'
     bail "the image is built"
+fi
 echo "# building took $((SECONDS - started))s"
 grep -E '^build.sh: (static binary|image)' "$WORK/last.log" | sed 's/^/# /'
 
