@@ -225,22 +225,23 @@ fn expire_sessions(
 
 /// Marks a manifest and everything it references. A manifest that cannot be
 /// read or parsed keeps only itself: gc never deletes what it does not understand
-/// beyond the blobs nobody names.
+/// beyond the blobs nobody names. Iterative: index nesting has no depth limit.
 fn mark_manifest(root: &Dir, digest: &Digest, marked: &mut HashSet<Digest>) {
-    if !marked.insert(digest.clone()) {
-        return;
-    }
-    let Ok(bytes) = root.read(paths::blob_data(digest)) else {
-        return;
-    };
-    let Ok(manifest) = ParsedManifest::parse(&bytes, None) else {
-        tracing::warn!(%digest, "gc: manifest cannot be parsed; keeping it but not its references");
-        return;
-    };
-    for blob in manifest.referenced_blobs().chain(manifest.layers.iter()) {
-        marked.insert(blob.digest.clone());
-    }
-    for child in &manifest.manifests {
-        mark_manifest(root, &child.digest, marked);
+    let mut pending = vec![digest.clone()];
+    while let Some(digest) = pending.pop() {
+        if !marked.insert(digest.clone()) {
+            continue;
+        }
+        let Ok(bytes) = root.read(paths::blob_data(&digest)) else {
+            continue;
+        };
+        let Ok(manifest) = ParsedManifest::parse(&bytes, None) else {
+            tracing::warn!(%digest, "gc: manifest cannot be parsed; keeping it but not its references");
+            continue;
+        };
+        for blob in manifest.referenced_blobs().chain(manifest.layers.iter()) {
+            marked.insert(blob.digest.clone());
+        }
+        pending.extend(manifest.manifests.iter().map(|child| child.digest.clone()));
     }
 }
