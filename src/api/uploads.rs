@@ -67,9 +67,18 @@ fn query_digest(query: &Query, what: &str) -> ApiResult<Option<Digest>> {
 
 /// Reads `Content-Range` into where the chunk must start and how long it is.
 fn chunk_bounds(headers: &HeaderMap) -> ApiResult<ChunkBounds> {
-    let Some(raw) = header_str(headers, header::CONTENT_RANGE) else {
+    let Some(raw) = headers.get(header::CONTENT_RANGE) else {
         return Ok(ChunkBounds::default());
     };
+    // A value that is not visible ASCII is not a range: refused, not ignored
+    // (ignoring it would append the chunk wherever the session ends).
+    let raw = raw.to_str().map_err(|_| {
+        ApiError::new(
+            ErrorCode::BlobUploadInvalid,
+            "Content-Range is not a visible ASCII value",
+        )
+        .with_status(StatusCode::RANGE_NOT_SATISFIABLE)
+    })?;
     let (start, length) = parse_content_range(raw).map_err(|e| {
         ApiError::new(ErrorCode::BlobUploadInvalid, format!("Content-Range: {e}"))
             .with_status(StatusCode::RANGE_NOT_SATISFIABLE)
@@ -187,10 +196,18 @@ impl Session<'_> {
             .touch(self.id, || client_key(self.caller));
     }
 
-    /// Frees the session's slot when it is gone.
-    fn settle<T>(&self, result: ApiResult<T>) -> ApiResult<T> {
+    /// Frees the session's slot when it is gone: unknown, or removed by a
+    /// failed commit (a digest that does not match ends the session).
+    async fn settle<T>(&self, result: ApiResult<T>) -> ApiResult<T> {
         if let Err(e) = &result {
-            if e.code == ErrorCode::BlobUploadUnknown {
+            let gone = e.code == ErrorCode::BlobUploadUnknown
+                || self
+                    .state
+                    .storage
+                    .upload_status(self.name, self.id)
+                    .await
+                    .is_err();
+            if gone {
                 self.state.uploads.finish(self.id);
             }
         }
@@ -208,7 +225,8 @@ impl Session<'_> {
                         .upload_status(name, id)
                         .await
                         .map_err(ApiError::from),
-                )?
+                )
+                .await?
                 .size
             }
             None => 0,
@@ -220,7 +238,7 @@ impl Session<'_> {
             .append_upload(name, id, bounds, limits.guard(body.into_data_stream()))
             .await
             .map_err(|e| limits.explain(e.into()));
-        let status = self.settle(result)?;
+        let status = self.settle(result).await?;
         self.touch();
         in_progress(StatusCode::ACCEPTED, name, id, status.size)
     }
@@ -242,7 +260,8 @@ impl Session<'_> {
                         .upload_status(name, id)
                         .await
                         .map_err(ApiError::from),
-                )?
+                )
+                .await?
                 .size
             }
             None => 0,
@@ -260,7 +279,7 @@ impl Session<'_> {
             )
             .await
             .map_err(|e| limits.explain(e.into()));
-        self.settle(result)?;
+        self.settle(result).await?;
         state.uploads.finish(id);
         created(name, &digest)
     }
@@ -272,7 +291,7 @@ impl Session<'_> {
             .upload_status(self.name, self.id)
             .await
             .map_err(ApiError::from);
-        let status = self.settle(result)?;
+        let status = self.settle(result).await?;
         in_progress(StatusCode::NO_CONTENT, self.name, self.id, status.size)
     }
 
@@ -283,7 +302,7 @@ impl Session<'_> {
             .cancel_upload(self.name, self.id)
             .await
             .map_err(ApiError::from);
-        self.settle(result)?;
+        self.settle(result).await?;
         self.state.uploads.finish(self.id);
         Ok((StatusCode::NO_CONTENT, [(header::CONTENT_LENGTH, "0")]).into_response())
     }

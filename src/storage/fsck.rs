@@ -173,6 +173,15 @@ fn check(root: &Root, repair: bool, progress: &ProgressBar) -> Result<FsckReport
                         digest: digest.clone(),
                     }
                 }
+                Ok(None) => {
+                    // A link write cut short by a crash (the directory made,
+                    // the link not yet renamed in): never served, never
+                    // acknowledged, harmless. --repair tidies it.
+                    if repair {
+                        remove_tree(root, &paths::layer_link_dir(name, &digest))?;
+                    }
+                    continue;
+                }
                 _ => Finding::BadLink { path: link },
             };
             if repair {

@@ -164,13 +164,24 @@ fn collect(root: &Dir, dry_run: bool, grace: Duration, progress: &ProgressBar) -
         swept.insert(digest);
     }
 
-    // Links to swept blobs, and abandoned uploads.
+    // Links to swept blobs, link directories a crash left without their
+    // link, and abandoned uploads.
     progress.set_message("uploads");
     for name in &repositories {
         if !dry_run {
             for digest in list_digest_dirs(root, &paths::layers_dir(name))? {
-                if swept.contains(&digest) {
-                    remove_tree(root, &paths::layer_link_dir(name, &digest))?;
+                let dir = paths::layer_link_dir(name, &digest);
+                let unlinked = || {
+                    matches!(root.metadata(paths::layer_link(name, &digest)), Err(e) if e.kind() == io::ErrorKind::NotFound)
+                        && older_than(
+                            root.metadata(&dir)
+                                .and_then(|m| m.modified())
+                                .map(|t| t.into_std()),
+                            grace,
+                        )
+                };
+                if swept.contains(&digest) || unlinked() {
+                    remove_tree(root, &dir)?;
                 }
             }
         }

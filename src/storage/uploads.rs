@@ -4,8 +4,11 @@
 //! Sessions live on disk, so they survive a restart; the running SHA-256 state
 //! is kept in memory as an optimisation and rebuilt from the data file when it
 //! is missing (after a restart) or does not match the file. Each chunk is
-//! all-or-nothing: a chunk that fails part-way is cut back off the file, so the
-//! reported offset is always what was durably received.
+//! all-or-nothing while the server runs: a chunk that fails part-way is cut
+//! back off the file, so the reported offset is what was received. After a
+//! crash (kill -9) the file may also hold part of a chunk that was never
+//! acknowledged; those bytes are correct, and a client resuming from the
+//! reported `Range` completes the blob (tests/crash.rs checks both).
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
