@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum_server::tls_rustls::RustlsConfig;
+use axum_server::accept::{TcpConfigAcceptor, TcpKeepaliveConfig, TcpSocketConfig};
+use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 
 use crate::api::{self, AppState};
 use crate::auth::{AuthConfigError, Authenticator};
@@ -173,25 +174,28 @@ impl Server {
             .router
             .into_make_service_with_connect_info::<SocketAddr>();
         let limits = &self.limits;
+        // No Nagle delay (small responses on a keep-alive connection would
+        // wait ~40 ms for an ACK), and keepalive probes find dead peers.
+        let tcp = TcpConfigAcceptor::new(
+            TcpSocketConfig::new()
+                .nodelay(true)
+                .keepalive(TcpKeepaliveConfig::new().time(Duration::from_secs(60))),
+        );
+        let mut server = axum_server::from_tcp(self.listener)?;
+        bound_heads(server.http_builder(), limits);
+        let server = server.first_request_timeout(limits.header_timeout);
         match self.tls {
             Some(tls) => {
-                let mut server = axum_server::from_tcp_rustls(self.listener, tls)?;
-                bound_heads(server.http_builder(), limits);
+                let acceptor = RustlsAcceptor::new(tls)
+                    .handshake_timeout(limits.header_timeout)
+                    .acceptor(tcp);
                 server
-                    .first_request_timeout(limits.header_timeout)
+                    .acceptor(acceptor)
                     .handle(handle)
                     .serve(service)
                     .await
             }
-            None => {
-                let mut server = axum_server::from_tcp(self.listener)?;
-                bound_heads(server.http_builder(), limits);
-                server
-                    .first_request_timeout(limits.header_timeout)
-                    .handle(handle)
-                    .serve(service)
-                    .await
-            }
+            None => server.acceptor(tcp).handle(handle).serve(service).await,
         }
     }
 }

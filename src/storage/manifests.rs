@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, Read};
+use std::path::{Path, PathBuf};
 
 use cap_std::fs::Dir;
 use serde::{Deserialize, Serialize};
@@ -318,17 +319,27 @@ impl Storage {
             if !Storage::blob_exists(root, &digest) {
                 write_atomic(root, &paths::blob_data(&digest), &bytes)?;
             }
-            write_link(root, &paths::revision_link(&name, &digest), &digest)?;
+            let mut links = vec![paths::revision_link(&name, &digest)];
             if let Some(subject) = &manifest.subject {
-                write_link(
-                    root,
-                    &paths::referrer_link(&name, &subject.digest, &digest),
-                    &digest,
-                )?;
+                links.push(paths::referrer_link(&name, &subject.digest, &digest));
             }
             if let Reference::Tag(tag) = &reference {
-                write_link(root, &paths::tag_index_link(&name, tag, &digest), &digest)?;
-                write_link(root, &paths::tag_current_link(&name, tag), &digest)?;
+                links.push(paths::tag_index_link(&name, tag, &digest));
+                links.push(paths::tag_current_link(&name, tag));
+            }
+            // All links or none: a push that fails part-way (a full disk)
+            // must not leave the manifest served. The bytes may stay; gc
+            // sweeps them.
+            let mut undo = Vec::new();
+            for link in &links {
+                let created = new_path(root, link);
+                if let Err(e) = write_link(root, link, &digest) {
+                    for path in created.iter().chain(undo.iter().rev()) {
+                        let _ = remove_path(root, path);
+                    }
+                    return Err(e.into());
+                }
+                undo.extend(created);
             }
             Ok(digest)
         })
@@ -432,7 +443,10 @@ impl Storage {
     pub async fn list_tags(&self, name: &RepositoryName) -> Result<Vec<String>> {
         let name = name.clone();
         self.blocking(move |root| {
-            if !root.is_dir(paths::repository_dir(&name)) {
+            // The catalog's rule: a repository holds manifests or layers
+            // (a directory with only upload sessions in it is not one yet).
+            let dir = paths::repository_dir(&name);
+            if !root.is_dir(dir.join("_manifests")) && !root.is_dir(dir.join("_layers")) {
                 return Err(StorageError::NameUnknown(name));
             }
             let mut tags: Vec<String> = list_dir(root, &paths::tags_dir(&name))?
@@ -548,6 +562,31 @@ pub(super) fn walk_repositories(
         walk_repositories(root, &path, &name, with_uploads_only, out)?;
     }
     Ok(())
+}
+
+/// What to remove to undo creating `path`: its highest directory that does
+/// not exist yet, or the file itself; `None` when it exists already (an
+/// atomic overwrite leaves the old content if it fails).
+fn new_path(root: &Dir, path: &Path) -> Option<PathBuf> {
+    if root.exists(path) {
+        return None;
+    }
+    let mut undo = path.to_path_buf();
+    let mut dir = path.parent();
+    while let Some(d) = dir.filter(|d| !d.as_os_str().is_empty() && !root.exists(d)) {
+        undo = d.to_path_buf();
+        dir = d.parent();
+    }
+    Some(undo)
+}
+
+fn remove_path(root: &Dir, path: &Path) -> io::Result<()> {
+    match root.symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => remove_tree(root, path).map(|_| ()),
+        Ok(_) => root.remove_file(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]

@@ -153,6 +153,7 @@ impl Storage {
 
         let mut received: u64 = 0;
         let mut failure = None;
+        let mut writer_gone = false;
         while let Some(frame) = body.next().await {
             match frame {
                 Ok(bytes) => {
@@ -165,7 +166,10 @@ impl Storage {
                         break;
                     }
                     if tx.send(bytes).await.is_err() {
-                        break; // the writer failed; its error is reported below
+                        // The writer failed (a full disk, say): its error is
+                        // the answer, not the length the body did not reach.
+                        writer_gone = true;
+                        break;
                     }
                 }
                 Err(e) => {
@@ -179,7 +183,7 @@ impl Storage {
             .await
             .map_err(|e| io::Error::other(format!("upload writer failed: {e}")))?;
 
-        if failure.is_none() {
+        if failure.is_none() && !writer_gone && written.is_ok() {
             if let Some(declared) = bounds.length {
                 if declared != received {
                     failure = Some(StorageError::SizeMismatch {
