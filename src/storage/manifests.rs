@@ -106,6 +106,10 @@ impl ParsedManifest {
     /// Parses and checks a manifest. `content_type` is the request's header, if any.
     pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<Self> {
         let invalid = |m: String| StorageError::ManifestInvalid(m);
+        // serde would also read the struct from an array of its fields.
+        if bytes.trim_ascii_start().first() != Some(&b'{') {
+            return Err(invalid("a manifest must be a JSON object".into()));
+        }
         let raw: RawManifest = serde_json::from_slice(bytes)
             .map_err(|e| invalid(format!("not a valid manifest: {e}")))?;
         let header_type = content_type
