@@ -108,7 +108,9 @@ impl ParsedManifest {
         let invalid = |m: String| StorageError::ManifestInvalid(m);
         // serde would also read the struct from an array of its fields.
         if bytes.trim_ascii_start().first() != Some(&b'{') {
-            return Err(invalid("a manifest must be a JSON object".into()));
+            return Err(invalid(
+                "not a valid manifest: a manifest is a JSON object".into(),
+            ));
         }
         let raw: RawManifest = serde_json::from_slice(bytes)
             .map_err(|e| invalid(format!("not a valid manifest: {e}")))?;
@@ -628,6 +630,11 @@ mod tests {
         let d = Digest::of(Algorithm::Sha256, b"x").to_string();
         for (bad, why) in [
             ("not json".to_owned(), "not a valid manifest"),
+            (
+                r#"[2,"application/vnd.oci.image.index.v1+json",null,null,null,[],null,{}]"#
+                    .to_owned(),
+                "JSON object",
+            ),
             (r#"{"schemaVersion":1}"#.to_owned(), "schemaVersion"),
             (
                 r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[]}"#
