@@ -1,0 +1,914 @@
+//! Portcullis against CNCF Distribution (Debian's docker-registry) on loopback:
+//! the same workloads against both, alternating, and a markdown table of the
+//! figures, their ratio and the targets. Run it through `bench/run.sh`, which
+//! builds both binaries; every setting is an environment variable (see run.sh).
+
+mod client;
+mod report;
+mod servers;
+mod workloads;
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use hyper::Method;
+
+use report::{Better, Report, Row, Target};
+use servers::{Binaries, Kind, RssSampler, Server};
+
+const MB: f64 = 1e6;
+const GIB: f64 = (1u64 << 30) as f64;
+
+fn env_or<T: FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+fn pick<T>(quick: bool, full: T, quick_value: T) -> T {
+    if quick {
+        quick_value
+    } else {
+        full
+    }
+}
+
+fn env_list(name: &str, default: &str) -> Vec<usize> {
+    std::env::var(name)
+        .unwrap_or_else(|_| default.into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect()
+}
+
+struct Settings {
+    quick: bool,
+    blob_mib: u64,
+    chunk_mib: u64,
+    pull_clients: usize,
+    small_count: usize,
+    small_kib: usize,
+    small_clients: usize,
+    secs: f64,
+    warmup: f64,
+    concurrency: Vec<usize>,
+    image_mib: u64,
+    layers: usize,
+    rounds: usize,
+    startup_runs: usize,
+    workloads: Vec<usize>,
+    tmp: PathBuf,
+    bins: Binaries,
+    docker: bool,
+}
+
+impl Settings {
+    fn from_env() -> Result<Self> {
+        let quick = env_or("BENCH_QUICK", 0u32) == 1;
+        let distribution = std::env::var("BENCH_DISTRIBUTION")
+            .ok()
+            .map(PathBuf::from)
+            .or_else(|| Some(PathBuf::from("/usr/bin/docker-registry")))
+            .filter(|p| p.exists());
+        Ok(Self {
+            quick,
+            blob_mib: env_or("BENCH_BLOB_MIB", pick(quick, 1024, 64)),
+            chunk_mib: env_or("BENCH_CHUNK_MIB", 16),
+            pull_clients: env_or("BENCH_PULL_CLIENTS", 8),
+            small_count: env_or("BENCH_SMALL_BLOBS", pick(quick, 2000, 200)),
+            small_kib: env_or("BENCH_SMALL_KIB", 4),
+            small_clients: env_or("BENCH_SMALL_CLIENTS", 16),
+            secs: env_or("BENCH_SECS", pick(quick, 5.0, 1.0)),
+            warmup: env_or("BENCH_WARMUP_SECS", pick(quick, 0.5, 0.2)),
+            concurrency: env_list("BENCH_CONCURRENCY", "1,16,64"),
+            image_mib: env_or("BENCH_IMAGE_MIB", pick(quick, 200, 20)),
+            layers: env_or("BENCH_IMAGE_LAYERS", 10),
+            rounds: env_or("BENCH_ROUNDS", 1usize).max(1),
+            startup_runs: env_or("BENCH_STARTUP_RUNS", pick(quick, 5usize, 3)).max(1),
+            workloads: env_list("BENCH_WORKLOADS", "1,2,3,4,5,6,7"),
+            tmp: PathBuf::from(
+                std::env::var("BENCH_TMPDIR")
+                    .context("BENCH_TMPDIR is not set (use bench/run.sh)")?,
+            ),
+            bins: Binaries {
+                portcullis: PathBuf::from(
+                    std::env::var("BENCH_PORTCULLIS")
+                        .unwrap_or_else(|_| "target/release/portcullis".into()),
+                ),
+                distribution,
+            },
+            docker: env_or("BENCH_DOCKER", 1u32) == 1,
+        })
+    }
+
+    fn runs(&self, w: usize) -> bool {
+        self.workloads.contains(&w)
+    }
+}
+
+fn command_line(cmd: &str, args: &[&str]) -> String {
+    std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "?".into())
+}
+
+fn header(s: &Settings) {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+            })
+        })
+        .unwrap_or_else(|| "?".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let p_version = command_line(
+        s.bins.portcullis.to_str().unwrap_or("portcullis"),
+        &["--version"],
+    );
+    let d_version = s
+        .bins
+        .distribution
+        .as_ref()
+        .map(|d| command_line(d.to_str().unwrap_or("docker-registry"), &["--version"]))
+        .unwrap_or_else(|| "not installed (apt-get install -y docker-registry)".into());
+    println!(
+        "# Portcullis vs CNCF Distribution benchmark{}",
+        if s.quick {
+            " (BENCH_QUICK=1: smoke run, not a baseline)"
+        } else {
+            ""
+        }
+    );
+    println!();
+    println!(
+        "- date: {}",
+        command_line("date", &["-u", "+%Y-%m-%d %H:%M:%S UTC"])
+    );
+    println!(
+        "- nproc: {}, kernel: {}, CPU: {cpu}",
+        command_line("nproc", &[]),
+        kernel.trim()
+    );
+    println!(
+        "- load average at start: {}",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    println!(
+        "- portcullis: {p_version} ({}), rev {}",
+        s.bins.portcullis.display(),
+        std::env::var("BENCH_REV").unwrap_or_else(|_| "?".into())
+    );
+    println!("- distribution: {d_version}");
+    println!("- load generator: bench/ (Rust, hyper 1.x client, one keep-alive HTTP/1.1 connection per client, tokio on {} worker threads, same machine as the servers: client CPU competes with the server's)", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    println!("- portcullis runs with the three bundled policies (repo-allowlist, group-access, tag-immutability, all evaluated and allowing: the chain of benches/policy.rs, as examples/portcullis.toml enables only tag-immutability) unless a row says \"no policies\"; distribution with Debian's default config less auth (inmemory blob descriptor cache); both log at their default level to files; storage in fresh directories under {}", s.tmp.display());
+    println!(
+        "- scale: blob {} MiB (chunks {} MiB), pull clients 1 and {}, {} small blobs of {} KiB with {} clients, manifest cells {} s (+{} s warm-up) at c={:?}, image {} MiB in {} layers, {} round(s), start-up runs {}",
+        s.blob_mib, s.chunk_mib, s.pull_clients, s.small_count, s.small_kib, s.small_clients, s.secs, s.warmup, s.concurrency, s.image_mib, s.layers, s.rounds, s.startup_runs
+    );
+    println!("- MB = 10^6 bytes; ratio = portcullis / distribution; every figure is the median over rounds");
+    println!();
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+/// Per-server samples of one measure.
+#[derive(Default)]
+struct Samples {
+    p: Vec<f64>,
+    d: Vec<f64>,
+}
+
+impl Samples {
+    fn push(&mut self, kind: Kind, v: f64) {
+        if kind == Kind::Distribution {
+            self.d.push(v)
+        } else {
+            self.p.push(v)
+        }
+    }
+
+    /// A row of the largest sample of each (for peaks).
+    fn row_max(self, name: &str, unit: &'static str, better: Better, target: Target) -> Row {
+        let max = |v: Vec<f64>| v.into_iter().filter(|x| x.is_finite()).reduce(f64::max);
+        Row {
+            name: name.into(),
+            unit,
+            better,
+            p: max(self.p),
+            d: max(self.d),
+            target,
+        }
+    }
+
+    fn row(
+        self,
+        name: impl Into<String>,
+        unit: &'static str,
+        better: Better,
+        target: Target,
+    ) -> Row {
+        Row {
+            name: name.into(),
+            unit,
+            better,
+            p: median(self.p),
+            d: median(self.d),
+            target,
+        }
+    }
+}
+
+/// One manifest cell's samples: req/s, p50 ms, p99 ms.
+struct Cell {
+    kind: Kind,
+    values: [Vec<f64>; 3],
+}
+
+impl Cell {
+    fn new(kind: Kind) -> Self {
+        Self {
+            kind,
+            values: Default::default(),
+        }
+    }
+}
+
+/// The servers in the order of step `k`: alternating who goes first.
+fn order<'a>(servers: &'a [&'a Server], k: usize) -> Vec<&'a Server> {
+    let mut v: Vec<&Server> = servers.to_vec();
+    if k % 2 == 1 {
+        v.reverse();
+    }
+    v
+}
+
+struct Peak {
+    sampler: RssSampler,
+    hwm_reset: bool,
+}
+
+fn peak_start(server: &Server) -> Peak {
+    let hwm_reset = server.reset_hwm();
+    Peak {
+        sampler: RssSampler::start(server.pid),
+        hwm_reset,
+    }
+}
+
+async fn peak_finish(server: &Server, peak: Peak) -> f64 {
+    let sampled = peak.sampler.finish().await;
+    let hwm = if peak.hwm_reset {
+        server.status_kib("VmHWM")
+    } else {
+        0
+    };
+    sampled.max(hwm) as f64 / 1024.0
+}
+
+fn log_line(what: &str, server: &Server, value: String) {
+    println!("  {what:<44} {:<26} {value}", server.kind.label());
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let s = Settings::from_env()?;
+    let t_all = Instant::now();
+    header(&s);
+    let mut report = Report::default();
+    std::fs::create_dir_all(&s.tmp)?;
+
+    println!("## Progress\n");
+    println!("```");
+    let started_p = servers::start(
+        &s.bins,
+        Kind::PortcullisPolicies,
+        &s.tmp.join("p-policies"),
+        None,
+    )
+    .await?;
+    let pol = started_p.server;
+    let bare = if s.runs(4) {
+        Some(
+            servers::start(&s.bins, Kind::PortcullisBare, &s.tmp.join("p-bare"), None)
+                .await?
+                .server,
+        )
+    } else {
+        None
+    };
+    let dist = match &s.bins.distribution {
+        Some(_) => Some(
+            servers::start(
+                &s.bins,
+                Kind::Distribution,
+                &s.tmp.join("distribution"),
+                None,
+            )
+            .await?
+            .server,
+        ),
+        None => {
+            println!("  distribution: not installed, its columns stay empty (apt-get install -y docker-registry)");
+            None
+        }
+    };
+    let mut pair: Vec<&Server> = vec![&pol];
+    if let Some(d) = &dist {
+        pair.push(d);
+    }
+    let mut step = 0usize;
+
+    // 6 (idle): after a second of quiet.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut idle = Samples::default();
+    for srv in &pair {
+        let kib = srv.status_kib("VmRSS");
+        idle.push(srv.kind, kib as f64 / 1024.0);
+        log_line(
+            "idle VmRSS",
+            srv,
+            format!(
+                "{:.1} MiB (pid {}, {})",
+                kib as f64 / 1024.0,
+                srv.pid,
+                srv.addr
+            ),
+        );
+    }
+    let idle_d = idle.d.first().copied();
+    let idle_bare = bare.as_ref().map(|b| b.status_kib("VmRSS") as f64 / 1024.0);
+    if let (Some(b), Some(v)) = (&bare, idle_bare) {
+        log_line(
+            "idle VmRSS",
+            b,
+            format!("{v:.1} MiB (pid {}, {})", b.pid, b.addr),
+        );
+    }
+
+    // 1. one big blob, monolithic and chunked.
+    let blob_size = s.blob_mib << 20;
+    let blob = s.tmp.join("blob.bin");
+    let need_blob = s.runs(1) || s.runs(2);
+    let digest = if need_blob {
+        let t = Instant::now();
+        let (path, size) = (blob.clone(), blob_size);
+        let d =
+            tokio::task::spawn_blocking(move || workloads::random_file(&path, size, 42)).await??;
+        println!(
+            "  generated {} MiB of random data in {:.1} s: {d}",
+            s.blob_mib,
+            t.elapsed().as_secs_f64()
+        );
+        d
+    } else {
+        String::new()
+    };
+    let mut peak_push = Samples::default();
+    let pull_repo = "team-a/big-mono-r0";
+    if s.runs(1) {
+        let mut mono = Samples::default();
+        let mut mono_cpu = Samples::default();
+        let mut chunked = Samples::default();
+        let mut chunked_cpu = Samples::default();
+        for round in 0..s.rounds {
+            for chunked_mode in [false, true] {
+                for srv in order(&pair, step) {
+                    let repo = format!(
+                        "team-a/big-{}-r{round}",
+                        if chunked_mode { "chunked" } else { "mono" }
+                    );
+                    let peak = peak_start(srv);
+                    let cpu0 = srv.cpu_secs();
+                    let t = Instant::now();
+                    if chunked_mode {
+                        workloads::push_chunked(
+                            srv.addr,
+                            &repo,
+                            &blob,
+                            blob_size,
+                            &digest,
+                            (s.chunk_mib << 20) as usize,
+                        )
+                        .await?;
+                    } else {
+                        workloads::push_monolithic(srv.addr, &repo, &blob, blob_size, &digest)
+                            .await?;
+                    }
+                    let secs = t.elapsed().as_secs_f64();
+                    let cpu = (srv.cpu_secs() - cpu0) / (blob_size as f64 / GIB);
+                    let rss = peak_finish(srv, peak).await;
+                    let mbs = blob_size as f64 / MB / secs;
+                    let what = if chunked_mode {
+                        "push chunked"
+                    } else {
+                        "push monolithic"
+                    };
+                    log_line(
+                        what,
+                        srv,
+                        format!("{mbs:.0} MB/s, {cpu:.2} CPU s/GiB, peak RSS {rss:.1} MiB"),
+                    );
+                    if chunked_mode {
+                        chunked.push(srv.kind, mbs);
+                        chunked_cpu.push(srv.kind, cpu);
+                    } else {
+                        mono.push(srv.kind, mbs);
+                        mono_cpu.push(srv.kind, cpu);
+                    }
+                    peak_push.push(srv.kind, rss);
+                }
+                step += 1;
+            }
+        }
+        let sz = s.blob_mib;
+        report.section("1. Push one blob");
+        report.add(mono.row(
+            format!("push {sz} MiB monolithic (POST + PUT)"),
+            "MB/s",
+            Better::Higher,
+            Target::RatioMin(1.8),
+        ));
+        report.add(chunked.row(
+            format!("push {sz} MiB chunked ({} MiB PATCHes)", s.chunk_mib),
+            "MB/s",
+            Better::Higher,
+            Target::RatioMin(1.8),
+        ));
+        report.add(mono_cpu.row(
+            "server CPU per GiB pushed, monolithic",
+            "s/GiB",
+            Better::Lower,
+            Target::None,
+        ));
+        report.add(chunked_cpu.row(
+            "server CPU per GiB pushed, chunked",
+            "s/GiB",
+            Better::Lower,
+            Target::None,
+        ));
+    } else if need_blob {
+        for srv in &pair {
+            workloads::push_monolithic(srv.addr, pull_repo, &blob, blob_size, &digest).await?;
+        }
+    }
+
+    // 2. pull it.
+    let mut peak_pull = Samples::default();
+    if s.runs(2) {
+        let mut one = Samples::default();
+        let mut many = Samples::default();
+        let mut one_cpu = Samples::default();
+        let mut many_cpu = Samples::default();
+        for _round in 0..s.rounds {
+            for clients in [1, s.pull_clients] {
+                for srv in order(&pair, step) {
+                    let peak = peak_start(srv);
+                    let cpu0 = srv.cpu_secs();
+                    let t = Instant::now();
+                    let bytes =
+                        workloads::pull(srv.addr, pull_repo, &digest, blob_size, clients).await?;
+                    let secs = t.elapsed().as_secs_f64();
+                    let cpu = (srv.cpu_secs() - cpu0) / (bytes as f64 / GIB);
+                    let rss = peak_finish(srv, peak).await;
+                    let mbs = bytes as f64 / MB / secs;
+                    log_line(
+                        &format!("pull, {clients} client(s)"),
+                        srv,
+                        format!("{mbs:.0} MB/s, {cpu:.2} CPU s/GiB, peak RSS {rss:.1} MiB"),
+                    );
+                    if clients == 1 {
+                        one.push(srv.kind, mbs);
+                        one_cpu.push(srv.kind, cpu);
+                    } else {
+                        many.push(srv.kind, mbs);
+                        many_cpu.push(srv.kind, cpu);
+                    }
+                    peak_pull.push(srv.kind, rss);
+                }
+                step += 1;
+            }
+        }
+        report.section("2. Pull the blob");
+        report.add(one.row(
+            format!("pull {} MiB, 1 client", s.blob_mib),
+            "MB/s",
+            Better::Higher,
+            Target::RatioMin(1.0),
+        ));
+        report.add(many.row(
+            format!(
+                "pull {} MiB, {} clients (aggregate)",
+                s.blob_mib, s.pull_clients
+            ),
+            "MB/s",
+            Better::Higher,
+            Target::RatioMin(1.0),
+        ));
+        report.add(one_cpu.row(
+            "server CPU per GiB pulled, 1 client",
+            "s/GiB",
+            Better::Lower,
+            Target::None,
+        ));
+        report.add(many_cpu.row(
+            format!("server CPU per GiB pulled, {} clients", s.pull_clients),
+            "s/GiB",
+            Better::Lower,
+            Target::None,
+        ));
+    }
+
+    // 3. many small blobs.
+    if s.runs(3) {
+        let mut rate = Samples::default();
+        let mut modes_note = Vec::new();
+        for round in 0..s.rounds {
+            let blobs =
+                workloads::small_blobs(s.small_count, s.small_kib << 10, 100 + round as u64);
+            for srv in order(&pair, step) {
+                let t = Instant::now();
+                let modes = workloads::push_many(
+                    srv.addr,
+                    &format!("team-a/small-r{round}"),
+                    blobs.clone(),
+                    s.small_clients,
+                )
+                .await?;
+                let r = s.small_count as f64 / t.elapsed().as_secs_f64();
+                let how = if modes.two_step == 0 {
+                    "POST ?digest= answered 201"
+                } else if modes.single == 0 {
+                    "POST ?digest= answered 202: POST + PUT"
+                } else {
+                    "mixed 201/202"
+                };
+                log_line("small blobs", srv, format!("{r:.0} blobs/s ({how})"));
+                if round == 0 {
+                    modes_note.push(format!("{}: {how}", srv.kind.label()));
+                }
+                rate.push(srv.kind, r);
+            }
+            step += 1;
+        }
+        report.section("3. Small blobs");
+        report.add(rate.row(
+            format!(
+                "push {} blobs of {} KiB, {} clients",
+                s.small_count, s.small_kib, s.small_clients
+            ),
+            "blobs/s",
+            Better::Higher,
+            Target::RatioMin(6.0),
+        ));
+        report.note(format!("small-blob protocol: {}", modes_note.join("; ")));
+    }
+
+    // 4. manifest GET / HEAD by tag.
+    if s.runs(4) {
+        let bare = bare.as_ref().expect("started for workload 4");
+        let mut trio: Vec<&Server> = vec![bare, &pol];
+        if let Some(d) = &dist {
+            trio.push(d);
+        }
+        for srv in &trio {
+            workloads::push_small_image(srv.addr, "team-a/manifest", "latest").await?;
+        }
+        report.section("4. Manifest by tag (keep-alive)");
+        let path = "/v2/team-a/manifest/manifests/latest";
+        for method in [Method::GET, Method::HEAD] {
+            for &c in &s.concurrency {
+                let mut cells: Vec<Cell> = trio.iter().map(|s| Cell::new(s.kind)).collect();
+                for _round in 0..s.rounds {
+                    let mut rot = trio.clone();
+                    rot.rotate_left(step % trio.len());
+                    for srv in rot {
+                        let r = workloads::rate(
+                            srv.addr,
+                            method.clone(),
+                            path,
+                            c,
+                            Duration::from_secs_f64(s.warmup),
+                            Duration::from_secs_f64(s.secs),
+                        )
+                        .await?;
+                        log_line(
+                            &format!("manifest {method} c={c}"),
+                            srv,
+                            format!(
+                                "{:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, {} errors, {} connections",
+                                r.rate(),
+                                r.percentile_ms(0.5),
+                                r.percentile_ms(0.99),
+                                r.errors,
+                                r.connections
+                            ),
+                        );
+                        if r.errors > 0 {
+                            anyhow::bail!(
+                                "{} answered {} non-200s to {method} {path}; log: {}",
+                                srv.kind.label(),
+                                r.errors,
+                                srv.log.display()
+                            );
+                        }
+                        let cell = cells.iter_mut().find(|x| x.kind == srv.kind).expect("cell");
+                        cell.values[0].push(r.rate());
+                        cell.values[1].push(r.percentile_ms(0.5));
+                        cell.values[2].push(r.percentile_ms(0.99));
+                    }
+                    step += 1;
+                }
+                let d = cells.iter().find(|x| x.kind == Kind::Distribution);
+                for variant in [Kind::PortcullisPolicies, Kind::PortcullisBare] {
+                    let p = cells.iter().find(|x| x.kind == variant).expect("cell");
+                    let label = if variant == Kind::PortcullisBare {
+                        "no policies"
+                    } else {
+                        "3 policies"
+                    };
+                    let with_target = variant == Kind::PortcullisPolicies && c == 64;
+                    let metrics: [(&str, &'static str, Better, usize, Target); 3] = [
+                        (
+                            "req/s",
+                            "req/s",
+                            Better::Higher,
+                            0,
+                            if with_target {
+                                Target::RatioMin(10.0)
+                            } else {
+                                Target::None
+                            },
+                        ),
+                        ("p50", "ms", Better::Lower, 1, Target::None),
+                        (
+                            "p99",
+                            "ms",
+                            Better::Lower,
+                            2,
+                            if with_target {
+                                Target::RatioMax(0.1)
+                            } else {
+                                Target::None
+                            },
+                        ),
+                    ];
+                    for (what, unit, better, idx, target) in metrics {
+                        report.add(Row {
+                            name: format!("manifest {method} c={c}, {label}: {what}"),
+                            unit,
+                            better,
+                            p: median(p.values[idx].clone()),
+                            d: d.and_then(|d| median(d.values[idx].clone())),
+                            target,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    // 5. docker pull.
+    if s.runs(5) {
+        report.section("5. docker pull");
+        match docker_pull(&s, &pair, &mut step).await {
+            Ok(Some(row)) => report.add(row),
+            Ok(None) => {
+                println!("  docker pull: skipped: no docker engine");
+                report.note("workload 5 (docker pull): skipped: no docker engine".into());
+            }
+            Err(e) => {
+                println!("  docker pull: failed: {e:#}");
+                report.note(format!("workload 5 (docker pull): failed: {e:#}"));
+            }
+        }
+    }
+
+    // 6. memory.
+    if s.runs(6) {
+        report.section("6. Memory (VmRSS / VmHWM)");
+        report.add(idle.row(
+            "idle RSS after start-up",
+            "MiB",
+            Better::Lower,
+            Target::RatioMax(1.0),
+        ));
+        if let Some(v) = idle_bare {
+            report.add(Row {
+                name: "idle RSS after start-up, no policies".into(),
+                unit: "MiB",
+                better: Better::Lower,
+                p: Some(v),
+                d: None,
+                target: Target::None,
+            });
+        }
+        if s.runs(1) {
+            report.add(peak_push.row_max(
+                "peak RSS during push (workload 1, max of all pushes)",
+                "MiB",
+                Better::Lower,
+                Target::AbsMax(48.0),
+            ));
+        }
+        if s.runs(2) {
+            report.add(peak_pull.row_max(
+                "peak RSS during pull (workload 2, max of all pulls)",
+                "MiB",
+                Better::Lower,
+                Target::AbsMax(48.0),
+            ));
+        }
+    }
+    drop(bare);
+
+    // 7. start-up.
+    if s.runs(7) {
+        report.section("7. Start-up to the first 200 on /v2/");
+        let dir = s.tmp.join("startup-portcullis");
+        let cache = dir.join("policy-cache");
+        let cold = servers::start(&s.bins, Kind::PortcullisPolicies, &dir, Some(&cache)).await?;
+        let cold_ms = cold.startup.as_secs_f64() * 1e3;
+        log_line(
+            "start-up, empty policy cache (cold)",
+            &cold.server,
+            format!("{cold_ms:.0} ms"),
+        );
+        drop(cold);
+        let mut warm = Samples::default();
+        let mut warm_idle = None;
+        for i in 0..s.startup_runs {
+            let w = servers::start(&s.bins, Kind::PortcullisPolicies, &dir, Some(&cache)).await?;
+            let ms = w.startup.as_secs_f64() * 1e3;
+            log_line(
+                "start-up, warm policy cache",
+                &w.server,
+                format!("{ms:.0} ms"),
+            );
+            warm.push(Kind::PortcullisPolicies, ms);
+            if i + 1 == s.startup_runs {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let mib = w.server.status_kib("VmRSS") as f64 / 1024.0;
+                log_line(
+                    "idle VmRSS after a warm start",
+                    &w.server,
+                    format!("{mib:.1} MiB"),
+                );
+                warm_idle = Some(mib);
+            }
+        }
+        let mut d_first = None;
+        if s.bins.distribution.is_some() {
+            let ddir = s.tmp.join("startup-distribution");
+            for i in 0..s.startup_runs {
+                let w = servers::start(&s.bins, Kind::Distribution, &ddir, None).await?;
+                let ms = w.startup.as_secs_f64() * 1e3;
+                log_line("start-up", &w.server, format!("{ms:.0} ms"));
+                if i == 0 {
+                    d_first = Some(ms);
+                }
+                warm.push(Kind::Distribution, ms);
+            }
+        }
+        report.add(Row {
+            name: "start-up, cold (empty policy cache, empty storage)".into(),
+            unit: "ms",
+            better: Better::Lower,
+            p: Some(cold_ms),
+            d: d_first,
+            target: Target::None,
+        });
+        report.add(warm.row(
+            format!("start-up, warm (median of {})", s.startup_runs),
+            "ms",
+            Better::Lower,
+            Target::AbsBelow(200.0),
+        ));
+        report.add(Row {
+            name: "idle RSS after a warm start (policy cache filled; workload 6's row is after a cold start)".into(),
+            unit: "MiB",
+            better: Better::Lower,
+            p: warm_idle,
+            d: idle_d,
+            target: Target::None,
+        });
+    }
+
+    drop(pol);
+    drop(dist);
+    println!("```\n");
+    report.print();
+    println!("\nTotal run time: {:.0} s", t_all.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn docker_available() -> bool {
+    std::process::Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn docker(args: &[&str]) -> Result<()> {
+    let out = std::process::Command::new("docker").args(args).output()?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "docker {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+async fn docker_pull(s: &Settings, pair: &[&Server], step: &mut usize) -> Result<Option<Row>> {
+    if !s.docker || !docker_available() {
+        return Ok(None);
+    }
+    let dir = s.tmp.join("image");
+    std::fs::create_dir_all(&dir)?;
+    let per_layer = ((s.image_mib << 20) / s.layers as u64) as usize;
+    let (layers, dir2) = (s.layers, dir.clone());
+    let t = Instant::now();
+    let layers = tokio::task::spawn_blocking(move || {
+        (0..layers)
+            .map(|i| workloads::make_layer(&dir2, i, per_layer))
+            .collect::<Result<Vec<_>>>()
+    })
+    .await??;
+    let (config, config_digest, manifest) = workloads::image_manifest(&layers)?;
+    println!(
+        "  built a {}-layer image ({} MiB) in {:.1} s",
+        s.layers,
+        s.image_mib,
+        t.elapsed().as_secs_f64()
+    );
+    let refs: Vec<(Kind, String)> = pair
+        .iter()
+        .map(|srv| (srv.kind, format!("{}/team-a/dockerimg:latest", srv.addr)))
+        .collect();
+    for srv in pair {
+        workloads::push_image(
+            srv.addr,
+            "team-a/dockerimg",
+            "latest",
+            &layers,
+            &config,
+            &config_digest,
+            &manifest,
+        )
+        .await?;
+    }
+    let clean = || {
+        for (_, r) in &refs {
+            let _ = docker(&["rmi", "-f", r]);
+        }
+    };
+    clean();
+    let mut samples = Samples::default();
+    for _ in 0..s.rounds {
+        for srv in order(pair, *step) {
+            let r = &refs.iter().find(|x| x.0 == srv.kind).expect("ref").1;
+            let t = Instant::now();
+            docker(&["pull", "-q", r])?;
+            let secs = t.elapsed().as_secs_f64();
+            log_line("docker pull", srv, format!("{secs:.2} s"));
+            samples.push(srv.kind, secs);
+            clean();
+        }
+        *step += 1;
+    }
+    Ok(Some(samples.row(
+        format!("docker pull, {} layers, {} MiB", s.layers, s.image_mib),
+        "s",
+        Better::Lower,
+        Target::None,
+    )))
+}
