@@ -219,7 +219,8 @@ impl BodyLimits {
         }
     }
 
-    /// Wraps a body stream so that it errs when a bound is passed.
+    /// Wraps a body stream so that it errs when a bound is passed. One timer
+    /// per body, re-armed for each piece (not a new one per piece).
     pub fn guard<S, E>(
         &self,
         body: S,
@@ -228,36 +229,39 @@ impl BodyLimits {
         S: Stream<Item = Result<Bytes, E>> + Unpin + Send + 'static,
         E: std::fmt::Display,
     {
-        let limits = self.clone();
         let deadline = Instant::now() + self.total;
+        let timer = Box::pin(tokio::time::sleep_until(deadline));
+        let state = (body, 0u64, timer, self.clone());
         Box::pin(futures_util::stream::unfold(
-            Some((body, 0u64)),
-            move |state| {
-                let limits = limits.clone();
-                async move {
-                    let (mut body, seen) = state?;
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    let (wait, cut) = if left < limits.idle {
-                        (left, Cut::Total(limits.total))
-                    } else {
-                        (limits.idle, Cut::Idle(limits.idle))
-                    };
-                    match tokio::time::timeout(wait, body.next()).await {
-                        Ok(Some(Ok(bytes))) => {
-                            let seen = seen.saturating_add(bytes.len() as u64);
-                            if let Some(max) = limits.max_bytes.filter(|max| seen > *max) {
-                                let _ = limits.cut.set(Cut::TooLarge(max));
-                                return Some((Err(format!("body larger than {max} bytes")), None));
-                            }
-                            Some((Ok(bytes), Some((body, seen))))
-                        }
-                        Ok(Some(Err(e))) => Some((Err(e.to_string()), None)),
-                        Ok(None) => None,
-                        Err(_) => {
-                            let _ = limits.cut.set(cut);
-                            Some((Err("request body timed out".to_owned()), None))
-                        }
+            Some(state),
+            move |state| async move {
+                let (mut body, seen, mut timer, limits) = state?;
+                let idle_end = Instant::now() + limits.idle;
+                let cut = if deadline <= idle_end {
+                    timer.as_mut().reset(deadline);
+                    Cut::Total(limits.total)
+                } else {
+                    timer.as_mut().reset(idle_end);
+                    Cut::Idle(limits.idle)
+                };
+                let next = tokio::select! {
+                    next = body.next() => next,
+                    () = timer.as_mut() => {
+                        let _ = limits.cut.set(cut);
+                        return Some((Err("request body timed out".to_owned()), None));
                     }
+                };
+                match next {
+                    Some(Ok(bytes)) => {
+                        let seen = seen.saturating_add(bytes.len() as u64);
+                        if let Some(max) = limits.max_bytes.filter(|max| seen > *max) {
+                            let _ = limits.cut.set(Cut::TooLarge(max));
+                            return Some((Err(format!("body larger than {max} bytes")), None));
+                        }
+                        Some((Ok(bytes), Some((body, seen, timer, limits))))
+                    }
+                    Some(Err(e)) => Some((Err(e.to_string()), None)),
+                    None => None,
                 }
             },
         ))

@@ -214,25 +214,33 @@ impl Session<'_> {
         result
     }
 
+    /// Bytes the session holds.
+    async fn size(&self) -> ApiResult<u64> {
+        let result = self
+            .state
+            .storage
+            .upload_status(self.name, self.id)
+            .await
+            .map_err(ApiError::from);
+        Ok(self.settle(result).await?.size)
+    }
+
+    /// The bounds of this request's body (the blob size limit counts what
+    /// the session already holds), and the session marked as in use.
+    async fn body_limits(&self, headers: &HeaderMap) -> ApiResult<BodyLimits> {
+        let already = match self.state.config.limits.max_blob_bytes {
+            Some(_) => self.size().await?,
+            None => 0,
+        };
+        let limits = body_limits(self.state, headers, already)?;
+        self.touch();
+        Ok(limits)
+    }
+
     pub async fn patch(&self, headers: &HeaderMap, body: Body) -> ApiResult {
         let (state, name, id) = (self.state, self.name, self.id);
         let bounds = chunk_bounds(headers)?;
-        let already = match state.config.limits.max_blob_bytes {
-            Some(_) => {
-                self.settle(
-                    state
-                        .storage
-                        .upload_status(name, id)
-                        .await
-                        .map_err(ApiError::from),
-                )
-                .await?
-                .size
-            }
-            None => 0,
-        };
-        let limits = body_limits(state, headers, already)?;
-        self.touch();
+        let limits = self.body_limits(headers).await?;
         let result = state
             .storage
             .append_upload(name, id, bounds, limits.guard(body.into_data_stream()))
@@ -252,22 +260,7 @@ impl Session<'_> {
             )
         })?;
         let bounds = chunk_bounds(headers)?;
-        let already = match state.config.limits.max_blob_bytes {
-            Some(_) => {
-                self.settle(
-                    state
-                        .storage
-                        .upload_status(name, id)
-                        .await
-                        .map_err(ApiError::from),
-                )
-                .await?
-                .size
-            }
-            None => 0,
-        };
-        let limits = body_limits(state, headers, already)?;
-        self.touch();
+        let limits = self.body_limits(headers).await?;
         let result = state
             .storage
             .commit_upload(
@@ -285,14 +278,8 @@ impl Session<'_> {
     }
 
     pub async fn status(&self) -> ApiResult {
-        let result = self
-            .state
-            .storage
-            .upload_status(self.name, self.id)
-            .await
-            .map_err(ApiError::from);
-        let status = self.settle(result).await?;
-        in_progress(StatusCode::NO_CONTENT, self.name, self.id, status.size)
+        let size = self.size().await?;
+        in_progress(StatusCode::NO_CONTENT, self.name, self.id, size)
     }
 
     pub async fn cancel(&self) -> ApiResult<Response> {

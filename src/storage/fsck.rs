@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use indicatif::ProgressBar;
 use sha2::Digest as _;
 
-use super::manifests::{walk_repositories, ParsedManifest};
+use super::manifests::{every_repository, ParsedManifest};
 use super::uploads::hash_reader;
 use super::{
     list_blobs, list_digest_dirs, list_dir, paths, read_link, remove_tree, Result, Root, Storage,
@@ -147,14 +147,7 @@ fn check(root: &Root, repair: bool, progress: &ProgressBar) -> Result<FsckReport
     }
 
     // Every repository: links, manifests and their references, tags.
-    let mut repositories = Vec::new();
-    walk_repositories(
-        root,
-        Path::new(paths::REPOSITORIES),
-        "",
-        true,
-        &mut repositories,
-    )?;
+    let repositories = every_repository(root)?;
     progress.set_length(repositories.len() as u64);
     progress.set_position(0);
     progress.set_message("repositories");

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use cap_std::fs::Dir;
 use indicatif::ProgressBar;
 
-use super::manifests::{walk_repositories, ParsedManifest};
+use super::manifests::{every_repository, ParsedManifest};
 use super::{list_blobs, list_digest_dirs, list_dir, paths, remove_tree, Result, Storage};
 use crate::reference::{Digest, RepositoryName};
 
@@ -77,14 +77,7 @@ impl Storage {
     pub async fn expire_uploads(&self) -> Result<Vec<Removal>> {
         let max_age = self.settings.upload_max_age;
         self.blocking(move |root| {
-            let mut repositories = Vec::new();
-            walk_repositories(
-                root,
-                Path::new(paths::REPOSITORIES),
-                "",
-                true,
-                &mut repositories,
-            )?;
+            let repositories = every_repository(root)?;
             let mut removed = Vec::new();
             for name in &repositories {
                 expire_sessions(root, name, max_age, false, &mut removed)?;
@@ -111,15 +104,8 @@ fn older_than(modified: io::Result<SystemTime>, age: Duration) -> bool {
 
 fn collect(root: &Dir, dry_run: bool, grace: Duration, progress: &ProgressBar) -> Result<GcReport> {
     let mut report = GcReport::default();
-    let mut repositories = Vec::new();
     // Repositories holding only abandoned uploads count too, so those get cleaned.
-    walk_repositories(
-        root,
-        Path::new(paths::REPOSITORIES),
-        "",
-        true,
-        &mut repositories,
-    )?;
+    let repositories = every_repository(root)?;
 
     // Mark.
     progress.set_length(repositories.len() as u64);

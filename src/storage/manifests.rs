@@ -534,6 +534,20 @@ fn tags_naming(root: &Dir, name: &RepositoryName, digest: &Digest) -> io::Result
     Ok(tags)
 }
 
+/// Every repository, those holding only upload sessions included (what gc,
+/// fsck and upload expiry go through).
+pub(super) fn every_repository(root: &Dir) -> io::Result<Vec<RepositoryName>> {
+    let mut repositories = Vec::new();
+    walk_repositories(
+        root,
+        Path::new(paths::REPOSITORIES),
+        "",
+        true,
+        &mut repositories,
+    )?;
+    Ok(repositories)
+}
+
 /// Depth-first walk: a directory holding `_manifests` or `_layers` (or, with
 /// `with_uploads_only`, just `_uploads`) is a repository; its other
 /// subdirectories may hold nested repositories.
