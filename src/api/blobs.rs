@@ -4,16 +4,11 @@
 use axum::body::Body;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use tokio::io::AsyncReadExt;
-use tokio_util::io::ReaderStream;
 
 use super::error::{ApiError, ApiResult, ErrorCode};
 use super::ranges::{parse_range, RangeError};
 use super::{header_str, header_value, SharedState};
 use crate::reference::{Digest, RepositoryName};
-
-/// Read size for streaming blobs out: large reads keep syscalls per GiB low.
-const READ_CHUNK: usize = 256 * 1024;
 
 pub async fn get(
     state: &SharedState,
@@ -22,9 +17,15 @@ pub async fn get(
     headers: &HeaderMap,
     head: bool,
 ) -> ApiResult {
-    let info = state.storage.stat_blob(name, digest).await?;
+    // HEAD needs only the size; GET opens the file once and takes it from there.
+    let (size, reader) = if head {
+        (state.storage.stat_blob(name, digest).await?.size, None)
+    } else {
+        let reader = state.storage.open_blob(name, digest).await?;
+        (reader.size, Some(reader))
+    };
     let span = match header_str(headers, header::RANGE) {
-        Some(range) => match parse_range(range, info.size) {
+        Some(range) => match parse_range(range, size) {
             Ok(span) => span,
             Err(RangeError::Unsatisfiable(size)) => {
                 // The blob exists, so not BLOB_UNKNOWN; the spec has no code
@@ -46,7 +47,7 @@ pub async fn get(
     };
     let (start, length, status) = match span {
         Some((start, end)) => (start, end - start + 1, StatusCode::PARTIAL_CONTENT),
-        None => (0, info.size, StatusCode::OK),
+        None => (0, size, StatusCode::OK),
     };
 
     let mut response = Response::builder()
@@ -59,17 +60,12 @@ pub async fn get(
     if let Some((start, end)) = span {
         response = response.header(
             header::CONTENT_RANGE,
-            format!("bytes {start}-{end}/{}", info.size),
+            format!("bytes {start}-{end}/{size}"),
         );
     }
-    let body = if head {
-        Body::empty()
-    } else {
-        let reader = state.storage.open_blob(name, digest, start).await?;
-        Body::from_stream(ReaderStream::with_capacity(
-            reader.file.take(length),
-            READ_CHUNK,
-        ))
+    let body = match reader {
+        Some(reader) => Body::from_stream(reader.stream(start, length)),
+        None => Body::empty(),
     };
     response
         .body(body)
