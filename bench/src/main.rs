@@ -391,21 +391,6 @@ async fn main() -> Result<()> {
     let mut peak_push = Samples::default();
     let pull_repo = "team-a/big-mono-r0";
     if s.runs(1) {
-        // One uncounted push to each server first. On a VM, page-cache pages
-        // the guest has not used before cost about 2.4 s of kernel CPU per
-        // GiB on first touch, charged to whichever server writes first; later
-        // pushes reuse the pages freed when a blob is replaced. Warming both
-        // keeps that out of the comparison.
-        for srv in order(&pair, step) {
-            let t = Instant::now();
-            workloads::push_monolithic(srv.addr, "team-a/warm-up", &blob, blob_size, &digest)
-                .await?;
-            log_line(
-                "warm-up push (not counted)",
-                srv,
-                format!("{:.1} s", t.elapsed().as_secs_f64()),
-            );
-        }
         let mut mono = Samples::default();
         let mut mono_cpu = Samples::default();
         let mut chunked = Samples::default();
@@ -417,6 +402,11 @@ async fn main() -> Result<()> {
                         "team-a/big-{}-r{round}",
                         if chunked_mode { "chunked" } else { "mono" }
                     );
+                    let (dir, size) = (s.tmp.clone(), blob_size);
+                    tokio::task::spawn_blocking(move || {
+                        workloads::recycle_page_cache(&dir, size)
+                    })
+                    .await??;
                     let peak = peak_start(srv);
                     let cpu0 = srv.cpu_secs();
                     let t = Instant::now();

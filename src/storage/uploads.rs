@@ -29,7 +29,7 @@ const CHANNEL_FRAMES: usize = 32;
 /// Most bytes gathered into one vectored write.
 const WRITE_BATCH: usize = 1 << 20;
 /// Bytes written between two requests to start writeback.
-const WRITEBACK_STEP: u64 = 8 << 20;
+const WRITEBACK_STEP: u64 = 2 << 20;
 /// Read size when a session's hash is rebuilt from its file.
 const READ_BUFFER: usize = 1 << 20;
 
