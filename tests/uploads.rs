@@ -594,3 +594,59 @@ async fn an_upload_session_survives_a_registry_restart() {
     let blob = registry.get(&format!("/v2/durable/blobs/{digest}")).await;
     assert_eq!(sha256(&blob.bytes().await.unwrap()), digest);
 }
+
+#[tokio::test]
+async fn a_one_shot_sha512_push_is_served_whole_and_in_ranges_across_read_chunks() {
+    let registry = TestRegistry::start().await;
+    // Larger than two of the server's read chunks (256 KiB), not a multiple of one.
+    let data = random_bytes(700_001);
+    let digest = sha512(&data);
+    let post = registry
+        .request(
+            Method::POST,
+            &format!("/v2/oneshot/blobs/uploads/?digest={digest}"),
+        )
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), StatusCode::CREATED);
+    let layout = registry.root().join("docker/registry/v2");
+    assert!(
+        files_under(&layout.join("_tmp")).is_empty(),
+        "a one-shot push leaves no staging file"
+    );
+    assert!(
+        !layout.join("repositories/oneshot/_uploads").exists(),
+        "a one-shot push makes no session directory"
+    );
+
+    let whole = registry.get(&format!("/v2/oneshot/blobs/{digest}")).await;
+    assert_eq!(whole.status(), StatusCode::OK);
+    assert_eq!(header(&whole, "content-length"), Some("700001".to_string()));
+    assert!(whole.bytes().await.unwrap() == data);
+
+    for (range, start, end) in [
+        ("bytes=262000-530000", 262_000usize, 530_000usize),
+        ("bytes=524288-", 524_288, 700_000),
+        ("bytes=-1000", 699_001, 700_000),
+        ("bytes=0-0", 0, 0),
+    ] {
+        let part = registry
+            .request(Method::GET, &format!("/v2/oneshot/blobs/{digest}"))
+            .header("range", range)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(part.status(), StatusCode::PARTIAL_CONTENT, "{range}");
+        assert_eq!(
+            header(&part, "content-range"),
+            Some(format!("bytes {start}-{end}/700001")),
+            "{range}"
+        );
+        assert!(
+            part.bytes().await.unwrap() == data[start..=end],
+            "{range}: wrong bytes"
+        );
+    }
+}

@@ -58,10 +58,7 @@ pub async fn get(
         .header("docker-content-digest", digest.to_string())
         .header(header::ETAG, format!("\"{digest}\""));
     if let Some((start, end)) = span {
-        response = response.header(
-            header::CONTENT_RANGE,
-            format!("bytes {start}-{end}/{size}"),
-        );
+        response = response.header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{size}"));
     }
     let body = match reader {
         Some(reader) => Body::from_stream(reader.stream(start, length)),

@@ -153,24 +153,15 @@ pub async fn start(
     let slot = state.uploads.reserve(client_key(caller))?;
     if let Some(digest) = query_digest(query, "digest")? {
         let limits = body_limits(state, headers, 0)?;
-        let id = storage.start_upload(name).await?;
-        let bounds = ChunkBounds {
-            start: None,
-            length: header_str(headers, header::CONTENT_LENGTH).and_then(|v| v.parse().ok()),
-        };
+        let declared = header_str(headers, header::CONTENT_LENGTH).and_then(|v| v.parse().ok());
         let result = storage
-            .commit_upload(
+            .put_blob(
                 name,
-                id,
                 &digest,
-                bounds,
+                declared,
                 limits.guard(body.into_data_stream()),
             )
             .await;
-        if result.is_err() {
-            // A one-shot upload has no session for the client to resume.
-            let _ = storage.cancel_upload(name, id).await;
-        }
         drop(slot);
         result.map_err(|e| limits.explain(e.into()))?;
         return created(name, &digest);

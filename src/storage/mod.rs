@@ -122,38 +122,49 @@ impl std::ops::Deref for Root {
 
 impl Root {
     /// Creates `path` and any missing parents with the directory mode and group.
+    /// Like `create_dir_all`: one `mkdir` when the parent exists (the common
+    /// case), walking up only as far as directories are missing.
     pub(crate) fn create_dirs(&self, path: &Path) -> io::Result<()> {
         use cap_std::fs::DirBuilderExt;
-        let mut prefix = PathBuf::new();
-        for component in path.components() {
-            prefix.push(component);
-            if self.dir.is_dir(&prefix) {
-                continue;
-            }
-            let mut builder = cap_std::fs::DirBuilder::new();
-            builder.mode(self.permissions.dir_mode);
-            match self.dir.create_dir_with(&prefix, &builder) {
-                Ok(()) => {}
-                // Another request created it meanwhile.
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(e),
-            }
-            if let Some(gid) = self.permissions.gid {
-                // cap-std opens directories O_PATH, which fchown refuses;
-                // fchownat with an empty path works on it, still without
-                // resolving any name outside the handle.
-                let dir = self.dir.open_dir(&prefix)?;
-                rustix::fs::chownat(
-                    &dir,
-                    "",
-                    None,
-                    Some(rustix::fs::Gid::from_raw(gid)),
-                    rustix::fs::AtFlags::EMPTY_PATH,
-                )
-                .map_err(io::Error::from)?;
-            }
+        if path.as_os_str().is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let mut builder = cap_std::fs::DirBuilder::new();
+        builder.mode(self.permissions.dir_mode);
+        let created = match self.dir.create_dir_with(path, &builder) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => match path.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => {
+                    self.create_dirs(parent)?;
+                    self.dir.create_dir_with(path, &builder)
+                }
+                _ => Err(e),
+            },
+            other => other,
+        };
+        match created {
+            Ok(()) => self.set_group(path),
+            // Already there (made by another request meanwhile, perhaps).
+            Err(_) if self.dir.is_dir(path) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn set_group(&self, dir: &Path) -> io::Result<()> {
+        let Some(gid) = self.permissions.gid else {
+            return Ok(());
+        };
+        // cap-std opens directories O_PATH, which fchown refuses; fchownat
+        // with an empty path works on it, still without resolving any name
+        // outside the handle.
+        let dir = self.dir.open_dir(dir)?;
+        rustix::fs::chownat(
+            &dir,
+            "",
+            None,
+            Some(rustix::fs::Gid::from_raw(gid)),
+            rustix::fs::AtFlags::EMPTY_PATH,
+        )
+        .map_err(io::Error::from)
     }
 
     /// Creates a new file (it must not exist) with the file mode and group.

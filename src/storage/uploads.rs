@@ -21,7 +21,7 @@ use futures_util::{Stream, StreamExt};
 use sha2::{Digest as _, Sha256, Sha512};
 use tokio::sync::{mpsc, Mutex as AsyncMutex, OwnedMutexGuard};
 
-use super::{paths, remove_tree, sync_dir, write_link, Result, Storage, StorageError};
+use super::{paths, remove_tree, sync_dir, write_link, Result, Root, Storage, StorageError};
 use crate::reference::{Algorithm, Digest, RepositoryName, UploadId};
 
 /// How many body frames may wait for the writer thread; bounds memory per upload.
@@ -78,6 +78,58 @@ impl Sessions {
 pub struct ChunkBounds {
     pub start: Option<u64>,
     pub length: Option<u64>,
+}
+
+/// What the request side sends its writer thread: the body's frames, then
+/// `Done` once the whole body has arrived as declared. A writer whose channel
+/// closes without `Done` keeps nothing (the body was cut short or refused).
+enum Frame {
+    Data(Bytes),
+    Done,
+}
+
+/// Feeds `body` to a writer thread, checking it against the declared length.
+/// Returns the bytes received and, when the body itself is at fault, why.
+/// A writer that stopped (a full disk, say) ends the loop with no fault of
+/// the body's: its own error is the answer.
+async fn pump<S, E>(
+    body: &mut S,
+    declared: Option<u64>,
+    tx: mpsc::Sender<Frame>,
+) -> (u64, Option<StorageError>)
+where
+    S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let mut received: u64 = 0;
+    while let Some(frame) = body.next().await {
+        match frame {
+            Ok(bytes) => {
+                received += bytes.len() as u64;
+                if let Some(declared) = declared.filter(|d| received > *d) {
+                    let actual = received;
+                    return (
+                        received,
+                        Some(StorageError::SizeMismatch { declared, actual }),
+                    );
+                }
+                if tx.send(Frame::Data(bytes)).await.is_err() {
+                    return (received, None);
+                }
+            }
+            Err(e) => return (received, Some(StorageError::Body(e.to_string()))),
+        }
+    }
+    if let Some(declared) = declared.filter(|d| *d != received) {
+        let actual = received;
+        return (
+            received,
+            Some(StorageError::SizeMismatch { declared, actual }),
+        );
+    }
+    // Only a writer that is gone refuses this; it reports its own error.
+    let _ = tx.send(Frame::Done).await;
+    (received, None)
 }
 
 impl Storage {
@@ -148,56 +200,17 @@ impl Storage {
             }
         }
 
-        let (tx, rx) = mpsc::channel::<Bytes>(CHANNEL_FRAMES);
+        let (tx, rx) = mpsc::channel::<Frame>(CHANNEL_FRAMES);
         let writer = {
             let root = Arc::clone(&self.root);
             let path = paths::upload_data(name, id);
             let hasher = hasher.clone();
             tokio::task::spawn_blocking(move || write_chunk(&root, &path, hasher, rx))
         };
-
-        let mut received: u64 = 0;
-        let mut failure = None;
-        let mut writer_gone = false;
-        while let Some(frame) = body.next().await {
-            match frame {
-                Ok(bytes) => {
-                    received += bytes.len() as u64;
-                    if bounds.length.is_some_and(|declared| received > declared) {
-                        failure = Some(StorageError::SizeMismatch {
-                            declared: bounds.length.unwrap_or(0),
-                            actual: received,
-                        });
-                        break;
-                    }
-                    if tx.send(bytes).await.is_err() {
-                        // The writer failed (a full disk, say): its error is
-                        // the answer, not the length the body did not reach.
-                        writer_gone = true;
-                        break;
-                    }
-                }
-                Err(e) => {
-                    failure = Some(StorageError::Body(e.to_string()));
-                    break;
-                }
-            }
-        }
-        drop(tx);
+        let (received, failure) = pump(&mut body, bounds.length, tx).await;
         let written = writer
             .await
             .map_err(|e| io::Error::other(format!("upload writer failed: {e}")))?;
-
-        if failure.is_none() && !writer_gone && written.is_ok() {
-            if let Some(declared) = bounds.length {
-                if declared != received {
-                    failure = Some(StorageError::SizeMismatch {
-                        declared,
-                        actual: received,
-                    });
-                }
-            }
-        }
         match (written, failure) {
             (Ok(new_hasher), None) => {
                 let new_size = size + received;
@@ -300,11 +313,7 @@ impl Storage {
                     return Err(StorageError::DigestMismatch { expected, actual });
                 }
                 // Chunks were fsynced as they were acknowledged; now publish atomically.
-                let blob_dir = paths::blob_dir(&expected);
-                root.create_dirs(&blob_dir)?;
-                root.rename(&data, root, paths::blob_data(&expected))?;
-                sync_dir(root, &blob_dir)?;
-                write_link(root, &paths::layer_link(&name, &expected), &expected)?;
+                publish_blob(root, &data, &name, &expected)?;
                 remove_tree(root, &paths::upload_dir(&name, id))?;
                 Ok(status.size)
             })
@@ -317,6 +326,40 @@ impl Storage {
             self.uploads.forget(id);
         }
         result
+    }
+
+    /// Stores a whole blob sent in one request (`POST ?digest=`). The body is
+    /// streamed into a staging file in `_tmp`, hashed with the digest's own
+    /// algorithm, made durable, verified and renamed into place by one task
+    /// on the blocking pool: no session directory is made, since a one-shot
+    /// upload leaves nothing for a client to resume. A failed or refused body
+    /// leaves nothing; a crash leaves at most a staging file, which `gc`
+    /// removes. Returns the blob's size.
+    pub async fn put_blob<S, E>(
+        &self,
+        name: &RepositoryName,
+        expected: &Digest,
+        declared: Option<u64>,
+        mut body: S,
+    ) -> Result<u64>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let (tx, rx) = mpsc::channel::<Frame>(CHANNEL_FRAMES);
+        let writer = {
+            let root = Arc::clone(&self.root);
+            let (name, expected) = (name.clone(), expected.clone());
+            tokio::task::spawn_blocking(move || store_blob(&root, &name, &expected, rx))
+        };
+        let (_, failure) = pump(&mut body, declared, tx).await;
+        let stored = writer
+            .await
+            .map_err(|e| io::Error::other(format!("upload writer failed: {e}")))?;
+        match failure {
+            Some(e) => Err(e),
+            None => stored,
+        }
     }
 
     /// Ends a session without creating a blob.
@@ -345,48 +388,127 @@ fn session_size(root: &Dir, name: &RepositoryName, id: UploadId) -> Result<Uploa
     }
 }
 
+/// The writer thread of a one-shot upload: see [`Storage::put_blob`].
+fn store_blob(
+    root: &Root,
+    name: &RepositoryName,
+    expected: &Digest,
+    mut frames: mpsc::Receiver<Frame>,
+) -> Result<u64> {
+    let staged = paths::temp_file();
+    let mut file = root.create_file(&staged)?;
+    let written = (|| -> Result<u64> {
+        let (hex, size) = match expected.algorithm() {
+            Algorithm::Sha256 => {
+                let mut hasher = Sha256::new();
+                let size = append_frames(&mut file, 0, &mut hasher, &mut frames)?;
+                (hex::encode(hasher.finalize()), size)
+            }
+            Algorithm::Sha512 => {
+                let mut hasher = Sha512::new();
+                let size = append_frames(&mut file, 0, &mut hasher, &mut frames)?;
+                (hex::encode(hasher.finalize()), size)
+            }
+        };
+        let actual = Digest::from_parts(expected.algorithm(), &hex)
+            .ok_or_else(|| io::Error::other("hash output is not a digest"))?;
+        if actual != *expected {
+            return Err(StorageError::DigestMismatch {
+                expected: expected.clone(),
+                actual,
+            });
+        }
+        file.sync_data()?;
+        Ok(size)
+    })();
+    drop(file);
+    let published = written.and_then(|size| {
+        publish_blob(root, &staged, name, expected)?;
+        Ok(size)
+    });
+    if published.is_err() {
+        let _ = root.remove_file(&staged);
+    }
+    published
+}
+
+/// Moves verified, durable data at `data` to its content address and links
+/// it into `name`; each step is made durable before the next.
+fn publish_blob(
+    root: &Root,
+    data: &std::path::Path,
+    name: &RepositoryName,
+    digest: &Digest,
+) -> Result<()> {
+    let blob_dir = paths::blob_dir(digest);
+    root.create_dirs(&blob_dir)?;
+    root.rename(data, root, paths::blob_data(digest))?;
+    sync_dir(root, &blob_dir)?;
+    write_link(root, &paths::layer_link(name, digest), digest)?;
+    Ok(())
+}
+
 /// The writer thread of one chunk: appends and hashes frames as they arrive,
 /// then makes them durable before the chunk is acknowledged.
+fn write_chunk(
+    root: &Dir,
+    path: &std::path::Path,
+    mut hasher: Sha256,
+    mut frames: mpsc::Receiver<Frame>,
+) -> io::Result<Sha256> {
+    let mut file = root.open_with(path, OpenOptions::new().append(true))?;
+    let position = file.metadata()?.len();
+    append_frames(&mut file, position, &mut hasher, &mut frames)?;
+    file.sync_data()?;
+    Ok(hasher)
+}
+
+/// Appends and hashes frames until `Done`; returns the bytes written, or an
+/// error if the channel closed without `Done`.
 ///
 /// Frames are written as they are, gathered into vectored writes of up to
 /// [`WRITE_BATCH`] (no copy into a buffer), and the kernel is asked to start
 /// writing each [`WRITEBACK_STEP`] back to disk while more arrives, so the
 /// `fdatasync` before the acknowledgement finds little left to do.
-fn write_chunk(
-    root: &Dir,
-    path: &std::path::Path,
-    mut hasher: Sha256,
-    mut frames: mpsc::Receiver<Bytes>,
-) -> io::Result<Sha256> {
-    let mut file = root.open_with(path, OpenOptions::new().append(true))?;
-    let mut position = file.metadata()?.len();
+fn append_frames(
+    file: &mut cap_std::fs::File,
+    mut position: u64,
+    hasher: &mut impl sha2::Digest,
+    frames: &mut mpsc::Receiver<Frame>,
+) -> io::Result<u64> {
+    let start = position;
     let mut flushed = position;
     let mut batch: Vec<Bytes> = Vec::with_capacity(64);
-    while let Some(frame) = frames.blocking_recv() {
-        let mut pending = frame.len();
-        batch.push(frame);
-        while pending < WRITE_BATCH && batch.len() < batch.capacity() {
+    let mut done = false;
+    while !done {
+        match frames.blocking_recv() {
+            Some(Frame::Data(frame)) => batch.push(frame),
+            Some(Frame::Done) => done = true,
+            None => return Err(io::Error::other("the upload body ended early")),
+        }
+        let mut pending: usize = batch.iter().map(Bytes::len).sum();
+        while !done && pending < WRITE_BATCH && batch.len() < batch.capacity() {
             match frames.try_recv() {
-                Ok(frame) => {
+                Ok(Frame::Data(frame)) => {
                     pending += frame.len();
                     batch.push(frame);
                 }
+                Ok(Frame::Done) => done = true,
                 Err(_) => break,
             }
         }
         for frame in &batch {
             hasher.update(frame);
         }
-        write_all_vectored(&mut file, &batch)?;
+        write_all_vectored(file, &batch)?;
         batch.clear();
         position += pending as u64;
         if position - flushed >= WRITEBACK_STEP {
-            start_writeback(&file, flushed, position - flushed);
+            start_writeback(file, flushed, position - flushed);
             flushed = position;
         }
     }
-    file.sync_data()?;
-    Ok(hasher)
+    Ok(position - start)
 }
 
 /// Writes every frame, in order, with as few `writev` calls as the kernel allows.
@@ -416,12 +538,7 @@ fn start_writeback(file: &cap_std::fs::File, offset: u64, len: u64) {
     // SAFETY: the descriptor is open for the duration of the call, and
     // sync_file_range reads no memory of ours.
     unsafe {
-        libc::sync_file_range(
-            file.as_raw_fd(),
-            offset,
-            len,
-            libc::SYNC_FILE_RANGE_WRITE,
-        );
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
     }
 }
 
