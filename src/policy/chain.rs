@@ -98,6 +98,7 @@ impl PolicyChain {
                     .and_then(|r| PatternList::new(r).ok()),
             });
         }
+        super::engine::release_freed_memory();
         Ok(Self { engine, policies })
     }
 
