@@ -169,6 +169,22 @@ pub struct StorageConfig {
     /// Group (name or numeric gid) given to everything the registry creates,
     /// so a shared volume needs no `chmod 777`.
     pub group: Option<Group>,
+    /// Where manifest and blob-metadata reads (a few small files) run:
+    /// `auto` reads them on the request's thread when the storage root is on
+    /// a local filesystem and on the blocking pool otherwise (NFS, SMB, FUSE,
+    /// anything unrecognised), `inline` always on the request's thread,
+    /// `pool` always on the blocking pool.
+    pub small_reads: SmallReads,
+}
+
+/// See [`StorageConfig::small_reads`].
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SmallReads {
+    #[default]
+    Auto,
+    Inline,
+    Pool,
 }
 
 /// A group by name or number (`group = "registry"`, `group = 1000`, or
@@ -257,6 +273,7 @@ impl Default for Config {
             storage: StorageConfig {
                 root: PathBuf::from("./data"),
                 delete_enabled: true,
+                small_reads: SmallReads::Auto,
                 upload_max_age: Duration::from_secs(24 * 3600),
                 file_mode: "0640".into(),
                 dir_mode: "0750".into(),

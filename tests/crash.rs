@@ -1181,10 +1181,20 @@ fn leftover_uploads(layout: &Path) -> (Vec<String>, Vec<String>) {
             }
         }
     }
-    let tmp = names(&layout.join("_tmp"))
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect();
+    // Staging files live in `_tmp`'s shard directories.
+    let mut tmp = Vec::new();
+    for (name, meta) in names(&layout.join("_tmp")) {
+        if meta.is_dir() {
+            let shard = layout.join("_tmp").join(&name);
+            tmp.extend(
+                names(&shard)
+                    .into_iter()
+                    .map(|(n, _)| format!("{name}/{n}")),
+            );
+        } else {
+            tmp.push(name);
+        }
+    }
     (uploads, tmp)
 }
 

@@ -404,7 +404,9 @@ async fn main() -> Result<()> {
                     );
                     let (dir, size) = (s.tmp.clone(), blob_size);
                     tokio::task::spawn_blocking(move || {
-                        workloads::recycle_page_cache(&dir, size)
+                        workloads::recycle_page_cache(&dir, size)?;
+                        workloads::flush_dirty_pages();
+                        anyhow::Ok(())
                     })
                     .await??;
                     let peak = peak_start(srv);
@@ -556,6 +558,10 @@ async fn main() -> Result<()> {
             let blobs =
                 workloads::small_blobs(s.small_count, s.small_kib << 10, 100 + round as u64);
             for srv in order(&pair, step) {
+                // Dirty data left by earlier cells (Distribution does not
+                // fsync its uploads) is written back now, not during this
+                // cell, where it would slow down whichever server fsyncs.
+                tokio::task::spawn_blocking(workloads::flush_dirty_pages).await?;
                 let t = Instant::now();
                 let modes = workloads::push_many(
                     srv.addr,

@@ -61,6 +61,12 @@ pub fn recycle_page_cache(dir: &Path, size: u64) -> Result<()> {
     Ok(())
 }
 
+/// `sync(2)`: every dirty page on the machine written back before a cell
+/// starts (through the `sync` command, to keep this crate free of `unsafe`).
+pub fn flush_dirty_pages() {
+    let _ = std::process::Command::new("sync").status();
+}
+
 async fn start_upload(conn: &mut Conn, repo: &str) -> Result<String> {
     let resp = conn
         .send(

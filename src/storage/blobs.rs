@@ -119,7 +119,7 @@ impl Storage {
     /// Size of a blob linked into `name`, or `BlobUnknown`.
     pub async fn stat_blob(&self, name: &RepositoryName, digest: &Digest) -> Result<BlobInfo> {
         let (name, digest) = (name.clone(), digest.clone());
-        self.blocking(move |root| {
+        self.small_read(move |root| {
             let linked = read_link(root, &paths::layer_link(&name, &digest))?;
             if linked.as_ref() != Some(&digest) {
                 return Err(StorageError::BlobUnknown(digest));
@@ -141,7 +141,7 @@ impl Storage {
     /// Opens a blob linked into `name` for reading.
     pub async fn open_blob(&self, name: &RepositoryName, digest: &Digest) -> Result<BlobReader> {
         let (name, digest) = (name.clone(), digest.clone());
-        self.blocking(move |root| {
+        self.small_read(move |root| {
             let linked = read_link(root, &paths::layer_link(&name, &digest))?;
             if linked.as_ref() != Some(&digest) {
                 return Err(StorageError::BlobUnknown(digest));

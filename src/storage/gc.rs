@@ -173,8 +173,20 @@ fn collect(root: &Dir, dry_run: bool, grace: Duration, progress: &ProgressBar) -
         }
         expire_sessions(root, name, grace, dry_run, &mut report.removed)?;
     }
-    for file in list_dir(root, Path::new(paths::TMP))? {
-        let path = PathBuf::from(paths::TMP).join(&file);
+    // Staging files: in `_tmp`'s shard directories (and, from older
+    // versions, in `_tmp` itself).
+    let mut staged = Vec::new();
+    for entry in list_dir(root, Path::new(paths::TMP))? {
+        let path = PathBuf::from(paths::TMP).join(&entry);
+        if root.is_dir(&path) {
+            for file in list_dir(root, &path)? {
+                staged.push((format!("{entry}/{file}"), path.join(file)));
+            }
+        } else {
+            staged.push((entry, path));
+        }
+    }
+    for (file, path) in staged {
         let meta = root.metadata(&path)?;
         if older_than(meta.modified().map(|t| t.into_std()), grace) {
             if !dry_run {

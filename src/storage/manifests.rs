@@ -359,7 +359,7 @@ impl Storage {
         reference: &Reference,
     ) -> Result<StoredManifest> {
         let (name, reference) = (name.clone(), reference.clone());
-        self.blocking(move |root| {
+        self.small_read(move |root| {
             let digest = resolve(root, &name, &reference)?;
             let bytes = match read_blob(root, &digest, STORED_MANIFEST_LIMIT) {
                 Ok(b) => b,

@@ -127,9 +127,19 @@ pub fn referrer_link(name: &RepositoryName, subject: &Digest, referrer: &Digest)
     referrer_link_dir(name, subject, referrer).join("link")
 }
 
-/// A unique staging file for an atomic write.
+/// Staging files are spread over this many subdirectories of `_tmp` (named
+/// by the first hex digit of their random name): creating a file and renaming
+/// it away both lock the directory, and with every write of the registry
+/// staged in one directory, concurrent pushes queued on that one lock.
+pub const TMP_SHARDS: [&str; 16] = [
+    "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "a", "b", "c", "d", "e", "f",
+];
+
+/// A unique staging file for an atomic write: `_tmp/<shard>/<uuid>`.
 pub fn temp_file() -> PathBuf {
-    PathBuf::from(TMP).join(UploadId::new().to_string())
+    let name = UploadId::new().to_string();
+    let shard = name.get(..1).unwrap_or("0");
+    PathBuf::from(TMP).join(shard).join(&name)
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use futures_util::{Stream, StreamExt};
 use sha2::{Digest as _, Sha256, Sha512};
 use tokio::sync::{mpsc, Mutex as AsyncMutex, OwnedMutexGuard};
 
-use super::{paths, remove_tree, sync_dir, write_link, Result, Root, Storage, StorageError};
+use super::{parent_of, paths, remove_tree, sync_dir, Result, Root, Storage, StorageError};
 use crate::reference::{Algorithm, Digest, RepositoryName, UploadId};
 
 /// How many body frames may wait for the writer thread; bounds memory per upload.
@@ -313,7 +313,7 @@ impl Storage {
                     return Err(StorageError::DigestMismatch { expected, actual });
                 }
                 // Chunks were fsynced as they were acknowledged; now publish atomically.
-                publish_blob(root, &data, &name, &expected)?;
+                publish_blob(root, &data, None, &name, &expected)?;
                 remove_tree(root, &paths::upload_dir(&name, id))?;
                 Ok(status.size)
             })
@@ -418,34 +418,56 @@ fn store_blob(
                 actual,
             });
         }
-        file.sync_data()?;
         Ok(size)
     })();
-    drop(file);
     let published = written.and_then(|size| {
-        publish_blob(root, &staged, name, expected)?;
+        publish_blob(root, &staged, Some(&file), name, expected)?;
         Ok(size)
     });
+    drop(file);
     if published.is_err() {
         let _ = root.remove_file(&staged);
     }
     published
 }
 
-/// Moves verified, durable data at `data` to its content address and links
-/// it into `name`; each step is made durable before the next.
+/// Moves verified data at `data` to its content address and links it into
+/// `name`. Every file and directory involved is fsynced before this returns,
+/// in an order that lets a journaling filesystem commit them in two
+/// transactions instead of four: both files are written before either is
+/// synced (the second sync finds its file already committed), and both
+/// renames are made before either directory is synced. `data_file` is the
+/// data's open file when it still needs its own sync.
 fn publish_blob(
     root: &Root,
     data: &std::path::Path,
+    data_file: Option<&cap_std::fs::File>,
     name: &RepositoryName,
     digest: &Digest,
 ) -> Result<()> {
-    let blob_dir = paths::blob_dir(digest);
-    root.create_dirs(&blob_dir)?;
-    root.rename(data, root, paths::blob_data(digest))?;
-    sync_dir(root, &blob_dir)?;
-    write_link(root, &paths::layer_link(name, digest), digest)?;
-    Ok(())
+    let link = paths::layer_link(name, digest);
+    let staged_link = paths::temp_file();
+    let published = (|| -> io::Result<()> {
+        let mut link_file = root.create_file(&staged_link)?;
+        link_file.write_all(digest.to_string().as_bytes())?;
+        if let Some(data_file) = data_file {
+            data_file.sync_data()?;
+        }
+        link_file.sync_all()?;
+        drop(link_file);
+        let blob_dir = paths::blob_dir(digest);
+        root.create_dirs(&blob_dir)?;
+        root.rename(data, root, paths::blob_data(digest))?;
+        let link_dir = parent_of(&link);
+        root.create_dirs(link_dir)?;
+        root.rename(&staged_link, root, &link)?;
+        sync_dir(root, &blob_dir)?;
+        sync_dir(root, link_dir)
+    })();
+    if published.is_err() {
+        let _ = root.remove_file(&staged_link);
+    }
+    Ok(published?)
 }
 
 /// The writer thread of one chunk: appends and hashes frames as they arrive,
