@@ -595,3 +595,41 @@ async fn a_manifest_is_served_with_the_media_type_it_was_accepted_as() {
         );
     }
 }
+
+#[tokio::test]
+async fn manifests_and_blobs_read_the_same_on_the_blocking_pool_and_inline() {
+    use portcullis::config::SmallReads;
+    for mode in [SmallReads::Pool, SmallReads::Inline] {
+        let registry = TestRegistry::start_with(|c| c.storage.small_reads = mode).await;
+        let image = Image::random();
+        registry.push_image("reads", "v1", &image).await;
+        for reference in ["v1", image.digest.as_str()] {
+            let get = registry
+                .get(&format!("/v2/reads/manifests/{reference}"))
+                .await;
+            assert_eq!(get.status(), StatusCode::OK, "{mode:?} GET {reference}");
+            assert_eq!(
+                header(&get, "docker-content-digest").as_deref(),
+                Some(image.digest.as_str())
+            );
+            assert_eq!(get.bytes().await.unwrap().to_vec(), image.manifest);
+        }
+        let missing = registry.get("/v2/reads/manifests/v2").await;
+        expect_error(missing, 404, "MANIFEST_UNKNOWN").await;
+        for layer in &image.layers {
+            let digest = common::sha256(layer);
+            let head = registry
+                .request(Method::HEAD, &format!("/v2/reads/blobs/{digest}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(head.status(), StatusCode::OK, "{mode:?} HEAD {digest}");
+            assert_eq!(
+                header(&head, "content-length"),
+                Some(layer.len().to_string())
+            );
+            let get = registry.get(&format!("/v2/reads/blobs/{digest}")).await;
+            assert_eq!(get.bytes().await.unwrap().to_vec(), *layer);
+        }
+    }
+}
