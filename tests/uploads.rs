@@ -626,6 +626,15 @@ async fn a_one_shot_sha512_push_is_served_whole_and_in_ranges_across_read_chunks
     assert_eq!(header(&whole, "content-length"), Some("700001".to_string()));
     assert!(whole.bytes().await.unwrap() == data);
 
+    // Out of the page cache, the chunks are read on the blocking pool instead.
+    let hex = digest.trim_start_matches("sha512:");
+    let stored = layout.join(format!("blobs/sha512/{}/{hex}/data", &hex[..2]));
+    let file = std::fs::File::open(&stored).unwrap();
+    rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+    let cold = registry.get(&format!("/v2/oneshot/blobs/{digest}")).await;
+    assert_eq!(cold.status(), StatusCode::OK);
+    assert!(cold.bytes().await.unwrap() == data, "read from disk");
+
     for (range, start, end) in [
         ("bytes=262000-530000", 262_000usize, 530_000usize),
         ("bytes=524288-", 524_288, 700_000),

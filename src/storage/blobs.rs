@@ -30,18 +30,16 @@ pub struct BlobReader {
 const READ_CHUNK: usize = 256 << 10;
 
 impl BlobReader {
-    /// The bytes `[start, start + length)` as a stream of chunks. Each chunk
-    /// is read with `pread` straight into a fresh buffer on the blocking pool,
-    /// and the next one is read while the previous is being sent.
+    /// The bytes `[start, start + length)` as a stream of chunks, each read
+    /// straight into a fresh buffer: from the page cache on the spot when it
+    /// is there, else with `pread` on the blocking pool.
     pub fn stream(self, start: u64, length: u64) -> BlobStream {
-        let mut stream = BlobStream {
+        BlobStream {
             file: self.file,
             next: start,
             end: start.saturating_add(length).min(self.size),
             pending: None,
-        };
-        stream.read_ahead();
-        stream
+        }
     }
 }
 
@@ -76,6 +74,18 @@ impl Stream for BlobStream {
     type Item = io::Result<Bytes>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.pending.is_none() && self.next < self.end {
+            // What the page cache holds is read right here, without a hop to
+            // the blocking pool and back; only a read that would wait for the
+            // disk goes there.
+            let len =
+                usize::try_from(self.end - self.next).map_or(READ_CHUNK, |n| n.min(READ_CHUNK));
+            if let Some(chunk) = read_cached(&self.file, self.next, len) {
+                self.next += chunk.len() as u64;
+                return Poll::Ready(Some(Ok(chunk)));
+            }
+            self.read_ahead();
+        }
         let Some(pending) = self.pending.as_mut() else {
             return Poll::Ready(None);
         };
@@ -84,14 +94,39 @@ impl Stream for BlobStream {
             Err(e) => Err(io::Error::other(format!("blob reader failed: {e}"))),
         };
         self.pending = None;
-        if chunk.is_ok() {
-            self.read_ahead();
-        } else {
+        if chunk.is_err() {
             // Nothing more after an error.
             self.next = self.end;
         }
         Poll::Ready(Some(chunk))
     }
+}
+
+/// Up to `len` bytes at `offset` if the page cache has (some of) them,
+/// without ever waiting for the disk: `preadv2(RWF_NOWAIT)`, which fails with
+/// `EAGAIN` instead (or `EOPNOTSUPP` where the filesystem cannot say; NFS and
+/// FUSE, for instance). `None` sends the read to the blocking pool.
+#[cfg(target_os = "linux")]
+fn read_cached(file: &std::fs::File, offset: u64, len: usize) -> Option<Bytes> {
+    use std::os::fd::AsRawFd;
+    let offset = i64::try_from(offset).ok()?;
+    let mut buf: Vec<u8> = Vec::with_capacity(len);
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: len,
+    };
+    // SAFETY: the one iovec covers `len` bytes of `buf`'s allocation, which
+    // outlives the call; the kernel writes at most that many bytes into it.
+    let read = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset, libc::RWF_NOWAIT) };
+    let read = usize::try_from(read).ok().filter(|n| *n > 0 && *n <= len)?;
+    // SAFETY: the kernel initialised the first `read` bytes.
+    unsafe { buf.set_len(read) };
+    Some(Bytes::from(buf))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn read_cached(_file: &std::fs::File, _offset: u64, _len: usize) -> Option<Bytes> {
+    None
 }
 
 /// Fills `buf`'s capacity with the bytes at `offset`, without zeroing it
