@@ -335,11 +335,23 @@ async fn access_log(State(state): State<SharedState>, request: Request, next: Ne
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);
+    let sends_body = bytes_in > 0 || request.headers().contains_key(header::TRANSFER_ENCODING);
+    let http1 = request.version() < axum::http::Version::HTTP_2;
     let mut response = next.run(request).await;
     response.headers_mut().insert(
         "docker-distribution-api-version",
         HeaderValue::from_static("registry/2.0"),
     );
+    // An error to a request with a body may come before the body was read to
+    // its end (a full disk mid-upload, a refused chunk): the connection then
+    // cannot carry another request, and saying so keeps a client from
+    // sending its next request on a connection that is about to close.
+    let failed = response.status().is_client_error() || response.status().is_server_error();
+    if http1 && sends_body && failed {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     let bytes_out = response
         .headers()
         .get(header::CONTENT_LENGTH)
