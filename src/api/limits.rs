@@ -298,10 +298,9 @@ fn too_large(max: u64) -> ApiError {
 
 fn timeout(message: String) -> ApiError {
     // The spec has no code for a timeout; BLOB_UPLOAD_INVALID with 408 is what
-    // the client can act on. The connection is closed after it.
-    ApiError::new(ErrorCode::BlobUploadInvalid, message)
-        .with_status(StatusCode::REQUEST_TIMEOUT)
-        .with_header(header::CONNECTION, HeaderValue::from_static("close"))
+    // the client can act on. The connection is closed after it (the access
+    // layer says `Connection: close` on any error to a request with a body).
+    ApiError::new(ErrorCode::BlobUploadInvalid, message).with_status(StatusCode::REQUEST_TIMEOUT)
 }
 
 #[cfg(test)]

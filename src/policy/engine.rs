@@ -96,12 +96,7 @@ pub struct PolicyEngine {
 
 impl PolicyEngine {
     pub fn new(cache_dir: Option<PathBuf>) -> Result<Self, EngineError> {
-        let mut config = Config::new();
-        config.wasm_component_model(true);
-        config.consume_fuel(true);
-        // Keep guest stacks small: policies are shallow, and a runaway recursion
-        // should trap quickly.
-        config.max_wasm_stack(512 * 1024);
+        let config = engine_config();
         let engine = Engine::new(&config).map_err(|e| EngineError::Setup(e.to_string()))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
@@ -143,21 +138,20 @@ impl PolicyEngine {
 
     fn compile_cached(&self, wasm: &[u8]) -> wasmtime::Result<Component> {
         let path = self.cache_path(wasm);
-        if let Some(path) = path.as_ref().filter(|p| p.is_file()) {
-            // SAFETY: the cache directory belongs to the registry (mode 0700,
-            // created below) and its files are named by the hash of the source
-            // component and the engine's compatibility hash; wasmtime also
-            // checks the artifact's header against this engine.
-            match unsafe { Component::deserialize_file(&self.engine, path) } {
-                Ok(component) => return Ok(component),
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "ignoring unusable policy cache entry")
+        if let Some(path) = &path {
+            if path.is_file() {
+                if let Some(component) =
+                    self.load_cached(path, "ignoring unusable policy cache entry")
+                {
+                    return Ok(component);
                 }
             }
-        }
-        if let Some(path) = &path {
-            if let Some(component) = self.compile_in_child(wasm, path) {
-                return Ok(component);
+            if self.compile_in_child(wasm, path) {
+                if let Some(component) =
+                    self.load_cached(path, "cannot load the policy compiled by the child process")
+                {
+                    return Ok(component);
+                }
             }
         }
         // Compiled by an engine of its own on threads of their own, all gone
@@ -176,13 +170,13 @@ impl PolicyEngine {
             // Loaded back from the cache, like on a warm start: the code is then
             // a mapping of the file instead of anonymous memory.
             match store_cache_entry(path, &compiled) {
-                // SAFETY: as above; the file was written just now from `compiled`.
-                Ok(()) => match unsafe { Component::deserialize_file(&self.engine, path) } {
-                    Ok(component) => return Ok(component),
-                    Err(e) => {
-                        tracing::warn!(path = %path.display(), error = %e, "cannot load the policy just cached")
+                Ok(()) => {
+                    if let Some(component) =
+                        self.load_cached(path, "cannot load the policy just cached")
+                    {
+                        return Ok(component);
                     }
-                },
+                }
                 Err(e) => {
                     tracing::warn!(path = %path.display(), error = %e, "cannot cache compiled policy")
                 }
@@ -193,15 +187,34 @@ impl PolicyEngine {
         unsafe { Component::deserialize(&self.engine, &compiled) }
     }
 
+    /// Maps a compiled component from the cache; `None` (logged with
+    /// `failure`) when it cannot be used.
+    fn load_cached(&self, path: &Path, failure: &str) -> Option<Component> {
+        // SAFETY: the cache directory belongs to the registry (mode 0700,
+        // made by `store_cache_entry`) and its files are written only by this
+        // executable (in-process or as `policy precompile`), named by the hash
+        // of the source component and the engine's compatibility hash;
+        // wasmtime also checks the artifact's header against this engine.
+        match unsafe { Component::deserialize_file(&self.engine, path) } {
+            Ok(component) => Some(component),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "{failure}");
+                None
+            }
+        }
+    }
+
     /// Compiles in a child process (`portcullis policy precompile`) into the
-    /// cache file, then maps that file, when the binary has asked for it with
+    /// cache file at `path`, when the binary has asked for it with
     /// [`compile_in_child_processes`]. Cranelift's code and working memory are
     /// then never part of the server: after compiling, its resident memory is
-    /// what a start from a warm cache has. `None` (logged) falls back to
+    /// what a start from a warm cache has. `false` (logged) falls back to
     /// compiling in-process.
-    fn compile_in_child(&self, wasm: &[u8], path: &Path) -> Option<Component> {
+    fn compile_in_child(&self, wasm: &[u8], path: &Path) -> bool {
         use std::io::Write;
-        let exe = COMPILER_EXECUTABLE.get()?;
+        let Some(exe) = COMPILER_EXECUTABLE.get() else {
+            return false;
+        };
         let run = || -> std::io::Result<()> {
             let mut child = std::process::Command::new(exe)
                 .args(["policy", "precompile", "--output"])
@@ -224,17 +237,11 @@ impl PolicyEngine {
                 )))
             }
         };
-        if let Err(e) = run() {
-            tracing::warn!(error = %e, "compiling the policy in a child process failed; compiling in-process");
-            return None;
-        }
-        // SAFETY: as for any cache entry (see `compile_cached`): written just
-        // now by this same executable, with this engine's configuration.
-        match unsafe { Component::deserialize_file(&self.engine, path) } {
-            Ok(component) => Some(component),
+        match run() {
+            Ok(()) => true,
             Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot load the policy compiled by the child process");
-                None
+                tracing::warn!(error = %e, "compiling the policy in a child process failed; compiling in-process");
+                false
             }
         }
     }
@@ -275,12 +282,23 @@ pub fn compile_in_child_processes(exe: PathBuf) {
 /// configuration of [`PolicyEngine::new`] and writes the artifact to `output`
 /// (mode 0600, atomically), for the parent to map.
 pub fn precompile_to(wasm: &[u8], output: &Path) -> Result<(), EngineError> {
-    let engine = PolicyEngine::new(None)?;
+    let engine = Engine::new(&engine_config()).map_err(|e| EngineError::Setup(e.to_string()))?;
     let compiled = engine
-        .engine
         .precompile_component(wasm)
         .map_err(|e| EngineError::Compile("<stdin>".into(), format!("{e:#}")))?;
     store_cache_entry(output, &compiled).map_err(|e| EngineError::Setup(e.to_string()))
+}
+
+/// The one engine configuration, shared by the server's engine and the
+/// engines that compile for it (their artifacts must match it).
+fn engine_config() -> Config {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.consume_fuel(true);
+    // Keep guest stacks small: policies are shallow, and a runaway recursion
+    // should trap quickly.
+    config.max_wasm_stack(512 * 1024);
+    config
 }
 
 /// Hands the heap that compiling policies freed back to the operating system.

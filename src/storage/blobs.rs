@@ -157,16 +157,25 @@ fn read_exact_at(file: &std::fs::File, offset: u64, mut buf: Vec<u8>) -> io::Res
     Ok(Bytes::from(buf))
 }
 
+/// Where the data of `digest` is, if `name` links it; else `BlobUnknown`.
+fn linked_blob_data(
+    root: &cap_std::fs::Dir,
+    name: &RepositoryName,
+    digest: &Digest,
+) -> Result<std::path::PathBuf> {
+    if read_link(root, &paths::layer_link(name, digest))?.as_ref() != Some(digest) {
+        return Err(StorageError::BlobUnknown(digest.clone()));
+    }
+    Ok(paths::blob_data(digest))
+}
+
 impl Storage {
     /// Size of a blob linked into `name`, or `BlobUnknown`.
     pub async fn stat_blob(&self, name: &RepositoryName, digest: &Digest) -> Result<BlobInfo> {
         let (name, digest) = (name.clone(), digest.clone());
         self.small_read(move |root| {
-            let linked = read_link(root, &paths::layer_link(&name, &digest))?;
-            if linked.as_ref() != Some(&digest) {
-                return Err(StorageError::BlobUnknown(digest));
-            }
-            match root.metadata(paths::blob_data(&digest)) {
+            let data = linked_blob_data(root, &name, &digest)?;
+            match root.metadata(data) {
                 Ok(meta) => Ok(BlobInfo {
                     size: meta.len(),
                     digest,
@@ -184,11 +193,8 @@ impl Storage {
     pub async fn open_blob(&self, name: &RepositoryName, digest: &Digest) -> Result<BlobReader> {
         let (name, digest) = (name.clone(), digest.clone());
         self.small_read(move |root| {
-            let linked = read_link(root, &paths::layer_link(&name, &digest))?;
-            if linked.as_ref() != Some(&digest) {
-                return Err(StorageError::BlobUnknown(digest));
-            }
-            let file = match root.open(paths::blob_data(&digest)) {
+            let data = linked_blob_data(root, &name, &digest)?;
+            let file = match root.open(data) {
                 Ok(f) => f.into_std(),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     return Err(StorageError::BlobUnknown(digest))

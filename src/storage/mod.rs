@@ -352,21 +352,39 @@ impl Storage {
 /// Writes `contents` to `path` atomically: staged in `_tmp`, fsynced, renamed,
 /// and the parent directory fsynced so the rename itself is durable.
 pub(crate) fn write_atomic(root: &Root, path: &Path, contents: &[u8]) -> io::Result<()> {
-    let staged = paths::temp_file();
+    let (staged, file) = stage_file(root, contents)?;
     let result = (|| {
-        let mut file = root.create_file(&staged)?;
-        file.write_all(contents)?;
         file.sync_all()?;
         drop(file);
-        let parent = parent_of(path);
-        root.create_dirs(parent)?;
-        root.rename(&staged, root, path)?;
+        let parent = move_into(root, &staged, path)?;
         sync_dir(root, parent)
     })();
     if result.is_err() {
         let _ = root.remove_file(&staged);
     }
     result
+}
+
+/// Writes `contents` to a new file in `_tmp`, not yet synced: the first half
+/// of an atomic write. Nothing is left behind if writing fails.
+pub(crate) fn stage_file(root: &Root, contents: &[u8]) -> io::Result<(PathBuf, cap_std::fs::File)> {
+    let staged = paths::temp_file();
+    let mut file = root.create_file(&staged)?;
+    if let Err(e) = file.write_all(contents) {
+        drop(file);
+        let _ = root.remove_file(&staged);
+        return Err(e);
+    }
+    Ok((staged, file))
+}
+
+/// Renames `from` to `path`, making `path`'s directory first if needed;
+/// returns that directory, for the caller to sync.
+pub(crate) fn move_into<'a>(root: &Root, from: &Path, path: &'a Path) -> io::Result<&'a Path> {
+    let parent = parent_of(path);
+    root.create_dirs(parent)?;
+    root.rename(from, root, path)?;
+    Ok(parent)
 }
 
 pub(crate) fn parent_of(path: &Path) -> &Path {

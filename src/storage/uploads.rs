@@ -21,7 +21,9 @@ use futures_util::{Stream, StreamExt};
 use sha2::{Digest as _, Sha256, Sha512};
 use tokio::sync::{mpsc, Mutex as AsyncMutex, OwnedMutexGuard};
 
-use super::{parent_of, paths, remove_tree, sync_dir, Result, Root, Storage, StorageError};
+use super::{
+    move_into, paths, remove_tree, stage_file, sync_dir, Result, Root, Storage, StorageError,
+};
 use crate::reference::{Algorithm, Digest, RepositoryName, UploadId};
 
 /// How many body frames may wait for the writer thread; bounds memory per upload.
@@ -399,16 +401,8 @@ fn store_blob(
     let mut file = root.create_file(&staged)?;
     let written = (|| -> Result<u64> {
         let (hex, size) = match expected.algorithm() {
-            Algorithm::Sha256 => {
-                let mut hasher = Sha256::new();
-                let size = append_frames(&mut file, 0, &mut hasher, &mut frames)?;
-                (hex::encode(hasher.finalize()), size)
-            }
-            Algorithm::Sha512 => {
-                let mut hasher = Sha512::new();
-                let size = append_frames(&mut file, 0, &mut hasher, &mut frames)?;
-                (hex::encode(hasher.finalize()), size)
-            }
+            Algorithm::Sha256 => append_hashed::<Sha256>(&mut file, &mut frames)?,
+            Algorithm::Sha512 => append_hashed::<Sha512>(&mut file, &mut frames)?,
         };
         let actual = Digest::from_parts(expected.algorithm(), &hex)
             .ok_or_else(|| io::Error::other("hash output is not a digest"))?;
@@ -431,6 +425,17 @@ fn store_blob(
     published
 }
 
+/// Writes every frame to the empty `file`, hashed with `H`: the hex digest
+/// and the size.
+fn append_hashed<H: sha2::Digest>(
+    file: &mut cap_std::fs::File,
+    frames: &mut mpsc::Receiver<Frame>,
+) -> io::Result<(String, u64)> {
+    let mut hasher = H::new();
+    let size = append_frames(file, 0, &mut hasher, frames)?;
+    Ok((hex::encode(hasher.finalize()), size))
+}
+
 /// Moves verified data at `data` to its content address and links it into
 /// `name`. Every file and directory involved is fsynced before this returns,
 /// in an order that lets a journaling filesystem commit them in two
@@ -445,25 +450,19 @@ fn publish_blob(
     name: &RepositoryName,
     digest: &Digest,
 ) -> Result<()> {
-    let link = paths::layer_link(name, digest);
-    let staged_link = paths::temp_file();
+    let (blob, link) = (paths::blob_data(digest), paths::layer_link(name, digest));
+    let (staged_link, link_file) = stage_file(root, digest.to_string().as_bytes())?;
     let published = (|| -> io::Result<()> {
-        let mut link_file = root.create_file(&staged_link)?;
-        link_file.write_all(digest.to_string().as_bytes())?;
         if let Some(data_file) = data_file {
             data_file.sync_data()?;
         }
         link_file.sync_all()?;
-        drop(link_file);
-        let blob_dir = paths::blob_dir(digest);
-        root.create_dirs(&blob_dir)?;
-        root.rename(data, root, paths::blob_data(digest))?;
-        let link_dir = parent_of(&link);
-        root.create_dirs(link_dir)?;
-        root.rename(&staged_link, root, &link)?;
-        sync_dir(root, &blob_dir)?;
+        let blob_dir = move_into(root, data, &blob)?;
+        let link_dir = move_into(root, &staged_link, &link)?;
+        sync_dir(root, blob_dir)?;
         sync_dir(root, link_dir)
     })();
+    drop(link_file);
     if published.is_err() {
         let _ = root.remove_file(&staged_link);
     }
