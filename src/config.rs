@@ -154,8 +154,44 @@ pub struct TlsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
+    /// Where content lives: `filesystem` (the directory `root`) or `s3` (a
+    /// bucket of an S3-compatible object store, shared by any number of
+    /// replicas).
+    pub backend: Backend,
     /// Root of the Distribution-layout data directory (`docker/registry/v2` lives below it).
+    /// With the S3 backend it holds only the compiled-policy cache.
     pub root: PathBuf,
+    /// S3: the endpoint URL (`http://garage:3900`); unset means AWS S3 itself.
+    pub endpoint: Option<String>,
+    /// S3: the bucket (it must exist).
+    pub bucket: Option<String>,
+    /// S3: the region (Garage: its `s3_region`, `garage` by default).
+    pub region: String,
+    /// S3: every key starts with this prefix (then Distribution's `docker/registry/v2/...`).
+    pub prefix: String,
+    /// S3: credentials; unset, `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` are used.
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<Secret>,
+    /// S3: size of the parts an upload is sent in (at least 5 MiB, S3's minimum);
+    /// one part per upload in flight is held in memory.
+    pub part_size: bytesize::ByteSize,
+    /// S3: longest time for one request to the store (a part upload included).
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// S3: longest time to connect to the store.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// S3: retries of a failed request (with backoff), and the longest time spent retrying.
+    pub max_retries: usize,
+    #[serde(with = "humantime_serde")]
+    pub retry_timeout: Duration,
+    /// S3: blob GETs are answered with a redirect to a presigned URL, so blob
+    /// bytes go from the store to the client without passing the replica.
+    pub redirect: bool,
+    /// S3: `auto` detects at start-up whether the store honours conditional
+    /// writes (`If-None-Match`/`If-Match` on PUT) and uses them for tags when
+    /// it does; `off` never relies on them.
+    pub conditional_writes: ConditionalWrites,
     /// Whether DELETE on manifests, tags and blobs is accepted (else 405 UNSUPPORTED).
     pub delete_enabled: bool,
     /// Upload sessions untouched for longer than this are removed by `gc`;
@@ -175,6 +211,24 @@ pub struct StorageConfig {
     /// anything unrecognised), `inline` always on the request's thread,
     /// `pool` always on the blocking pool.
     pub small_reads: SmallReads,
+}
+
+/// See [`StorageConfig::backend`].
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    #[default]
+    Filesystem,
+    S3,
+}
+
+/// See [`StorageConfig::conditional_writes`].
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ConditionalWrites {
+    #[default]
+    Auto,
+    Off,
 }
 
 /// See [`StorageConfig::small_reads`].
@@ -271,7 +325,21 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(30),
             tls: TlsConfig::default(),
             storage: StorageConfig {
+                backend: Backend::Filesystem,
                 root: PathBuf::from("./data"),
+                endpoint: None,
+                bucket: None,
+                region: "us-east-1".into(),
+                prefix: String::new(),
+                access_key_id: None,
+                secret_access_key: None,
+                part_size: bytesize::ByteSize::mib(8),
+                request_timeout: Duration::from_secs(60),
+                connect_timeout: Duration::from_secs(5),
+                max_retries: 3,
+                retry_timeout: Duration::from_secs(30),
+                redirect: false,
+                conditional_writes: ConditionalWrites::Auto,
                 delete_enabled: true,
                 small_reads: SmallReads::Auto,
                 upload_max_age: Duration::from_secs(24 * 3600),
@@ -345,6 +413,43 @@ impl Config {
 
     fn check(&self) -> Result<(), ConfigError> {
         self.storage.modes()?;
+        if self.storage.backend == Backend::S3 {
+            let s = &self.storage;
+            if s.bucket.as_deref().is_none_or(str::is_empty) {
+                return Err(ConfigError::Invalid(
+                    "storage.backend = \"s3\" needs storage.bucket".into(),
+                ));
+            }
+            if let Some(endpoint) = &s.endpoint {
+                if !(endpoint.starts_with("https://") || endpoint.starts_with("http://")) {
+                    return Err(ConfigError::Invalid(format!(
+                        "storage.endpoint = {endpoint:?}: use a URL such as http://garage:3900"
+                    )));
+                }
+            }
+            if s.part_size.as_u64() < 5 << 20 || s.part_size.as_u64() > 512 << 20 {
+                return Err(ConfigError::Invalid(format!(
+                    "storage.part_size = {} must be between 5 MiB (S3's smallest part) and 512 MiB",
+                    s.part_size
+                )));
+            }
+            if s.prefix.split('/').any(|c| c == "." || c == "..") {
+                return Err(ConfigError::Invalid(format!(
+                    "storage.prefix = {:?} may not contain . or .. components",
+                    s.prefix
+                )));
+            }
+            for (key, value) in [
+                ("request_timeout", s.request_timeout),
+                ("connect_timeout", s.connect_timeout),
+            ] {
+                if value.is_zero() {
+                    return Err(ConfigError::Invalid(format!(
+                        "storage.{key} must be longer than 0s"
+                    )));
+                }
+            }
+        }
         if let Some(remote) = &self.proxy.remote {
             if !(remote.starts_with("https://") || remote.starts_with("http://")) {
                 return Err(ConfigError::Invalid(format!(
