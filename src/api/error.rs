@@ -193,8 +193,9 @@ impl From<StorageError> for ApiError {
             }
             StorageError::Body(_) => ApiError::new(ErrorCode::BlobUploadInvalid, message),
             // Only reached when a tag kept changing under every retry.
-            StorageError::TagChanged(_) => ApiError::new(ErrorCode::Denied, message)
-                .with_status(StatusCode::CONFLICT),
+            StorageError::TagChanged(_) => {
+                ApiError::new(ErrorCode::Denied, message).with_status(StatusCode::CONFLICT)
+            }
             StorageError::Unavailable(_) => {
                 tracing::error!(error = %message, "storage unavailable");
                 ApiError::new(ErrorCode::Unavailable, message)

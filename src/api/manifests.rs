@@ -151,7 +151,13 @@ pub async fn put(
         authorize(state, caller, &access)?;
         match state
             .storage
-            .put_manifest(name, reference, bytes.clone(), manifest.clone(), expected_tag)
+            .put_manifest(
+                name,
+                reference,
+                bytes.clone(),
+                manifest.clone(),
+                expected_tag,
+            )
             .await
         {
             Err(crate::storage::StorageError::TagChanged(_)) if attempt < TAG_ATTEMPTS => continue,

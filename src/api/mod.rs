@@ -86,10 +86,7 @@ async fn readyz(State(state): State<SharedState>) -> Response {
         }
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "not ready: storage {}: {e}\n",
-                state.storage.location()
-            ),
+            format!("not ready: storage {}: {e}\n", state.storage.location()),
         )
             .into_response(),
     }

@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use futures_util::Stream;
 
-use super::{paths, read_link, remove_tree, write_link, Result, FsStorage, StorageError};
+use super::{paths, read_link, remove_tree, write_link, FsStorage, Result, StorageError};
 use crate::reference::{Digest, RepositoryName};
 
 #[derive(Debug, Clone)]

@@ -13,7 +13,7 @@ use sha2::Digest as _;
 use super::manifests::{every_repository, ParsedManifest};
 use super::uploads::hash_reader;
 use super::{
-    list_blobs, list_digest_dirs, list_dir, paths, read_link, remove_tree, Result, Root, FsStorage,
+    list_blobs, list_digest_dirs, list_dir, paths, read_link, remove_tree, FsStorage, Result, Root,
 };
 use crate::reference::{Algorithm, Digest, RepositoryName, Tag};
 

@@ -13,7 +13,7 @@ use cap_std::fs::Dir;
 use indicatif::ProgressBar;
 
 use super::manifests::{every_repository, ParsedManifest};
-use super::{list_blobs, list_digest_dirs, list_dir, paths, remove_tree, Result, FsStorage};
+use super::{list_blobs, list_digest_dirs, list_dir, paths, remove_tree, FsStorage, Result};
 use crate::reference::{Digest, RepositoryName};
 
 /// One thing `gc` removed (or, on a dry run, would remove).

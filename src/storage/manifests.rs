@@ -14,8 +14,8 @@ use cap_std::fs::Dir;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    list_digest_dirs, list_dir, paths, read_link, remove_tree, write_atomic, write_link, Result,
-    FsStorage, StorageError,
+    list_digest_dirs, list_dir, paths, read_link, remove_tree, write_atomic, write_link, FsStorage,
+    Result, StorageError,
 };
 use crate::reference::{Algorithm, Digest, Reference, RepositoryName, Tag};
 

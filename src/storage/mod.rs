@@ -92,7 +92,11 @@ impl TagLocks {
 }
 
 /// Which of `stripes` locks guards a tag.
-pub(crate) fn tag_stripe(name: &RepositoryName, tag: &crate::reference::Tag, stripes: usize) -> usize {
+pub(crate) fn tag_stripe(
+    name: &RepositoryName,
+    tag: &crate::reference::Tag,
+    stripes: usize,
+) -> usize {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     (name.as_str(), tag.as_str()).hash(&mut hasher);

@@ -22,7 +22,7 @@ use sha2::{Digest as _, Sha256, Sha512};
 use tokio::sync::{mpsc, Mutex as AsyncMutex, OwnedMutexGuard};
 
 use super::{
-    move_into, paths, remove_tree, stage_file, sync_dir, Result, Root, FsStorage, StorageError,
+    move_into, paths, remove_tree, stage_file, sync_dir, FsStorage, Result, Root, StorageError,
 };
 use crate::reference::{Algorithm, Digest, RepositoryName, UploadId};
 

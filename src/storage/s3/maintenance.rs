@@ -26,7 +26,13 @@ fn older_than(time: chrono::DateTime<chrono::Utc>, age: Duration) -> bool {
 /// The digest of a blob data key's layout path (`blobs/<alg>/<xx>/<hex>/data`).
 fn blob_digest(relative: &str) -> Option<Digest> {
     let mut parts = relative.split('/');
-    let (blobs, alg, _, hex, data) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let (blobs, alg, _, hex, data) = (
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+    );
     if blobs != paths::BLOBS || data != "data" || parts.next().is_some() {
         return None;
     }
@@ -40,7 +46,9 @@ impl S3Storage {
         let mut removed = Vec::new();
         for name in self.walk_repositories(true).await? {
             for id in self.list_dir(paths::uploads_dir(&name)).await? {
-                let Ok(upload) = UploadId::parse(&id) else { continue };
+                let Ok(upload) = UploadId::parse(&id) else {
+                    continue;
+                };
                 // The newest object of the session says when it was last used.
                 let prefix = self.key(paths::upload_dir(&name, upload));
                 let mut objects = self.s3.list(Some(&prefix));
@@ -53,7 +61,10 @@ impl S3Storage {
                     continue;
                 }
                 let bytes = if dry_run {
-                    self.load_session(&name, upload).await.map(|(s, _)| s.size).unwrap_or(0)
+                    self.load_session(&name, upload)
+                        .await
+                        .map(|(s, _)| s.size)
+                        .unwrap_or(0)
                 } else {
                     self.remove_session(&name, upload).await?
                 };
@@ -138,14 +149,13 @@ impl S3Storage {
             for name in &repositories {
                 for digest in self.list_digest_dirs(&paths::layers_dir(name)).await? {
                     if swept.contains(&digest) {
-                        self.delete_tree(paths::layer_link_dir(name, &digest)).await?;
+                        self.delete_tree(paths::layer_link_dir(name, &digest))
+                            .await?;
                     }
                 }
             }
         }
-        report
-            .removed
-            .extend(self.expire(grace, dry_run).await?);
+        report.removed.extend(self.expire(grace, dry_run).await?);
         progress.finish_and_clear();
         Ok(report)
     }
@@ -252,7 +262,8 @@ impl S3Storage {
                 _ => Finding::BadLink { path: link },
             };
             if repair {
-                self.delete_tree(paths::layer_link_dir(name, &digest)).await?;
+                self.delete_tree(paths::layer_link_dir(name, &digest))
+                    .await?;
             }
             report.found(finding, repair);
         }

@@ -75,11 +75,7 @@ pub struct RemoteBlob {
 }
 
 impl RemoteBlob {
-    pub(crate) fn stream(
-        self,
-        start: u64,
-        end: u64,
-    ) -> BoxStream<'static, std::io::Result<Bytes>> {
+    pub(crate) fn stream(self, start: u64, end: u64) -> BoxStream<'static, std::io::Result<Bytes>> {
         if start >= end {
             return stream::empty().boxed();
         }
@@ -234,7 +230,10 @@ impl S3Storage {
     }
 
     /// A link object's digest and etag; `None` when it does not exist.
-    async fn read_link_tagged(&self, path: impl AsRef<FsPath>) -> Result<Option<(Digest, Option<String>)>> {
+    async fn read_link_tagged(
+        &self,
+        path: impl AsRef<FsPath>,
+    ) -> Result<Option<(Digest, Option<String>)>> {
         let key = self.key(path);
         let Some((bytes, e_tag)) = self.get_small(&key, 256).await? else {
             return Ok(None);
@@ -344,7 +343,10 @@ impl S3Storage {
     /// Creates a scratch key twice with `If-None-Match: *`: a store that
     /// enforces conditional writes refuses the second.
     async fn detect_conditional_writes(&self) -> Result<Conditional> {
-        let key = self.key(format!("_portcullis/conditional-probe/{}", uuid::Uuid::new_v4()));
+        let key = self.key(format!(
+            "_portcullis/conditional-probe/{}",
+            uuid::Uuid::new_v4()
+        ));
         let create = PutOptions {
             mode: PutMode::Create,
             ..Default::default()
@@ -388,7 +390,11 @@ impl S3Storage {
         })
     }
 
-    pub async fn open_blob(&self, name: &RepositoryName, digest: &Digest) -> Result<(RemoteBlob, u64)> {
+    pub async fn open_blob(
+        &self,
+        name: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<(RemoteBlob, u64)> {
         let size = self.linked_blob(name, digest).await?;
         Ok((
             RemoteBlob {
@@ -426,7 +432,8 @@ impl S3Storage {
     ) -> Result<Option<BlobInfo>> {
         match self.stat_blob(from, digest).await {
             Ok(info) => {
-                self.write_link(paths::layer_link(name, digest), digest).await?;
+                self.write_link(paths::layer_link(name, digest), digest)
+                    .await?;
                 Ok(Some(info))
             }
             Err(StorageError::BlobUnknown(_)) => Ok(None),
@@ -435,10 +442,15 @@ impl S3Storage {
     }
 
     pub async fn delete_blob(&self, name: &RepositoryName, digest: &Digest) -> Result<()> {
-        if self.read_link(paths::layer_link(name, digest)).await?.is_none() {
+        if self
+            .read_link(paths::layer_link(name, digest))
+            .await?
+            .is_none()
+        {
             return Err(StorageError::BlobUnknown(digest.clone()));
         }
-        self.delete_tree(paths::layer_link_dir(name, digest)).await?;
+        self.delete_tree(paths::layer_link_dir(name, digest))
+            .await?;
         Ok(())
     }
 
@@ -460,7 +472,10 @@ impl S3Storage {
 
     /// Whether a blob's content is stored (linked anywhere or not).
     async fn blob_exists(&self, digest: &Digest) -> Result<bool> {
-        Ok(self.size_of(&self.key(paths::blob_data(digest))).await?.is_some())
+        Ok(self
+            .size_of(&self.key(paths::blob_data(digest)))
+            .await?
+            .is_some())
     }
 
     pub async fn store_manifest(
@@ -487,7 +502,9 @@ impl S3Storage {
         };
         if verify_references {
             let blobs = manifest.referenced_blobs().map(|blob| async move {
-                let linked = self.read_link(paths::layer_link(name, &blob.digest)).await?;
+                let linked = self
+                    .read_link(paths::layer_link(name, &blob.digest))
+                    .await?;
                 if linked.as_ref() != Some(&blob.digest) || !self.blob_exists(&blob.digest).await? {
                     return Err(StorageError::ManifestBlobUnknown(blob.digest.clone()));
                 }
@@ -498,7 +515,11 @@ impl S3Storage {
                 .try_collect::<Vec<()>>()
                 .await?;
             let children = manifest.manifests.iter().map(|child| async move {
-                if self.read_link(paths::revision_link(name, &child.digest)).await?.is_none() {
+                if self
+                    .read_link(paths::revision_link(name, &child.digest))
+                    .await?
+                    .is_none()
+                {
                     return Err(StorageError::ManifestBlobUnknown(child.digest.clone()));
                 }
                 Ok(())
@@ -537,7 +558,8 @@ impl S3Storage {
             Err(StorageError::TagChanged(t)) => {
                 // The push lost a race for the tag: what it made visible goes.
                 if !had_revision {
-                    self.delete_tree(paths::revision_link_dir(name, &digest)).await?;
+                    self.delete_tree(paths::revision_link_dir(name, &digest))
+                        .await?;
                     if let Some(subject) = &manifest.subject {
                         self.delete_tree(paths::referrer_link_dir(name, &subject.digest, &digest))
                             .await?;
@@ -686,7 +708,8 @@ impl S3Storage {
     }
 
     pub async fn delete_manifest(&self, name: &RepositoryName, digest: &Digest) -> Result<()> {
-        self.resolve(name, &Reference::Digest(digest.clone())).await?;
+        self.resolve(name, &Reference::Digest(digest.clone()))
+            .await?;
         let subject = self
             .read_manifest_bytes(digest)
             .await
@@ -703,12 +726,17 @@ impl S3Storage {
             self.delete_tree(paths::referrer_link_dir(name, &subject.digest, digest))
                 .await?;
         }
-        self.delete_tree(paths::revision_link_dir(name, digest)).await?;
+        self.delete_tree(paths::revision_link_dir(name, digest))
+            .await?;
         Ok(())
     }
 
     pub async fn delete_tag(&self, name: &RepositoryName, tag: &Tag) -> Result<()> {
-        if self.read_link(paths::tag_current_link(name, tag)).await?.is_none() {
+        if self
+            .read_link(paths::tag_current_link(name, tag))
+            .await?
+            .is_none()
+        {
             return Err(StorageError::ManifestUnknown(tag.to_string()));
         }
         self.delete_tree(paths::tag_dir(name, tag)).await?;
@@ -744,7 +772,11 @@ impl S3Storage {
             .list_digest_dirs(&paths::referrers_dir(name, subject))
             .await?;
         let reads = digests.into_iter().map(|digest| async move {
-            if self.read_link(paths::revision_link(name, &digest)).await?.is_none() {
+            if self
+                .read_link(paths::revision_link(name, &digest))
+                .await?
+                .is_none()
+            {
                 return Ok(None);
             }
             let Some(bytes) = self.read_manifest_bytes(&digest).await? else {

@@ -21,15 +21,17 @@ use bytes::{Bytes, BytesMut};
 use futures_util::stream::{FuturesOrdered, Stream, StreamExt};
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
-use object_store::{MultipartId, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
+use object_store::{
+    MultipartId, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion,
+};
 use serde::{Deserialize, Serialize};
 use sha2::digest::common::hazmat::SerializableState;
 use sha2::{Digest as _, Sha256, Sha512};
 
 use super::{Conditional, S3Storage};
+use crate::reference::{Algorithm, Digest, RepositoryName, UploadId};
 use crate::storage::uploads::ChunkBounds;
 use crate::storage::{paths, Result, StorageError, UploadStatus};
-use crate::reference::{Algorithm, Digest, RepositoryName, UploadId};
 
 /// Parts sent to the store at once per upload.
 const PARTS_IN_FLIGHT: usize = 2;
@@ -71,7 +73,8 @@ fn save_state(hasher: &Sha256) -> String {
 
 fn load_state(hex_state: &str) -> Option<Sha256> {
     let bytes = hex::decode(hex_state).ok()?;
-    let state = sha2::digest::common::hazmat::SerializedState::<Sha256>::try_from(bytes.as_slice()).ok()?;
+    let state =
+        sha2::digest::common::hazmat::SerializedState::<Sha256>::try_from(bytes.as_slice()).ok()?;
     Sha256::deserialize(&state).ok()
 }
 
@@ -150,7 +153,11 @@ impl S3Storage {
             mode,
             ..Default::default()
         };
-        match self.s3.put_opts(&key, PutPayload::from(bytes), options).await {
+        match self
+            .s3
+            .put_opts(&key, PutPayload::from(bytes), options)
+            .await
+        {
             Ok(_) => Ok(()),
             Err(object_store::Error::Precondition { .. }) => {
                 // Another request of the same session got there first.
@@ -186,7 +193,9 @@ impl S3Storage {
         if session.tail > 0 {
             let key = tail_key(self, name, id, session.size);
             match self.get_small(&key, session.tail).await? {
-                Some((bytes, _)) if bytes.len() as u64 == session.tail => buf.extend_from_slice(&bytes),
+                Some((bytes, _)) if bytes.len() as u64 == session.tail => {
+                    buf.extend_from_slice(&bytes)
+                }
                 _ => {
                     return Err(StorageError::Io(std::io::Error::new(
                         std::io::ErrorKind::InvalidData,
@@ -214,7 +223,12 @@ impl S3Storage {
 
     /// Takes a body into `ingest`: hashed, and sent in whole parts as they
     /// fill. Checks the body against its declared length.
-    async fn feed<S, E>(&self, ingest: &mut Ingest, body: &mut S, declared: Option<u64>) -> Result<u64>
+    async fn feed<S, E>(
+        &self,
+        ingest: &mut Ingest,
+        body: &mut S,
+        declared: Option<u64>,
+    ) -> Result<u64>
     where
         S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
@@ -233,7 +247,8 @@ impl S3Storage {
             ingest.hasher.update(&bytes);
             ingest.buf.extend_from_slice(&bytes);
             if ingest.buf.len() >= self.part_size {
-                let part = std::mem::replace(&mut ingest.buf, BytesMut::with_capacity(self.part_size));
+                let part =
+                    std::mem::replace(&mut ingest.buf, BytesMut::with_capacity(self.part_size));
                 let upload = self.multipart_of(ingest).await?;
                 let index = ingest.parts.len() + in_flight.len();
                 let (s3, staging) = (std::sync::Arc::clone(&self.s3), ingest.staging.clone());
@@ -287,11 +302,19 @@ impl S3Storage {
 
     /// Verifies the bytes of `ingest` against `expected` and makes the blob
     /// visible in `name`. Returns its size.
-    async fn publish(&self, mut ingest: Ingest, name: &RepositoryName, expected: &Digest) -> Result<u64> {
+    async fn publish(
+        &self,
+        mut ingest: Ingest,
+        name: &RepositoryName,
+        expected: &Digest,
+    ) -> Result<u64> {
         let blob_key = self.key(paths::blob_data(expected));
         let size = ingest.size;
         let sha256 = || {
-            Digest::from_parts(Algorithm::Sha256, &hex::encode(ingest.hasher.clone().finalize()))
+            Digest::from_parts(
+                Algorithm::Sha256,
+                &hex::encode(ingest.hasher.clone().finalize()),
+            )
         };
         match ingest.multipart.clone() {
             None => {
@@ -321,7 +344,12 @@ impl S3Storage {
                     let last = ingest.buf.split().freeze();
                     let part = self
                         .s3
-                        .put_part(&ingest.staging, &upload, ingest.parts.len(), PutPayload::from(last))
+                        .put_part(
+                            &ingest.staging,
+                            &upload,
+                            ingest.parts.len(),
+                            PutPayload::from(last),
+                        )
                         .await
                         .map_err(|e| self.unavailable(e))?;
                     ingest.parts.push(part);
@@ -388,7 +416,8 @@ impl S3Storage {
         let tail = ingest.buf.split().freeze();
         let tail_len = tail.len() as u64;
         if tail_len > 0 {
-            self.put(&tail_key(self, name, id, ingest.size), tail).await?;
+            self.put(&tail_key(self, name, id, ingest.size), tail)
+                .await?;
         }
         let updated = Session {
             repository: session.repository.clone(),
@@ -506,8 +535,8 @@ fn check_start(session: &Session, bounds: ChunkBounds) -> Result<()> {
 }
 
 fn check_digest(expected: &Digest, actual: Option<Digest>) -> Result<()> {
-    let actual =
-        actual.ok_or_else(|| StorageError::Io(std::io::Error::other("hash output is not a digest")))?;
+    let actual = actual
+        .ok_or_else(|| StorageError::Io(std::io::Error::other("hash output is not a digest")))?;
     if &actual != expected {
         return Err(StorageError::DigestMismatch {
             expected: expected.clone(),
