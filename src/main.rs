@@ -12,7 +12,7 @@ use portcullis::policy::chain::test_policy;
 use portcullis::policy::request::JsonRequest;
 use portcullis::policy::{Limits, Outcome, PolicyChain, PolicyEngine};
 use portcullis::server::{shutdown_signal, Server};
-use portcullis::storage::{Storage, StorageSettings};
+use portcullis::storage::Storage;
 
 #[derive(Parser)]
 #[command(name = "portcullis", version, about = "A self-hosted OCI registry")]
@@ -239,7 +239,7 @@ async fn run(command: Command) -> Result<(), String> {
             Ok(())
         }
         Command::Fsck { config, repair } => {
-            let storage = open_storage(config.as_deref())?;
+            let storage = open_storage(config.as_deref()).await?;
             let report = storage
                 .fsck(repair, progress_bar())
                 .await
@@ -290,7 +290,7 @@ async fn run(command: Command) -> Result<(), String> {
             Ok(())
         }
         Command::Gc { config, dry_run } => {
-            let storage = open_storage(config.as_deref())?;
+            let storage = open_storage(config.as_deref()).await?;
             let report = storage
                 .collect_garbage(dry_run, progress_bar())
                 .await
@@ -313,10 +313,9 @@ async fn run(command: Command) -> Result<(), String> {
 }
 
 /// The store a config names, for the offline commands (gc, fsck).
-fn open_storage(config: Option<&std::path::Path>) -> Result<Storage, String> {
+async fn open_storage(config: Option<&std::path::Path>) -> Result<Storage, String> {
     let config = Config::load(config).map_err(|e| e.to_string())?;
-    let settings = StorageSettings::from_config(&config.storage)?;
-    Storage::open(&config.storage.root, settings).map_err(|e| e.to_string())
+    Storage::open(&config.storage).await
 }
 
 /// A progress bar drawn on a terminal only (indicatif hides it otherwise).

@@ -18,14 +18,14 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::policy::reload::ChainHolder;
 use crate::policy::{PolicyChain, PolicyEngine, PolicyError};
-use crate::storage::{Storage, StorageSettings};
+use crate::storage::Storage;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: io::Error },
     #[error("{0}")]
-    Storage(io::Error),
+    Storage(String),
     #[error("{0}")]
     Config(String),
     #[error("{0}")]
@@ -67,15 +67,16 @@ impl Server {
         config: Config,
         watch: Option<Option<PathBuf>>,
     ) -> Result<Self, ServerError> {
-        let settings =
-            StorageSettings::from_config(&config.storage).map_err(ServerError::Config)?;
-        let storage =
-            Storage::open(&config.storage.root, settings).map_err(ServerError::Storage)?;
-        check_storage_root(&config.storage.root);
+        let storage = Storage::open(&config.storage)
+            .await
+            .map_err(ServerError::Storage)?;
+        if config.storage.backend == crate::config::Backend::Filesystem {
+            check_storage_root(&config.storage.root);
+        }
         storage.probe_writable().await.map_err(|e| {
             ServerError::Config(format!(
-                "storage root {} is not writable: {e}",
-                config.storage.root.display()
+                "storage {} is not writable: {e}",
+                storage.location()
             ))
         })?;
         let auth = Arc::new(Authenticator::from_config(&config)?);

@@ -17,6 +17,20 @@ pub async fn get(
     headers: &HeaderMap,
     head: bool,
 ) -> ApiResult {
+    // Blob bytes may come straight from the object store (`storage.redirect`).
+    if !head {
+        if let Some(url) = state.storage.blob_url(name, digest).await? {
+            return Response::builder()
+                .status(StatusCode::TEMPORARY_REDIRECT)
+                .header(header::LOCATION, url)
+                .header(header::CONTENT_LENGTH, 0)
+                .header("docker-content-digest", digest.to_string())
+                .body(Body::empty())
+                .map_err(|e| {
+                    ApiError::new(ErrorCode::Unknown, format!("cannot build response: {e}"))
+                });
+        }
+    }
     // HEAD needs only the size; GET opens the file once and takes it from there.
     let (size, reader) = if head {
         (state.storage.stat_blob(name, digest).await?.size, None)

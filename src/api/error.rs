@@ -26,6 +26,8 @@ pub enum ErrorCode {
     Denied,
     Unsupported,
     TooManyRequests,
+    /// Docker's `UNAVAILABLE` (503): the storage backend cannot be reached.
+    Unavailable,
     /// Not in the spec's table: used for server-side failures, always with a 5xx.
     Unknown,
 }
@@ -47,6 +49,7 @@ impl ErrorCode {
             ErrorCode::Denied => "DENIED",
             ErrorCode::Unsupported => "UNSUPPORTED",
             ErrorCode::TooManyRequests => "TOO_MANY_REQUESTS",
+            ErrorCode::Unavailable => "UNAVAILABLE",
             ErrorCode::Unknown => "UNKNOWN",
         }
     }
@@ -68,6 +71,7 @@ impl ErrorCode {
             ErrorCode::Denied => StatusCode::FORBIDDEN,
             ErrorCode::Unsupported => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -188,6 +192,15 @@ impl From<StorageError> for ApiError {
                     .with_detail(json!({ "digest": d.to_string() }))
             }
             StorageError::Body(_) => ApiError::new(ErrorCode::BlobUploadInvalid, message),
+            // Only reached when a tag kept changing under every retry.
+            StorageError::TagChanged(_) => ApiError::new(ErrorCode::Denied, message)
+                .with_status(StatusCode::CONFLICT),
+            StorageError::Unavailable(_) => {
+                tracing::error!(error = %message, "storage unavailable");
+                ApiError::new(ErrorCode::Unavailable, message)
+                    .with_status(StatusCode::SERVICE_UNAVAILABLE)
+                    .with_header(header::RETRY_AFTER, HeaderValue::from_static("5"))
+            }
             StorageError::Io(io) => {
                 if io.kind() == std::io::ErrorKind::StorageFull {
                     tracing::error!(error = %io, "storage is full");

@@ -76,6 +76,9 @@ pub async fn get(
         .map_err(|e| ApiError::new(ErrorCode::Unknown, format!("cannot build response: {e}")))
 }
 
+/// Times a manifest push is decided again when its tag moved under it.
+const TAG_ATTEMPTS: u32 = 5;
+
 fn too_large(limit: u64) -> ApiError {
     ApiError::new(
         ErrorCode::ManifestInvalid,
@@ -131,15 +134,30 @@ pub async fn put(
     let mut access = Access::new(Action::Push, Resource::Manifest, name.clone())
         .with_reference(reference.clone());
     access.manifest = Some(ManifestFacts::new(&manifest, digest, bytes.len() as u64));
-    if let Reference::Tag(tag) = reference {
-        access.current_digest = state.storage.tag_target(name, tag).await?;
-    }
-    authorize(state, caller, &access)?;
-
-    let digest = state
-        .storage
-        .put_manifest(name, reference, bytes, manifest)
-        .await?;
+    // The policy decides on what the tag names now, and the tag moves only
+    // if it still names that when it is written: a push that raced another
+    // one to the same tag is decided again on what that one left (an
+    // immutable tag then refuses it, as it would have one push later).
+    let mut attempt = 0;
+    let digest = loop {
+        attempt += 1;
+        let expected_tag = match reference {
+            Reference::Tag(tag) => {
+                access.current_digest = state.storage.tag_target(name, tag).await?;
+                Some(access.current_digest.clone())
+            }
+            Reference::Digest(_) => None,
+        };
+        authorize(state, caller, &access)?;
+        match state
+            .storage
+            .put_manifest(name, reference, bytes.clone(), manifest.clone(), expected_tag)
+            .await
+        {
+            Err(crate::storage::StorageError::TagChanged(_)) if attempt < TAG_ATTEMPTS => continue,
+            result => break result?,
+        }
+    };
     let mut response = (
         StatusCode::CREATED,
         [

@@ -88,7 +88,7 @@ async fn readyz(State(state): State<SharedState>) -> Response {
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
                 "not ready: storage {}: {e}\n",
-                state.storage.location().display()
+                state.storage.location()
             ),
         )
             .into_response(),

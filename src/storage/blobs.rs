@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use futures_util::Stream;
 
-use super::{paths, read_link, remove_tree, write_link, Result, Storage, StorageError};
+use super::{paths, read_link, remove_tree, write_link, Result, FsStorage, StorageError};
 use crate::reference::{Digest, RepositoryName};
 
 #[derive(Debug, Clone)]
@@ -21,8 +21,30 @@ pub struct BlobInfo {
 
 /// An open blob and its size.
 pub struct BlobReader {
-    file: Arc<std::fs::File>,
+    pub(crate) source: BlobSource,
     pub size: u64,
+}
+
+pub(crate) enum BlobSource {
+    File(Arc<std::fs::File>),
+    Remote(super::s3::RemoteBlob),
+}
+
+/// A blob's bytes as a stream: read from the file, or fetched from the store.
+pub enum BlobBody {
+    File(BlobStream),
+    Remote(futures_util::stream::BoxStream<'static, io::Result<Bytes>>),
+}
+
+impl Stream for BlobBody {
+    type Item = io::Result<Bytes>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match self.get_mut() {
+            BlobBody::File(stream) => Pin::new(stream).poll_next(cx),
+            BlobBody::Remote(stream) => stream.as_mut().poll_next(cx),
+        }
+    }
 }
 
 /// Bytes read from a blob per read: large enough to keep the per-chunk costs
@@ -35,12 +57,16 @@ impl BlobReader {
     /// The bytes `[start, start + length)` as a stream of chunks, each read
     /// straight into a fresh buffer: from the page cache on the spot when it
     /// is there, else with `pread` on the blocking pool.
-    pub fn stream(self, start: u64, length: u64) -> BlobStream {
-        BlobStream {
-            file: self.file,
-            next: start,
-            end: start.saturating_add(length).min(self.size),
-            pending: None,
+    pub fn stream(self, start: u64, length: u64) -> BlobBody {
+        let end = start.saturating_add(length).min(self.size);
+        match self.source {
+            BlobSource::File(file) => BlobBody::File(BlobStream {
+                file,
+                next: start,
+                end,
+                pending: None,
+            }),
+            BlobSource::Remote(blob) => BlobBody::Remote(blob.stream(start, end)),
         }
     }
 }
@@ -169,7 +195,7 @@ fn linked_blob_data(
     Ok(paths::blob_data(digest))
 }
 
-impl Storage {
+impl FsStorage {
     /// Size of a blob linked into `name`, or `BlobUnknown`.
     pub async fn stat_blob(&self, name: &RepositoryName, digest: &Digest) -> Result<BlobInfo> {
         let (name, digest) = (name.clone(), digest.clone());
@@ -205,7 +231,7 @@ impl Storage {
             // Blobs are read front to back: a larger read-ahead when not cached.
             let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::Sequential);
             Ok(BlobReader {
-                file: Arc::new(file),
+                source: BlobSource::File(Arc::new(file)),
                 size,
             })
         })

@@ -13,7 +13,7 @@ use sha2::Digest as _;
 use super::manifests::{every_repository, ParsedManifest};
 use super::uploads::hash_reader;
 use super::{
-    list_blobs, list_digest_dirs, list_dir, paths, read_link, remove_tree, Result, Root, Storage,
+    list_blobs, list_digest_dirs, list_dir, paths, read_link, remove_tree, Result, Root, FsStorage,
 };
 use crate::reference::{Algorithm, Digest, RepositoryName, Tag};
 
@@ -100,7 +100,7 @@ pub struct FsckReport {
 }
 
 impl FsckReport {
-    fn found(&mut self, finding: Finding, repaired: bool) {
+    pub(crate) fn found(&mut self, finding: Finding, repaired: bool) {
         if repaired {
             self.repaired.push(finding);
         } else {
@@ -109,7 +109,7 @@ impl FsckReport {
     }
 }
 
-impl Storage {
+impl FsStorage {
     /// Checks the whole store; with `repair`, fixes what can be fixed safely.
     pub async fn fsck(&self, repair: bool, progress: ProgressBar) -> Result<FsckReport> {
         self.blocking(move |root| check(root, repair, &progress))
@@ -153,7 +153,7 @@ fn check(root: &Root, repair: bool, progress: &ProgressBar) -> Result<FsckReport
     progress.set_message("repositories");
     for name in &repositories {
         progress.inc(1);
-        let stored = |d: &Digest| Storage::blob_exists(root, d);
+        let stored = |d: &Digest| FsStorage::blob_exists(root, d);
         for digest in list_digest_dirs(root, &paths::layers_dir(name))? {
             let link = paths::layer_link(name, &digest);
             let fixable = match read_link(root, &link) {

@@ -13,7 +13,7 @@ use cap_std::fs::Dir;
 use indicatif::ProgressBar;
 
 use super::manifests::{every_repository, ParsedManifest};
-use super::{list_blobs, list_digest_dirs, list_dir, paths, remove_tree, Result, Storage};
+use super::{list_blobs, list_digest_dirs, list_dir, paths, remove_tree, Result, FsStorage};
 use crate::reference::{Digest, RepositoryName};
 
 /// One thing `gc` removed (or, on a dry run, would remove).
@@ -71,7 +71,7 @@ impl GcReport {
     }
 }
 
-impl Storage {
+impl FsStorage {
     /// Deletes upload sessions nobody touched for `storage.upload_max_age`
     /// (the server runs this periodically; `gc` does it too).
     pub async fn expire_uploads(&self) -> Result<Vec<Removal>> {

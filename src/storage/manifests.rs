@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     list_digest_dirs, list_dir, paths, read_link, remove_tree, write_atomic, write_link, Result,
-    Storage, StorageError,
+    FsStorage, StorageError,
 };
 use crate::reference::{Algorithm, Digest, Reference, RepositoryName, Tag};
 
@@ -214,7 +214,7 @@ pub struct StoredManifest {
 }
 
 /// The media type of stored manifest bytes, as Distribution infers it.
-fn stored_media_type(bytes: &[u8]) -> String {
+pub(crate) fn stored_media_type(bytes: &[u8]) -> String {
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Peek {
@@ -259,7 +259,7 @@ fn resolve(root: &Dir, name: &RepositoryName, reference: &Reference) -> Result<D
     }
 }
 
-impl Storage {
+impl FsStorage {
     /// Validates references and stores a manifest under its digest, and under
     /// the tag if the reference is one. Returns the manifest's digest.
     pub async fn put_manifest(
@@ -268,8 +268,9 @@ impl Storage {
         reference: &Reference,
         bytes: Vec<u8>,
         manifest: ParsedManifest,
+        expected_tag: Option<Option<Digest>>,
     ) -> Result<Digest> {
-        self.store_manifest(name, reference, bytes, manifest, true)
+        self.store_manifest(name, reference, bytes, manifest, true, expected_tag)
             .await
     }
 
@@ -282,7 +283,7 @@ impl Storage {
         bytes: Vec<u8>,
         manifest: ParsedManifest,
     ) -> Result<Digest> {
-        self.store_manifest(name, reference, bytes, manifest, false)
+        self.store_manifest(name, reference, bytes, manifest, false, None)
             .await
     }
 
@@ -293,8 +294,10 @@ impl Storage {
         bytes: Vec<u8>,
         manifest: ParsedManifest,
         verify_references: bool,
+        expected_tag: Option<Option<Digest>>,
     ) -> Result<Digest> {
         let (name, reference) = (name.clone(), reference.clone());
+        let tag_locks = std::sync::Arc::clone(&self.tag_locks);
         self.blocking(move |root| {
             let digest = match &reference {
                 Reference::Digest(expected) => {
@@ -312,7 +315,7 @@ impl Storage {
             for blob in manifest.referenced_blobs().filter(|_| verify_references) {
                 let linked = read_link(root, &paths::layer_link(&name, &blob.digest))?;
                 if linked.as_ref() != Some(&blob.digest)
-                    || !Storage::blob_exists(root, &blob.digest)
+                    || !FsStorage::blob_exists(root, &blob.digest)
                 {
                     return Err(StorageError::ManifestBlobUnknown(blob.digest.clone()));
                 }
@@ -322,7 +325,7 @@ impl Storage {
                     return Err(StorageError::ManifestBlobUnknown(child.digest.clone()));
                 }
             }
-            if !Storage::blob_exists(root, &digest) {
+            if !FsStorage::blob_exists(root, &digest) {
                 write_atomic(root, &paths::blob_data(&digest), &bytes)?;
             }
             let mut links = vec![paths::revision_link(&name, &digest)];
@@ -333,6 +336,20 @@ impl Storage {
                 links.push(paths::tag_index_link(&name, tag, &digest));
                 links.push(paths::tag_current_link(&name, tag));
             }
+            // The tag moves only if it still names what the caller checked
+            // (the policy's `current-digest`): one writer per tag at a time
+            // in this process, which is every writer of this directory.
+            let _tag_guard = match (&reference, &expected_tag) {
+                (Reference::Tag(tag), Some(expected)) => {
+                    let guard = tag_locks.lock(&name, tag);
+                    let now = read_link(root, &paths::tag_current_link(&name, tag))?;
+                    if &now != expected {
+                        return Err(StorageError::TagChanged(tag.clone()));
+                    }
+                    Some(guard)
+                }
+                _ => None,
+            };
             // All links or none: a push that fails part-way (a full disk)
             // must not leave the manifest served. The bytes may stay; gc
             // sweeps them.

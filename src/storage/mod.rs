@@ -8,11 +8,13 @@
 //! This layer knows nothing of HTTP; the API layer maps `StorageError` to the
 //! spec's error codes.
 
+mod backend;
 mod blobs;
 pub mod fsck;
 pub mod gc;
 mod manifests;
 pub mod paths;
+pub mod s3;
 pub mod uploads;
 
 use std::io::{self, Read, Write};
@@ -27,6 +29,7 @@ use cap_std::fs::Dir;
 
 use crate::reference::{Digest, RepositoryName, UploadId};
 
+pub use backend::Storage;
 pub use blobs::{BlobInfo, BlobReader};
 pub use manifests::{
     Descriptor, ManifestKind, ParsedManifest, StoredManifest, MEDIA_TYPE_DOCKER_LIST,
@@ -58,8 +61,42 @@ pub enum StorageError {
     ManifestDigestMismatch { expected: Digest, actual: Digest },
     #[error("client body error: {0}")]
     Body(String),
+    #[error("tag {0} was changed by another push while this one was checked; try again")]
+    TagChanged(crate::reference::Tag),
+    #[error("storage backend unavailable: {0}")]
+    Unavailable(String),
     #[error("storage I/O error: {0}")]
     Io(#[from] io::Error),
+}
+
+/// Striped locks serialising tag updates within one process: a tag's check
+/// (what it names now) and its move happen under the same lock.
+pub(crate) struct TagLocks([std::sync::Mutex<()>; 64]);
+
+impl Default for TagLocks {
+    fn default() -> Self {
+        Self(std::array::from_fn(|_| std::sync::Mutex::new(())))
+    }
+}
+
+impl TagLocks {
+    pub(crate) fn lock(
+        &self,
+        name: &RepositoryName,
+        tag: &crate::reference::Tag,
+    ) -> std::sync::MutexGuard<'_, ()> {
+        self.0[tag_stripe(name, tag, self.0.len())]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Which of `stripes` locks guards a tag.
+pub(crate) fn tag_stripe(name: &RepositoryName, tag: &crate::reference::Tag, stripes: usize) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (name.as_str(), tag.as_str()).hash(&mut hasher);
+    (hasher.finish() % stripes as u64) as usize
 }
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
@@ -215,16 +252,17 @@ fn chown_group(fd: impl std::os::fd::AsFd, gid: u32) -> io::Result<()> {
 
 /// The registry's content store on a local filesystem.
 #[derive(Clone)]
-pub struct Storage {
+pub struct FsStorage {
     root: Arc<Root>,
     location: PathBuf,
     settings: StorageSettings,
     uploads: Arc<uploads::Sessions>,
-    /// Whether [`Storage::small_read`] runs on the caller's thread.
+    /// Whether [`FsStorage::small_read`] runs on the caller's thread.
     inline_small_reads: bool,
+    tag_locks: Arc<TagLocks>,
 }
 
-impl Storage {
+impl FsStorage {
     /// Opens (creating if needed) the data directory at `root`.
     pub fn open(root: &Path, settings: StorageSettings) -> io::Result<Self> {
         let layout = root.join(paths::LAYOUT_ROOT);
@@ -269,6 +307,7 @@ impl Storage {
             settings,
             uploads: Arc::new(uploads::Sessions::default()),
             inline_small_reads,
+            tag_locks: Arc::default(),
         })
     }
 

@@ -22,7 +22,7 @@ use sha2::{Digest as _, Sha256, Sha512};
 use tokio::sync::{mpsc, Mutex as AsyncMutex, OwnedMutexGuard};
 
 use super::{
-    move_into, paths, remove_tree, stage_file, sync_dir, Result, Root, Storage, StorageError,
+    move_into, paths, remove_tree, stage_file, sync_dir, Result, Root, FsStorage, StorageError,
 };
 use crate::reference::{Algorithm, Digest, RepositoryName, UploadId};
 
@@ -134,7 +134,7 @@ where
     (received, None)
 }
 
-impl Storage {
+impl FsStorage {
     /// Creates an empty upload session in `name`.
     pub async fn start_upload(&self, name: &RepositoryName) -> Result<UploadId> {
         let name = name.clone();
@@ -390,7 +390,7 @@ fn session_size(root: &Dir, name: &RepositoryName, id: UploadId) -> Result<Uploa
     }
 }
 
-/// The writer thread of a one-shot upload: see [`Storage::put_blob`].
+/// The writer thread of a one-shot upload: see [`FsStorage::put_blob`].
 fn store_blob(
     root: &Root,
     name: &RepositoryName,

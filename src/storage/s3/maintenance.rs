@@ -1,0 +1,320 @@
+//! `gc`, `fsck` and upload expiry on the object store: the same rules as on
+//! the filesystem (`gc.rs`, `fsck.rs`), with object times for file times.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use indicatif::ProgressBar;
+use object_store::{ObjectStore, ObjectStoreExt};
+use sha2::Digest as _;
+
+use super::S3Storage;
+use crate::reference::{Algorithm, Digest, RepositoryName, Tag, UploadId};
+use crate::storage::fsck::{Finding, FsckReport, QUARANTINE};
+use crate::storage::gc::{GcReport, Removal};
+use crate::storage::manifests::ParsedManifest;
+use crate::storage::{paths, Result, StorageError};
+
+fn older_than(time: chrono::DateTime<chrono::Utc>, age: Duration) -> bool {
+    (chrono::Utc::now() - time)
+        .to_std()
+        .is_ok_and(|elapsed| elapsed > age)
+}
+
+/// The digest of a blob data key's layout path (`blobs/<alg>/<xx>/<hex>/data`).
+fn blob_digest(relative: &str) -> Option<Digest> {
+    let mut parts = relative.split('/');
+    let (blobs, alg, _, hex, data) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if blobs != paths::BLOBS || data != "data" || parts.next().is_some() {
+        return None;
+    }
+    Digest::from_parts(Algorithm::parse(alg)?, hex)
+}
+
+impl S3Storage {
+    /// Removes sessions (and their multipart uploads and tails) untouched
+    /// for longer than `max_age`.
+    async fn expire(&self, max_age: Duration, dry_run: bool) -> Result<Vec<Removal>> {
+        let mut removed = Vec::new();
+        for name in self.walk_repositories(true).await? {
+            for id in self.list_dir(paths::uploads_dir(&name)).await? {
+                let Ok(upload) = UploadId::parse(&id) else { continue };
+                // The newest object of the session says when it was last used.
+                let prefix = self.key(paths::upload_dir(&name, upload));
+                let mut objects = self.s3.list(Some(&prefix));
+                let mut newest = None;
+                while let Some(meta) = objects.next().await {
+                    let meta = meta.map_err(|e| self.unavailable(e))?;
+                    newest = newest.max(Some(meta.last_modified));
+                }
+                if !newest.is_some_and(|t| older_than(t, max_age)) {
+                    continue;
+                }
+                let bytes = if dry_run {
+                    self.load_session(&name, upload).await.map(|(s, _)| s.size).unwrap_or(0)
+                } else {
+                    self.remove_session(&name, upload).await?
+                };
+                removed.push(Removal::Upload {
+                    repository: name.clone(),
+                    id,
+                    bytes,
+                });
+            }
+        }
+        Ok(removed)
+    }
+
+    pub async fn expire_uploads(&self) -> Result<Vec<Removal>> {
+        self.expire(self.settings.upload_max_age, false).await
+    }
+
+    /// Marks a manifest and everything it references (iteratively).
+    async fn mark_manifest(&self, digest: &Digest, marked: &mut HashSet<Digest>) -> Result<()> {
+        let mut pending = vec![digest.clone()];
+        while let Some(digest) = pending.pop() {
+            if !marked.insert(digest.clone()) {
+                continue;
+            }
+            let Some(bytes) = self.read_manifest_bytes(&digest).await? else {
+                continue;
+            };
+            let Ok(manifest) = ParsedManifest::parse(&bytes, None) else {
+                tracing::warn!(%digest, "gc: manifest cannot be parsed; keeping it but not its references");
+                continue;
+            };
+            for blob in manifest.referenced_blobs().chain(manifest.layers.iter()) {
+                marked.insert(blob.digest.clone());
+            }
+            pending.extend(manifest.manifests.iter().map(|child| child.digest.clone()));
+        }
+        Ok(())
+    }
+
+    /// Mark and sweep. Blobs younger than `storage.upload_max_age` are never
+    /// swept: an upload in progress on any replica may be about to name them.
+    pub async fn collect_garbage(&self, dry_run: bool, progress: ProgressBar) -> Result<GcReport> {
+        let grace = self.settings.upload_max_age;
+        let mut report = GcReport::default();
+        let repositories = self.walk_repositories(true).await?;
+        progress.set_length(repositories.len() as u64);
+        progress.set_message("marking");
+        let mut marked = HashSet::new();
+        for name in &repositories {
+            for digest in self.list_digest_dirs(&paths::revisions_dir(name)).await? {
+                report.manifests_scanned += 1;
+                self.mark_manifest(&digest, &mut marked).await?;
+            }
+            progress.inc(1);
+        }
+
+        progress.set_message("sweeping blobs");
+        let prefix = self.key(paths::BLOBS);
+        let mut listing = self.s3.list(Some(&prefix));
+        let mut swept = HashSet::new();
+        while let Some(meta) = listing.next().await {
+            let meta = meta.map_err(|e| self.unavailable(e))?;
+            let Some(digest) = self.relative(&meta.location).and_then(blob_digest) else {
+                continue;
+            };
+            if marked.contains(&digest) || !older_than(meta.last_modified, grace) {
+                report.kept_blobs += 1;
+                continue;
+            }
+            if !dry_run {
+                self.delete(&meta.location).await?;
+            }
+            report.removed.push(Removal::Blob {
+                digest: digest.clone(),
+                bytes: meta.size,
+            });
+            swept.insert(digest);
+        }
+
+        progress.set_message("links");
+        if !dry_run {
+            for name in &repositories {
+                for digest in self.list_digest_dirs(&paths::layers_dir(name)).await? {
+                    if swept.contains(&digest) {
+                        self.delete_tree(paths::layer_link_dir(name, &digest)).await?;
+                    }
+                }
+            }
+        }
+        report
+            .removed
+            .extend(self.expire(grace, dry_run).await?);
+        progress.finish_and_clear();
+        Ok(report)
+    }
+
+    /// SHA-256 or SHA-512 of an object, streamed; `None` when it is gone.
+    async fn hash_blob(&self, digest: &Digest) -> Result<Option<Digest>> {
+        let key = self.key(paths::blob_data(digest));
+        let got = match self.s3.get(&key).await {
+            Ok(got) => got,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(self.unavailable(e)),
+        };
+        let mut chunks = got.into_stream();
+        let mut sha256 = sha2::Sha256::new();
+        let mut sha512 = sha2::Sha512::new();
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(|e| self.unavailable(e))?;
+            match digest.algorithm() {
+                Algorithm::Sha256 => sha256.update(&chunk),
+                Algorithm::Sha512 => sha512.update(&chunk),
+            }
+        }
+        let hex = match digest.algorithm() {
+            Algorithm::Sha256 => hex::encode(sha256.finalize()),
+            Algorithm::Sha512 => hex::encode(sha512.finalize()),
+        };
+        Ok(Digest::from_parts(digest.algorithm(), &hex))
+    }
+
+    pub async fn fsck(&self, repair: bool, progress: ProgressBar) -> Result<FsckReport> {
+        let mut report = FsckReport::default();
+        progress.set_message("hashing blobs");
+        let prefix = self.key(paths::BLOBS);
+        let mut listing = self.s3.list(Some(&prefix));
+        let mut stored = HashSet::new();
+        let mut blobs = Vec::new();
+        while let Some(meta) = listing.next().await {
+            let meta = meta.map_err(|e| self.unavailable(e))?;
+            if let Some(digest) = self.relative(&meta.location).and_then(blob_digest) {
+                blobs.push(digest);
+            }
+        }
+        progress.set_length(blobs.len() as u64);
+        for digest in blobs {
+            progress.inc(1);
+            let Some(actual) = self.hash_blob(&digest).await? else {
+                continue;
+            };
+            report.blobs_checked += 1;
+            if actual == digest {
+                stored.insert(digest);
+                continue;
+            }
+            if repair {
+                let data = self.key(paths::blob_data(&digest));
+                let target = self.key(PathBuf::from(QUARANTINE).join(format!(
+                    "{}-{}",
+                    digest.algorithm().as_str(),
+                    digest.hex()
+                )));
+                self.s3
+                    .copy(&data, &target)
+                    .await
+                    .map_err(|e| self.unavailable(e))?;
+                self.delete(&data).await?;
+            }
+            report.found(Finding::CorruptBlob { digest, actual }, repair);
+        }
+
+        let repositories = self.walk_repositories(false).await?;
+        progress.set_length(repositories.len() as u64);
+        progress.set_position(0);
+        progress.set_message("repositories");
+        for name in &repositories {
+            progress.inc(1);
+            self.check_repository(name, &stored, repair, &mut report)
+                .await?;
+        }
+        progress.finish_and_clear();
+        Ok(report)
+    }
+
+    async fn check_repository(
+        &self,
+        name: &RepositoryName,
+        stored: &HashSet<Digest>,
+        repair: bool,
+        report: &mut FsckReport,
+    ) -> Result<()> {
+        for digest in self.list_digest_dirs(&paths::layers_dir(name)).await? {
+            let link = paths::layer_link(name, &digest);
+            let finding = match self.read_link(&link).await {
+                Ok(Some(linked)) if linked == digest => {
+                    if stored.contains(&digest) {
+                        continue;
+                    }
+                    Finding::DanglingLayer {
+                        repository: name.clone(),
+                        digest: digest.clone(),
+                    }
+                }
+                Ok(None) => continue,
+                Err(StorageError::Unavailable(e)) => return Err(StorageError::Unavailable(e)),
+                _ => Finding::BadLink { path: link },
+            };
+            if repair {
+                self.delete_tree(paths::layer_link_dir(name, &digest)).await?;
+            }
+            report.found(finding, repair);
+        }
+        let revisions = self.list_digest_dirs(&paths::revisions_dir(name)).await?;
+        for digest in &revisions {
+            report.manifests_checked += 1;
+            let problem = match self.read_manifest_bytes(digest).await? {
+                None => Some("its bytes are not stored".to_owned()),
+                Some(bytes) => match ParsedManifest::parse(&bytes, None) {
+                    Err(e) => Some(e.to_string()),
+                    Ok(manifest) => {
+                        for blob in manifest.referenced_blobs() {
+                            if !stored.contains(&blob.digest) {
+                                report.findings.push(Finding::MissingReference {
+                                    repository: name.clone(),
+                                    manifest: digest.clone(),
+                                    missing: blob.digest.clone(),
+                                });
+                            }
+                        }
+                        for child in &manifest.manifests {
+                            if !revisions.contains(&child.digest) {
+                                report.findings.push(Finding::MissingReference {
+                                    repository: name.clone(),
+                                    manifest: digest.clone(),
+                                    missing: child.digest.clone(),
+                                });
+                            }
+                        }
+                        None
+                    }
+                },
+            };
+            if let Some(reason) = problem {
+                report.findings.push(Finding::BadManifest {
+                    repository: name.clone(),
+                    digest: digest.clone(),
+                    reason,
+                });
+            }
+        }
+        for tag in self.list_dir(paths::tags_dir(name)).await? {
+            let Ok(tag) = Tag::parse(&tag) else { continue };
+            let current = paths::tag_current_link(name, &tag);
+            let finding = match self.read_link(&current).await {
+                Ok(Some(digest)) if revisions.contains(&digest) && stored.contains(&digest) => {
+                    continue
+                }
+                Ok(Some(digest)) => Finding::DanglingTag {
+                    repository: name.clone(),
+                    tag: tag.clone(),
+                    digest,
+                },
+                Ok(None) => continue,
+                Err(StorageError::Unavailable(e)) => return Err(StorageError::Unavailable(e)),
+                Err(_) => Finding::BadLink { path: current },
+            };
+            if repair {
+                self.delete_tree(paths::tag_dir(name, &tag)).await?;
+            }
+            report.found(finding, repair);
+        }
+        Ok(())
+    }
+}

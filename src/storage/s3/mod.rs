@@ -1,0 +1,813 @@
+//! Content storage on an S3-compatible object store (Garage, MinIO, Ceph RGW,
+//! AWS S3), shared by any number of stateless replicas.
+//!
+//! The keys are Distribution's layout (`docker/registry/v2/...`, the same
+//! paths as the filesystem backend, from `paths.rs`) under the configured
+//! prefix, so Distribution's S3 driver and this backend read each other's
+//! blobs, manifests and tags. Keys are built only from typed names.
+//!
+//! What differs from the filesystem: there is no rename, so uploads go to a
+//! staging object (an S3 multipart upload) that is copied to its content
+//! address once its digest is verified; upload sessions are objects
+//! (`_uploads/<id>/session`), so any replica continues any session; and a
+//! tag moves with a conditional write where the store enforces those
+//! (detected at start-up), else with a check immediately before the write.
+
+mod maintenance;
+mod uploads;
+
+use std::path::Path as FsPath;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::{self, BoxStream, StreamExt, TryStreamExt};
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path;
+use object_store::{
+    ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode, PutOptions,
+    PutPayload, RetryConfig, UpdateVersion,
+};
+
+use super::manifests::{stored_media_type, Descriptor, ParsedManifest, StoredManifest};
+use super::{paths, tag_stripe, BlobInfo, Result, StorageError, StorageSettings};
+use crate::config::{ConditionalWrites, StorageConfig};
+use crate::reference::{Algorithm, Digest, Reference, RepositoryName, Tag};
+
+/// Stored manifests are read back with a cap, as on the filesystem.
+const MANIFEST_LIMIT: u64 = 64 * 1024 * 1024;
+/// Requests to the store in flight at once for one operation (a manifest's
+/// references checked, the tags of a repository listed).
+const FAN_OUT: usize = 16;
+
+/// The store's view of conditional writes, found at start-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conditional {
+    /// `If-None-Match: *` and `If-Match` on PUT are enforced: tags move race-free.
+    Enforced,
+    /// The store ignores them (Garage 2.5), or the config said `off`.
+    NotEnforced,
+}
+
+pub struct S3Storage {
+    s3: Arc<AmazonS3>,
+    /// Keys start with this (the prefix, then `docker/registry/v2`), no trailing `/`.
+    root: String,
+    settings: StorageSettings,
+    part_size: usize,
+    conditional: Conditional,
+    redirect: bool,
+    description: String,
+    tag_locks: Vec<tokio::sync::Mutex<()>>,
+}
+
+impl std::fmt::Debug for S3Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.description)
+    }
+}
+
+/// An open blob on the store: where it is and how long it is.
+pub struct RemoteBlob {
+    s3: Arc<AmazonS3>,
+    key: Path,
+    description: Arc<str>,
+}
+
+impl RemoteBlob {
+    pub(crate) fn stream(
+        self,
+        start: u64,
+        end: u64,
+    ) -> BoxStream<'static, std::io::Result<Bytes>> {
+        if start >= end {
+            return stream::empty().boxed();
+        }
+        let description = self.description;
+        let s3 = self.s3;
+        let key = self.key;
+        let options = GetOptions {
+            range: Some(GetRange::Bounded(start..end)),
+            ..Default::default()
+        };
+        stream::once(async move {
+            let result = s3.get_opts(&key, options).await;
+            match result {
+                Ok(got) => {
+                    let description = Arc::clone(&description);
+                    got.into_stream()
+                        .map_err(move |e| std::io::Error::other(format!("{description}: {e}")))
+                        .boxed()
+                }
+                Err(e) => stream::once(async move {
+                    Err(std::io::Error::other(format!("{description}: {e}")))
+                })
+                .boxed(),
+            }
+        })
+        .flatten()
+        .boxed()
+    }
+}
+
+impl S3Storage {
+    /// Connects to the store the config names and probes it: the bucket must
+    /// be reachable and writable, and whether it enforces conditional writes
+    /// is found out on a scratch key.
+    pub async fn open(config: &StorageConfig, settings: StorageSettings) -> Result<Self> {
+        let bucket = config.bucket.clone().unwrap_or_default();
+        let mut builder = AmazonS3Builder::from_env()
+            .with_bucket_name(&bucket)
+            .with_region(&config.region)
+            .with_retry(RetryConfig {
+                max_retries: config.max_retries,
+                retry_timeout: config.retry_timeout,
+                backoff: Default::default(),
+            })
+            .with_client_options(
+                ClientOptions::new()
+                    .with_timeout(config.request_timeout)
+                    .with_connect_timeout(config.connect_timeout),
+            );
+        if let Some(endpoint) = &config.endpoint {
+            builder = builder
+                .with_endpoint(endpoint)
+                .with_allow_http(endpoint.starts_with("http://"))
+                .with_virtual_hosted_style_request(false);
+        }
+        if let Some(id) = &config.access_key_id {
+            builder = builder.with_access_key_id(id);
+        }
+        if let Some(secret) = &config.secret_access_key {
+            builder = builder.with_secret_access_key(secret.expose());
+        }
+        let description = format!(
+            "S3 bucket {bucket:?} at {}",
+            config.endpoint.as_deref().unwrap_or("AWS")
+        );
+        let s3 = builder.build().map_err(|e| {
+            StorageError::Unavailable(format!("{description}: cannot configure the client: {e}"))
+        })?;
+        let prefix = config.prefix.trim_matches('/');
+        let root = if prefix.is_empty() {
+            paths::LAYOUT_ROOT.to_owned()
+        } else {
+            format!("{prefix}/{}", paths::LAYOUT_ROOT)
+        };
+        let mut storage = Self {
+            s3: Arc::new(s3),
+            root,
+            settings,
+            part_size: config.part_size.as_u64() as usize,
+            conditional: Conditional::NotEnforced,
+            redirect: config.redirect,
+            description,
+            tag_locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
+        };
+        storage.probe_writable().await?;
+        if config.conditional_writes == ConditionalWrites::Auto {
+            storage.conditional = storage.detect_conditional_writes().await?;
+        }
+        match storage.conditional {
+            Conditional::Enforced => tracing::info!(
+                store = %storage.description,
+                "the store enforces conditional writes: tag updates are race-free across replicas"
+            ),
+            Conditional::NotEnforced => tracing::warn!(
+                store = %storage.description,
+                "the store does not enforce conditional writes (If-None-Match/If-Match on PUT): \
+                 two replicas moving the same tag at the same moment can both pass the \
+                 tag-immutability check; the later write wins. The window is one round trip \
+                 to the store (the tag is re-read just before it is written), and pushes \
+                 through one replica are serialised"
+            ),
+        }
+        Ok(storage)
+    }
+
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    pub fn settings(&self) -> &StorageSettings {
+        &self.settings
+    }
+
+    pub fn conditional(&self) -> Conditional {
+        self.conditional
+    }
+
+    /// The key of a layout path (`paths.rs`).
+    fn key(&self, path: impl AsRef<FsPath>) -> Path {
+        let path = path.as_ref().to_string_lossy();
+        Path::from(format!("{}/{}", self.root, path.trim_matches('/')))
+    }
+
+    /// The layout path of a key below the root, as `/`-separated text.
+    fn relative<'a>(&self, key: &'a Path) -> Option<&'a str> {
+        key.as_ref()
+            .strip_prefix(self.root.as_str())
+            .and_then(|rest| rest.strip_prefix('/'))
+    }
+
+    fn unavailable(&self, e: object_store::Error) -> StorageError {
+        StorageError::Unavailable(format!("{}: {e}", self.description))
+    }
+
+    /// An object's bytes (at most `limit`), or `None` when it does not exist.
+    async fn get_small(&self, key: &Path, limit: u64) -> Result<Option<(Bytes, Option<String>)>> {
+        match self.s3.get(key).await {
+            Ok(got) => {
+                if got.meta.size > limit {
+                    return Err(StorageError::Io(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("object {key} is larger than {limit} bytes"),
+                    )));
+                }
+                let e_tag = got.meta.e_tag.clone();
+                let bytes = got.bytes().await.map_err(|e| self.unavailable(e))?;
+                Ok(Some((bytes, e_tag)))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.unavailable(e)),
+        }
+    }
+
+    /// A link object's digest and etag; `None` when it does not exist.
+    async fn read_link_tagged(&self, path: impl AsRef<FsPath>) -> Result<Option<(Digest, Option<String>)>> {
+        let key = self.key(path);
+        let Some((bytes, e_tag)) = self.get_small(&key, 256).await? else {
+            return Ok(None);
+        };
+        let text = std::str::from_utf8(&bytes).unwrap_or("");
+        match Digest::parse(text.trim()) {
+            Ok(d) => Ok(Some((d, e_tag))),
+            Err(_) => Err(StorageError::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("corrupt link object {key}"),
+            ))),
+        }
+    }
+
+    async fn read_link(&self, path: impl AsRef<FsPath>) -> Result<Option<Digest>> {
+        Ok(self.read_link_tagged(path).await?.map(|(d, _)| d))
+    }
+
+    async fn put(&self, key: &Path, bytes: Bytes) -> Result<()> {
+        self.s3
+            .put(key, PutPayload::from(bytes))
+            .await
+            .map(|_| ())
+            .map_err(|e| self.unavailable(e))
+    }
+
+    async fn write_link(&self, path: impl AsRef<FsPath>, digest: &Digest) -> Result<()> {
+        self.put(&self.key(path), Bytes::from(digest.to_string()))
+            .await
+    }
+
+    /// Size of an object, or `None` when it does not exist.
+    async fn size_of(&self, key: &Path) -> Result<Option<u64>> {
+        match self.s3.head(key).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.unavailable(e)),
+        }
+    }
+
+    async fn delete(&self, key: &Path) -> Result<()> {
+        match self.s3.delete(key).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.unavailable(e)),
+        }
+    }
+
+    /// Deletes every object below a layout directory; returns whether there were any.
+    async fn delete_tree(&self, dir: impl AsRef<FsPath>) -> Result<bool> {
+        let prefix = self.key(dir);
+        let keys: Vec<Path> = self
+            .s3
+            .list(Some(&prefix))
+            .map_ok(|meta| meta.location)
+            .try_collect()
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        let any = !keys.is_empty();
+        let mut deleted = self
+            .s3
+            .delete_stream(stream::iter(keys.into_iter().map(Ok)).boxed());
+        while let Some(result) = deleted.next().await {
+            match result {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(self.unavailable(e)),
+            }
+        }
+        Ok(any)
+    }
+
+    /// Names of the entries (sub-directories and objects) of a layout directory.
+    async fn list_dir(&self, dir: impl AsRef<FsPath>) -> Result<Vec<String>> {
+        let prefix = self.key(dir);
+        let listing = self
+            .s3
+            .list_with_delimiter(Some(&prefix))
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        Ok(listing
+            .common_prefixes
+            .iter()
+            .chain(listing.objects.iter().map(|o| &o.location))
+            .filter_map(|p| p.filename().map(str::to_owned))
+            .collect())
+    }
+
+    /// Digests whose link directories sit below `dir/<alg>/<hex>`.
+    async fn list_digest_dirs(&self, dir: &FsPath) -> Result<Vec<Digest>> {
+        let mut digests = Vec::new();
+        for algorithm in Algorithm::ALL {
+            for hex in self.list_dir(dir.join(algorithm.as_str())).await? {
+                if let Some(d) = Digest::from_parts(algorithm, &hex) {
+                    digests.push(d);
+                }
+            }
+        }
+        Ok(digests)
+    }
+
+    /// Writes and removes a scratch object: the readiness probe.
+    pub async fn probe_writable(&self) -> Result<()> {
+        let key = self.key(format!("_portcullis/probe/{}", uuid::Uuid::new_v4()));
+        self.put(&key, Bytes::from_static(b"probe")).await?;
+        self.delete(&key).await
+    }
+
+    /// Creates a scratch key twice with `If-None-Match: *`: a store that
+    /// enforces conditional writes refuses the second.
+    async fn detect_conditional_writes(&self) -> Result<Conditional> {
+        let key = self.key(format!("_portcullis/conditional-probe/{}", uuid::Uuid::new_v4()));
+        let create = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        let first = self
+            .s3
+            .put_opts(&key, PutPayload::from_static(b"1"), create.clone())
+            .await;
+        let second = self
+            .s3
+            .put_opts(&key, PutPayload::from_static(b"2"), create)
+            .await;
+        let _ = self.s3.delete(&key).await;
+        match (first, second) {
+            (Ok(_), Err(object_store::Error::AlreadyExists { .. }))
+            | (Ok(_), Err(object_store::Error::Precondition { .. })) => Ok(Conditional::Enforced),
+            (Ok(_), Ok(_)) => Ok(Conditional::NotEnforced),
+            (Err(e), _) | (_, Err(e)) => Err(self.unavailable(e)),
+        }
+    }
+
+    // ---- blobs
+
+    async fn linked_blob(&self, name: &RepositoryName, digest: &Digest) -> Result<u64> {
+        let data = self.key(paths::blob_data(digest));
+        let (link, size) = tokio::try_join!(
+            self.read_link(paths::layer_link(name, digest)),
+            self.size_of(&data)
+        )?;
+        match (link, size) {
+            (Some(linked), Some(size)) if &linked == digest => Ok(size),
+            _ => Err(StorageError::BlobUnknown(digest.clone())),
+        }
+    }
+
+    pub async fn stat_blob(&self, name: &RepositoryName, digest: &Digest) -> Result<BlobInfo> {
+        let size = self.linked_blob(name, digest).await?;
+        Ok(BlobInfo {
+            digest: digest.clone(),
+            size,
+        })
+    }
+
+    pub async fn open_blob(&self, name: &RepositoryName, digest: &Digest) -> Result<(RemoteBlob, u64)> {
+        let size = self.linked_blob(name, digest).await?;
+        Ok((
+            RemoteBlob {
+                s3: Arc::clone(&self.s3),
+                key: self.key(paths::blob_data(digest)),
+                description: Arc::from(self.description.as_str()),
+            },
+            size,
+        ))
+    }
+
+    /// With `redirect = true`: a presigned URL for a blob linked into `name`.
+    pub async fn blob_url(&self, name: &RepositoryName, digest: &Digest) -> Result<Option<String>> {
+        if !self.redirect {
+            return Ok(None);
+        }
+        self.linked_blob(name, digest).await?;
+        let key = self.key(paths::blob_data(digest));
+        let url = object_store::signer::Signer::signed_url(
+            self.s3.as_ref(),
+            axum::http::Method::GET,
+            &key,
+            Duration::from_secs(20 * 60),
+        )
+        .await
+        .map_err(|e| self.unavailable(e))?;
+        Ok(Some(url.to_string()))
+    }
+
+    pub async fn mount_blob(
+        &self,
+        name: &RepositoryName,
+        from: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<Option<BlobInfo>> {
+        match self.stat_blob(from, digest).await {
+            Ok(info) => {
+                self.write_link(paths::layer_link(name, digest), digest).await?;
+                Ok(Some(info))
+            }
+            Err(StorageError::BlobUnknown(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn delete_blob(&self, name: &RepositoryName, digest: &Digest) -> Result<()> {
+        if self.read_link(paths::layer_link(name, digest)).await?.is_none() {
+            return Err(StorageError::BlobUnknown(digest.clone()));
+        }
+        self.delete_tree(paths::layer_link_dir(name, digest)).await?;
+        Ok(())
+    }
+
+    /// Bytes held in blobs, for the storage metric.
+    pub async fn blob_bytes(&self) -> Result<u64> {
+        let prefix = self.key(paths::BLOBS);
+        let mut listing = self.s3.list(Some(&prefix));
+        let mut total = 0;
+        while let Some(meta) = listing.next().await {
+            let meta = meta.map_err(|e| self.unavailable(e))?;
+            if meta.location.filename() == Some("data") {
+                total += meta.size;
+            }
+        }
+        Ok(total)
+    }
+
+    // ---- manifests and tags
+
+    /// Whether a blob's content is stored (linked anywhere or not).
+    async fn blob_exists(&self, digest: &Digest) -> Result<bool> {
+        Ok(self.size_of(&self.key(paths::blob_data(digest))).await?.is_some())
+    }
+
+    pub async fn store_manifest(
+        &self,
+        name: &RepositoryName,
+        reference: &Reference,
+        bytes: Vec<u8>,
+        manifest: ParsedManifest,
+        verify_references: bool,
+        expected_tag: Option<Option<Digest>>,
+    ) -> Result<Digest> {
+        let digest = match reference {
+            Reference::Digest(expected) => {
+                let actual = Digest::of(expected.algorithm(), &bytes);
+                if &actual != expected {
+                    return Err(StorageError::ManifestDigestMismatch {
+                        expected: expected.clone(),
+                        actual,
+                    });
+                }
+                actual
+            }
+            Reference::Tag(_) => Digest::of(Algorithm::Sha256, &bytes),
+        };
+        if verify_references {
+            let blobs = manifest.referenced_blobs().map(|blob| async move {
+                let linked = self.read_link(paths::layer_link(name, &blob.digest)).await?;
+                if linked.as_ref() != Some(&blob.digest) || !self.blob_exists(&blob.digest).await? {
+                    return Err(StorageError::ManifestBlobUnknown(blob.digest.clone()));
+                }
+                Ok(())
+            });
+            stream::iter(blobs.collect::<Vec<_>>())
+                .buffer_unordered(FAN_OUT)
+                .try_collect::<Vec<()>>()
+                .await?;
+            let children = manifest.manifests.iter().map(|child| async move {
+                if self.read_link(paths::revision_link(name, &child.digest)).await?.is_none() {
+                    return Err(StorageError::ManifestBlobUnknown(child.digest.clone()));
+                }
+                Ok(())
+            });
+            stream::iter(children.collect::<Vec<_>>())
+                .buffer_unordered(FAN_OUT)
+                .try_collect::<Vec<()>>()
+                .await?;
+        }
+        let revision = paths::revision_link(name, &digest);
+        let had_revision = self.read_link(&revision).await?.is_some();
+        // Content first, then the links that make it visible; the tag last,
+        // so nobody reads a tag naming a manifest that is not there yet.
+        let data = self.key(paths::blob_data(&digest));
+        if self.size_of(&data).await? != Some(bytes.len() as u64) {
+            self.put(&data, Bytes::from(bytes)).await?;
+        }
+        let mut links = vec![revision];
+        if let Some(subject) = &manifest.subject {
+            links.push(paths::referrer_link(name, &subject.digest, &digest));
+        }
+        let tag = match reference {
+            Reference::Tag(tag) => {
+                links.push(paths::tag_index_link(name, tag, &digest));
+                Some(tag)
+            }
+            Reference::Digest(_) => None,
+        };
+        for link in &links {
+            self.write_link(link, &digest).await?;
+        }
+        let Some(tag) = tag else {
+            return Ok(digest);
+        };
+        match self.move_tag(name, tag, &digest, expected_tag).await {
+            Err(StorageError::TagChanged(t)) => {
+                // The push lost a race for the tag: what it made visible goes.
+                if !had_revision {
+                    self.delete_tree(paths::revision_link_dir(name, &digest)).await?;
+                    if let Some(subject) = &manifest.subject {
+                        self.delete_tree(paths::referrer_link_dir(name, &subject.digest, &digest))
+                            .await?;
+                    }
+                }
+                Err(StorageError::TagChanged(t))
+            }
+            other => other.map(|()| digest),
+        }
+    }
+
+    /// Points `tag` at `digest` if it still names `expected` (when given).
+    async fn move_tag(
+        &self,
+        name: &RepositoryName,
+        tag: &Tag,
+        digest: &Digest,
+        expected: Option<Option<Digest>>,
+    ) -> Result<()> {
+        let path = paths::tag_current_link(name, tag);
+        let key = self.key(&path);
+        let payload = || PutPayload::from(Bytes::from(digest.to_string()));
+        let Some(expected) = expected else {
+            return self.write_link(&path, digest).await;
+        };
+        // One mover per tag in this replica; across replicas, the store decides.
+        let _guard = self.tag_locks[tag_stripe(name, tag, self.tag_locks.len())]
+            .lock()
+            .await;
+        let current = self.read_link_tagged(&path).await?;
+        if current.as_ref().map(|(d, _)| d) != expected.as_ref() {
+            return Err(StorageError::TagChanged(tag.clone()));
+        }
+        let mode = match (self.conditional, current) {
+            (Conditional::NotEnforced, _) => PutMode::Overwrite,
+            (Conditional::Enforced, None) => PutMode::Create,
+            (Conditional::Enforced, Some((_, e_tag))) => PutMode::Update(UpdateVersion {
+                e_tag,
+                version: None,
+            }),
+        };
+        let options = PutOptions {
+            mode,
+            ..Default::default()
+        };
+        match self.s3.put_opts(&key, payload(), options).await {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. }) => {
+                Err(StorageError::TagChanged(tag.clone()))
+            }
+            Err(e) => Err(self.unavailable(e)),
+        }
+    }
+
+    async fn resolve(&self, name: &RepositoryName, reference: &Reference) -> Result<Digest> {
+        let unknown = || StorageError::ManifestUnknown(reference.to_string());
+        let digest = match reference {
+            Reference::Tag(tag) => self
+                .read_link(paths::tag_current_link(name, tag))
+                .await?
+                .ok_or_else(unknown)?,
+            Reference::Digest(d) => d.clone(),
+        };
+        match self.read_link(paths::revision_link(name, &digest)).await? {
+            Some(linked) if linked == digest => Ok(digest),
+            _ => Err(unknown()),
+        }
+    }
+
+    async fn read_manifest_bytes(&self, digest: &Digest) -> Result<Option<Bytes>> {
+        Ok(self
+            .get_small(&self.key(paths::blob_data(digest)), MANIFEST_LIMIT)
+            .await?
+            .map(|(b, _)| b))
+    }
+
+    pub async fn get_manifest(
+        &self,
+        name: &RepositoryName,
+        reference: &Reference,
+    ) -> Result<StoredManifest> {
+        let unknown = || StorageError::ManifestUnknown(reference.to_string());
+        let digest = match reference {
+            Reference::Tag(tag) => self
+                .read_link(paths::tag_current_link(name, tag))
+                .await?
+                .ok_or_else(unknown)?,
+            Reference::Digest(d) => d.clone(),
+        };
+        // The revision check and the content read go out together.
+        let (linked, bytes) = tokio::try_join!(
+            self.read_link(paths::revision_link(name, &digest)),
+            self.read_manifest_bytes(&digest)
+        )?;
+        match (linked, bytes) {
+            (Some(linked), Some(bytes)) if linked == digest => Ok(StoredManifest {
+                media_type: stored_media_type(&bytes),
+                digest,
+                bytes: bytes.to_vec(),
+            }),
+            _ => Err(unknown()),
+        }
+    }
+
+    pub async fn tag_target(&self, name: &RepositoryName, tag: &Tag) -> Result<Option<Digest>> {
+        match self.resolve(name, &Reference::Tag(tag.clone())).await {
+            Ok(d) => Ok(Some(d)),
+            Err(StorageError::ManifestUnknown(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The tags of `name` and what each names now.
+    async fn tag_links(&self, name: &RepositoryName) -> Result<Vec<(Tag, Digest)>> {
+        let tags = self
+            .list_dir(paths::tags_dir(name))
+            .await?
+            .into_iter()
+            .filter_map(|t| Tag::parse(&t).ok());
+        let reads = tags.map(|tag| async move {
+            let target = self.read_link(paths::tag_current_link(name, &tag)).await?;
+            Ok::<_, StorageError>(target.map(|d| (tag, d)))
+        });
+        let found: Vec<Option<(Tag, Digest)>> = stream::iter(reads.collect::<Vec<_>>())
+            .buffer_unordered(FAN_OUT)
+            .try_collect()
+            .await?;
+        Ok(found.into_iter().flatten().collect())
+    }
+
+    pub async fn tags_pointing_to(
+        &self,
+        name: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<Vec<String>> {
+        let mut tags: Vec<String> = self
+            .tag_links(name)
+            .await?
+            .into_iter()
+            .filter(|(_, d)| d == digest)
+            .map(|(t, _)| t.to_string())
+            .collect();
+        tags.sort();
+        Ok(tags)
+    }
+
+    pub async fn delete_manifest(&self, name: &RepositoryName, digest: &Digest) -> Result<()> {
+        self.resolve(name, &Reference::Digest(digest.clone())).await?;
+        let subject = self
+            .read_manifest_bytes(digest)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|b| ParsedManifest::parse(&b, None).ok())
+            .and_then(|m| m.subject);
+        for (tag, target) in self.tag_links(name).await? {
+            if &target == digest {
+                self.delete_tree(paths::tag_dir(name, &tag)).await?;
+            }
+        }
+        if let Some(subject) = subject {
+            self.delete_tree(paths::referrer_link_dir(name, &subject.digest, digest))
+                .await?;
+        }
+        self.delete_tree(paths::revision_link_dir(name, digest)).await?;
+        Ok(())
+    }
+
+    pub async fn delete_tag(&self, name: &RepositoryName, tag: &Tag) -> Result<()> {
+        if self.read_link(paths::tag_current_link(name, tag)).await?.is_none() {
+            return Err(StorageError::ManifestUnknown(tag.to_string()));
+        }
+        self.delete_tree(paths::tag_dir(name, tag)).await?;
+        Ok(())
+    }
+
+    /// Whether `name` holds manifests or layers (the catalog's rule).
+    async fn holds_content(&self, name: &RepositoryName) -> Result<bool> {
+        let children = self.list_dir(paths::repository_dir(name)).await?;
+        Ok(children.iter().any(|c| c == "_manifests" || c == "_layers"))
+    }
+
+    pub async fn list_tags(&self, name: &RepositoryName) -> Result<Vec<String>> {
+        if !self.holds_content(name).await? {
+            return Err(StorageError::NameUnknown(name.clone()));
+        }
+        let mut tags: Vec<String> = self
+            .tag_links(name)
+            .await?
+            .into_iter()
+            .map(|(t, _)| t.to_string())
+            .collect();
+        tags.sort();
+        Ok(tags)
+    }
+
+    pub async fn list_referrers(
+        &self,
+        name: &RepositoryName,
+        subject: &Digest,
+    ) -> Result<Vec<Descriptor>> {
+        let digests = self
+            .list_digest_dirs(&paths::referrers_dir(name, subject))
+            .await?;
+        let reads = digests.into_iter().map(|digest| async move {
+            if self.read_link(paths::revision_link(name, &digest)).await?.is_none() {
+                return Ok(None);
+            }
+            let Some(bytes) = self.read_manifest_bytes(&digest).await? else {
+                return Ok(None);
+            };
+            let Ok(manifest) = ParsedManifest::parse(&bytes, None) else {
+                return Ok(None);
+            };
+            Ok::<_, StorageError>(Some(Descriptor {
+                media_type: manifest.media_type.clone(),
+                size: bytes.len() as u64,
+                digest,
+                urls: Vec::new(),
+                artifact_type: manifest.effective_artifact_type(),
+                annotations: manifest.annotations,
+            }))
+        });
+        let found: Vec<Option<Descriptor>> = stream::iter(reads.collect::<Vec<_>>())
+            .buffer_unordered(FAN_OUT)
+            .try_collect()
+            .await?;
+        let mut out: Vec<Descriptor> = found.into_iter().flatten().collect();
+        out.sort_by(|a, b| a.digest.cmp(&b.digest));
+        Ok(out)
+    }
+
+    /// Every repository name, sorted; with `with_uploads_only`, also those
+    /// holding nothing but upload sessions.
+    async fn walk_repositories(&self, with_uploads_only: bool) -> Result<Vec<RepositoryName>> {
+        let mut out = Vec::new();
+        let mut pending = vec![String::new()];
+        while let Some(prefix) = pending.pop() {
+            let dir = if prefix.is_empty() {
+                paths::REPOSITORIES.to_owned()
+            } else {
+                format!("{}/{prefix}", paths::REPOSITORIES)
+            };
+            let children = self.list_dir(&dir).await?;
+            let is_repository = children.iter().any(|c| {
+                c == "_manifests" || c == "_layers" || (with_uploads_only && c == "_uploads")
+            });
+            if is_repository {
+                if let Ok(name) = RepositoryName::parse(&prefix) {
+                    out.push(name);
+                }
+            }
+            for child in children.into_iter().filter(|c| !c.starts_with('_')) {
+                pending.push(if prefix.is_empty() {
+                    child
+                } else {
+                    format!("{prefix}/{child}")
+                });
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    pub async fn list_repositories(&self) -> Result<Vec<RepositoryName>> {
+        self.walk_repositories(false).await
+    }
+
+    pub async fn repository_exists(&self, name: &RepositoryName) -> Result<bool> {
+        Ok(!self.list_dir(paths::repository_dir(name)).await?.is_empty())
+    }
+}
