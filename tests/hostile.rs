@@ -7,7 +7,8 @@
 //! outside the storage root (which is `<tempdir>/root`, so the tempdir itself
 //! must hold nothing else) or under a suspicious name inside it, and, unless
 //! the row is one that stores, every file below `blobs/` and `repositories/`
-//! (upload sessions aside) is byte for byte what it was.
+//! (upload sessions aside) is byte for byte what it was. With the S3 backend
+//! (`PCTEST_BACKEND=s3`) the checks of files are left out.
 //!
 //! Groups: names (path traversal and the name grammar on every route kind,
 //! tags and upload ids), digests, Content-Range and chunk framing,
@@ -429,6 +430,10 @@ struct Hostile {
     registry: TestRegistry,
     /// `<tempdir>/root/docker/registry/v2`.
     layout: PathBuf,
+    /// Whether the layout's files are checked: not with the S3 backend,
+    /// whose content is not below the root (the rows' statuses and codes
+    /// are checked all the same).
+    files: bool,
     cases: AtomicUsize,
 }
 
@@ -443,11 +448,13 @@ impl Hostile {
         })
         .await;
         let layout = registry.root().join("root/docker/registry/v2");
-        assert!(layout.is_dir(), "layout under <tempdir>/root");
+        let files = !common::s3_backend();
+        assert!(!files || layout.is_dir(), "layout under <tempdir>/root");
         Self {
             group,
             registry,
             layout,
+            files,
             cases: AtomicUsize::new(0),
         }
     }
@@ -521,7 +528,7 @@ impl Hostile {
                 .replace("{id}", s.rsplit('/').next().unwrap_or("")),
             None => case.path.clone(),
         };
-        let before = (!case.stores).then(|| snapshot(&self.layout));
+        let before = (!case.stores && self.files).then(|| snapshot(&self.layout));
 
         let mut bytes = case.bytes(self.addr(), &path);
         if let Some(s) = &session {
@@ -579,7 +586,9 @@ impl Hostile {
     async fn invariants(&self, label: &str, before: Option<BTreeMap<String, String>>) {
         let base = send(self.addr(), "GET", "/v2/").await;
         assert_eq!(base.status, 200, "{label}: the registry still answers /v2/");
-        self.check_confined(label);
+        if self.files {
+            self.check_confined(label);
+        }
         if let Some(before) = before {
             let after = snapshot(&self.layout);
             if before != after {

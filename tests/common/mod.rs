@@ -8,6 +8,9 @@
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub mod garage;
+pub use garage::{unique_prefix, Garage, GarageFacts};
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -30,7 +33,16 @@ pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 
-/// A registry served in-process, with its storage root in a temporary directory.
+/// Whether the tests run against the S3 backend (`PCTEST_BACKEND=s3`, as the
+/// second pass of `tests/run.sh` does): every [`TestRegistry`] then keeps its
+/// content in the suite's Garage, under a key prefix of its own, and a test
+/// that looks at the files below its storage root skips that part.
+pub fn s3_backend() -> bool {
+    std::env::var("PCTEST_BACKEND").is_ok_and(|b| b == "s3")
+}
+
+/// A registry served in-process, with its storage root in a temporary
+/// directory (with the S3 backend, the root holds only the policy cache).
 pub struct TestRegistry {
     root: TempDir,
     config: Config,
@@ -48,13 +60,39 @@ impl TestRegistry {
     }
 
     /// Starts a registry after `configure` has adjusted the configuration.
+    /// With [`s3_backend`], its storage is the shared Garage's bucket under a
+    /// new prefix.
     pub async fn start_with(configure: impl FnOnce(&mut Config)) -> Self {
+        if s3_backend() {
+            let garage = Garage::shared().await;
+            return Self::start_s3_with(&garage, &unique_prefix(), configure).await;
+        }
+        Self::launch(|_| {}, configure).await
+    }
+
+    /// Starts a registry on the S3 backend: `garage`'s bucket, every key
+    /// below `prefix`. Two registries given the same bucket and prefix are
+    /// two replicas of one registry.
+    pub async fn start_s3_with(
+        garage: &GarageFacts,
+        prefix: &str,
+        configure: impl FnOnce(&mut Config),
+    ) -> Self {
+        Self::launch(|config| garage.configure(config, prefix), configure).await
+    }
+
+    /// A loopback listener and a temporary root, then `storage`, then `configure`.
+    async fn launch(
+        storage: impl FnOnce(&mut Config),
+        configure: impl FnOnce(&mut Config),
+    ) -> Self {
         let root = tempfile::tempdir().expect("create a temporary storage root");
         let mut config = Config {
             listen: "127.0.0.1:0".parse().expect("loopback address"),
             ..Config::default()
         };
         config.storage.root = root.path().to_owned();
+        storage(&mut config);
         configure(&mut config);
         let (addr, stop, task) = serve(config.clone()).await;
         Self {
@@ -95,6 +133,11 @@ impl TestRegistry {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The configuration it was started with (`storage.prefix` for a replica).
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
     /// The configured storage root (the directory `docker/registry/v2` lives in).

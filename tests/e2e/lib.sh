@@ -172,6 +172,25 @@ json_get() {
 
 # ---------------------------------------------------------------- portcullis
 
+# storage_env ROOT: sets STORAGE_ENV to the storage settings of a portcullis
+# on ROOT, as environment assignments. With E2E_STORAGE=s3 the content goes to
+# the S3 bucket given by PCTEST_S3_* (tests/garage.sh start writes them), under
+# a prefix of this test's own (the same for each start in the test), and ROOT
+# holds only the policy cache.
+storage_env() {
+    STORAGE_ENV=("PORTCULLIS_STORAGE__ROOT=$1")
+    [[ ${E2E_STORAGE:-filesystem} == s3 ]] || return 0
+    STORAGE_ENV+=(
+        PORTCULLIS_STORAGE__BACKEND=s3
+        "PORTCULLIS_STORAGE__ENDPOINT=$PCTEST_S3_ENDPOINT"
+        "PORTCULLIS_STORAGE__BUCKET=$PCTEST_S3_BUCKET"
+        "PORTCULLIS_STORAGE__REGION=$PCTEST_S3_REGION"
+        "PORTCULLIS_STORAGE__ACCESS_KEY_ID=$PCTEST_S3_ACCESS_KEY"
+        "PORTCULLIS_STORAGE__SECRET_ACCESS_KEY=$PCTEST_S3_SECRET_KEY"
+        "PORTCULLIS_STORAGE__PREFIX=e2e/${E2E_TMP##*/}/${WORK##*/}"
+    )
+}
+
 # start_portcullis ROOT [CONFIG]: serves ROOT on an ephemeral loopback port,
 # with CONFIG's other settings (policies, ...) if given.
 # Sets PORTCULLIS_PID, PORTCULLIS_ADDR and PORTCULLIS_LOG.
@@ -179,7 +198,8 @@ start_portcullis() {
     local root=$1 i config=()
     [[ -n ${2:-} ]] && config=(--config "$2")
     PORTCULLIS_LOG=$(mktemp "$WORK/portcullis.XXXX.log")
-    PORTCULLIS_LISTEN=127.0.0.1:0 PORTCULLIS_STORAGE__ROOT=$root \
+    storage_env "$root"
+    env PORTCULLIS_LISTEN=127.0.0.1:0 "${STORAGE_ENV[@]}" \
         "$E2E_PORTCULLIS_BIN" --log-format json serve "${config[@]}" >"$PORTCULLIS_LOG" 2>&1 &
     PORTCULLIS_PID=$!
     defer "stop_pid $PORTCULLIS_PID"
@@ -208,7 +228,8 @@ launch_portcullis() {
     local listen=$1 root=$2 i config=()
     [[ -n ${3:-} ]] && config=(--config "$3")
     PORTCULLIS_LOG=$(mktemp "$WORK/portcullis.XXXX.log")
-    PORTCULLIS_LISTEN=$listen PORTCULLIS_STORAGE__ROOT=$root \
+    storage_env "$root"
+    env "PORTCULLIS_LISTEN=$listen" "${STORAGE_ENV[@]}" \
         "$E2E_PORTCULLIS_BIN" --log-format json serve "${config[@]}" >"$PORTCULLIS_LOG" 2>&1 &
     PORTCULLIS_PID=$!
     defer "stop_pid $PORTCULLIS_PID"

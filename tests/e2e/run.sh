@@ -30,6 +30,9 @@
 #   E2E_SKIP                   test names to skip, e.g. "podman"; each counts as neither passed nor failed
 #   E2E_KEEP=1                 keep the scratch directory (logs, storage) for a look afterwards
 #   E2E_DOCKER_STORAGE_DRIVER  dockerd's storage driver (default vfs: slow, but works everywhere)
+#   E2E_STORAGE=s3             portcullis keeps its content in an S3 bucket instead of its root:
+#                              the one PCTEST_S3_* describe (source the env file that
+#                              `tests/garage.sh start DIR` writes), under a prefix per test
 #
 # Each check prints `ok - ...` or `not ok - ...`; the last line is the summary.
 
@@ -59,6 +62,25 @@ if [[ -n ${PORTCULLIS_STATIC_BIN:-} ]]; then
 fi
 # The server reads every PORTCULLIS_* variable as configuration; these are the runner's.
 unset PORTCULLIS_BIN PORTCULLIS_STATIC_BIN
+case ${E2E_STORAGE:=filesystem} in
+filesystem) ;;
+s3)
+    if [[ -z ${PCTEST_S3_ENDPOINT:-} || -z ${PCTEST_S3_BUCKET:-} || -z ${PCTEST_S3_REGION:-} ||
+        -z ${PCTEST_S3_ACCESS_KEY:-} || -z ${PCTEST_S3_SECRET_KEY:-} ]]; then
+        echo "not ok - E2E_STORAGE=s3 has its bucket in PCTEST_S3_* (source the env file of tests/garage.sh start)"
+        echo "e2e: 0 passed, 1 failed"
+        exit 1
+    fi
+    echo "# storage: S3, bucket $PCTEST_S3_BUCKET at $PCTEST_S3_ENDPOINT"
+    # Some machines point the AWS SDK at a CA bundle of their own; not needed on loopback.
+    unset AWS_CA_BUNDLE
+    ;;
+*)
+    echo "not ok - E2E_STORAGE=$E2E_STORAGE is filesystem or s3"
+    echo "e2e: 0 passed, 1 failed"
+    exit 1
+    ;;
+esac
 
 # Short path: dockerd's unix sockets live below it (108-byte limit).
 E2E_TMP=$(mktemp -d /tmp/pc-e2e.XXXX)
@@ -76,7 +98,7 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-export E2E_TMP E2E_PORTCULLIS_BIN E2E_STATIC_BIN
+export E2E_TMP E2E_PORTCULLIS_BIN E2E_STATIC_BIN E2E_STORAGE
 
 selected=("$@")
 passed=0
