@@ -243,7 +243,13 @@ fn spawn_storage_gauge(storage: Storage, metrics: Arc<Metrics>) {
                 Ok(bytes) => metrics.set_storage_bytes(bytes),
                 Err(e) => tracing::warn!(error = %e, "cannot measure storage"),
             }
-            tokio::time::sleep(Duration::from_secs(60)).await;
+            // On an object store the walk is a listing of the whole bucket,
+            // made by every replica: less often there.
+            let every = match storage {
+                Storage::Filesystem(_) => 60,
+                Storage::S3(_) => 600,
+            };
+            tokio::time::sleep(Duration::from_secs(every)).await;
         }
     });
 }

@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod garage;
+pub mod moto;
 pub use garage::{unique_prefix, Garage, GarageFacts};
 
 use std::net::SocketAddr;

@@ -13,7 +13,9 @@ pub fn moto_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("PCTEST_MOTO_BIN") {
         return bin.into();
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
     home.join(".cache/portcullis-moto/bin/moto_server")
 }
 
@@ -57,7 +59,11 @@ impl Moto {
             .send()
             .await
             .expect("create the bucket");
-        assert!(created.status().is_success(), "bucket creation: {}", created.status());
+        assert!(
+            created.status().is_success(),
+            "bucket creation: {}",
+            created.status()
+        );
         Self {
             child,
             facts: GarageFacts {
