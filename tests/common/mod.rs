@@ -50,8 +50,29 @@ pub struct TestRegistry {
     addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
+    /// With the S3 backend, a second replica on the same bucket and prefix:
+    /// requests alternate between the two, as behind a round-robin load
+    /// balancer, so every test of the S3 pass runs across two replicas.
+    replica: Option<Replica>,
+    turn: std::sync::atomic::AtomicUsize,
     /// A plain-HTTP client for raw API calls.
     pub http: reqwest::Client,
+}
+
+/// The second replica of a [`TestRegistry`].
+struct Replica {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+/// Whether the S3 pass puts two replicas behind each registry
+/// (`PCTEST_REPLICAS`, default 2; 1 for a single server).
+fn s3_replicas() -> usize {
+    std::env::var("PCTEST_REPLICAS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(2)
 }
 
 impl TestRegistry {
@@ -66,7 +87,11 @@ impl TestRegistry {
     pub async fn start_with(configure: impl FnOnce(&mut Config)) -> Self {
         if s3_backend() {
             let garage = Garage::shared().await;
-            return Self::start_s3_with(&garage, &unique_prefix(), configure).await;
+            let mut registry = Self::start_s3_with(&garage, &unique_prefix(), configure).await;
+            if s3_replicas() > 1 {
+                registry.add_replica().await;
+            }
+            return registry;
         }
         Self::launch(|_| {}, configure).await
     }
@@ -102,14 +127,50 @@ impl TestRegistry {
             addr,
             stop: Some(stop),
             task: Some(task),
+            replica: None,
+            turn: std::sync::atomic::AtomicUsize::new(0),
             http: reqwest::Client::new(),
+        }
+    }
+
+    /// Starts a second server on the same storage (an S3 bucket and prefix),
+    /// and alternates requests between the two from then on.
+    pub async fn add_replica(&mut self) {
+        let (addr, stop, task) = serve(self.config.clone()).await;
+        self.replica = Some(Replica {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        });
+    }
+
+    /// Sends every request from now on to the first server only: for a test
+    /// of state a replica keeps in memory (per-client upload caps).
+    pub fn single_replica(&mut self) {
+        if let Some(mut replica) = self.replica.take() {
+            if let Some(stop) = replica.stop.take() {
+                let _ = stop.send(());
+            }
+        }
+    }
+
+    /// The address the next request goes to.
+    fn next_addr(&self) -> SocketAddr {
+        let turn = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match &self.replica {
+            Some(replica) if turn % 2 == 1 => replica.addr,
+            _ => self.addr,
         }
     }
 
     /// Stops the server (letting requests in flight finish) and starts a new
     /// one on the same storage root, as an operator's restart would.
     pub async fn restart(&mut self) {
+        let replicated = self.replica.is_some();
         self.stop().await;
+        if replicated {
+            self.add_replica().await;
+        }
         let (addr, stop, task) = serve(self.config.clone()).await;
         self.addr = addr;
         self.stop = Some(stop);
@@ -120,6 +181,14 @@ impl TestRegistry {
 
     /// Stops the server and waits until it has shut down.
     pub async fn stop(&mut self) {
+        if let Some(mut replica) = self.replica.take() {
+            if let Some(stop) = replica.stop.take() {
+                let _ = stop.send(());
+            }
+            if let Some(task) = replica.task.take() {
+                let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+            }
+        }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -148,7 +217,7 @@ impl TestRegistry {
 
     /// An absolute URL for an API path such as `/v2/`.
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        format!("http://{}{path}", self.next_addr())
     }
 
     /// Resolves a `Location` header (which may be a path) against the server.
@@ -191,12 +260,16 @@ impl TestRegistry {
 
     /// An `oci-client` reference to `repository:tag` in this registry.
     pub fn reference(&self, repository: &str, tag: &str) -> oci_client::Reference {
-        oci_client::Reference::with_tag(self.addr.to_string(), repository.into(), tag.into())
+        oci_client::Reference::with_tag(self.next_addr().to_string(), repository.into(), tag.into())
     }
 
     /// An `oci-client` reference to `repository@digest` in this registry.
     pub fn reference_by_digest(&self, repository: &str, digest: &str) -> oci_client::Reference {
-        oci_client::Reference::with_digest(self.addr.to_string(), repository.into(), digest.into())
+        oci_client::Reference::with_digest(
+            self.next_addr().to_string(),
+            repository.into(),
+            digest.into(),
+        )
     }
 
     /// Pushes a blob in one `POST ?digest=` and returns its digest.
@@ -336,6 +409,9 @@ impl TestRegistry {
 impl Drop for TestRegistry {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(stop) = self.replica.as_mut().and_then(|r| r.stop.take()) {
             let _ = stop.send(());
         }
     }

@@ -163,7 +163,7 @@ impl S3Storage {
     /// SHA-256 or SHA-512 of an object, streamed; `None` when it is gone.
     async fn hash_blob(&self, digest: &Digest) -> Result<Option<Digest>> {
         let key = self.key(paths::blob_data(digest));
-        let got = match self.s3.get(&key).await {
+        let got = match self.data.get(&key).await {
             Ok(got) => got,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(self.unavailable(e)),

@@ -51,6 +51,10 @@ pub enum Conditional {
 
 pub struct S3Storage {
     s3: Arc<AmazonS3>,
+    /// The same store for streaming blob bytes out: no limit on a whole
+    /// request (a 1 GiB pull to a slow client may take minutes), only on
+    /// each read (`request_timeout` without a byte is a dead connection).
+    data: Arc<AmazonS3>,
     /// Keys start with this (the prefix, then `docker/registry/v2`), no trailing `/`.
     root: String,
     settings: StorageSettings,
@@ -119,12 +123,7 @@ impl S3Storage {
                 max_retries: config.max_retries,
                 retry_timeout: config.retry_timeout,
                 backoff: Default::default(),
-            })
-            .with_client_options(
-                ClientOptions::new()
-                    .with_timeout(config.request_timeout)
-                    .with_connect_timeout(config.connect_timeout),
-            );
+            });
         if let Some(endpoint) = &config.endpoint {
             builder = builder
                 .with_endpoint(endpoint)
@@ -141,9 +140,33 @@ impl S3Storage {
             "S3 bucket {bucket:?} at {}",
             config.endpoint.as_deref().unwrap_or("AWS")
         );
-        let s3 = builder.build().map_err(|e| {
-            StorageError::Unavailable(format!("{description}: cannot configure the client: {e}"))
-        })?;
+        // Client options replace the builder's own (`allow_http` included).
+        let options = ClientOptions::new()
+            .with_connect_timeout(config.connect_timeout)
+            .with_allow_http(
+                config
+                    .endpoint
+                    .as_deref()
+                    .is_some_and(|e| e.starts_with("http://")),
+            );
+        let build = |options: ClientOptions| {
+            builder
+                .clone()
+                .with_client_options(options)
+                .build()
+                .map(Arc::new)
+                .map_err(|e| {
+                    StorageError::Unavailable(format!(
+                        "{description}: cannot configure the client: {e}"
+                    ))
+                })
+        };
+        let s3 = build(options.clone().with_timeout(config.request_timeout))?;
+        let data = build(
+            options
+                .with_timeout_disabled()
+                .with_read_timeout(config.request_timeout),
+        )?;
         let prefix = config.prefix.trim_matches('/');
         let root = if prefix.is_empty() {
             paths::LAYOUT_ROOT.to_owned()
@@ -151,7 +174,8 @@ impl S3Storage {
             format!("{prefix}/{}", paths::LAYOUT_ROOT)
         };
         let mut storage = Self {
-            s3: Arc::new(s3),
+            s3,
+            data,
             root,
             settings,
             part_size: config.part_size.as_u64() as usize,
@@ -398,7 +422,7 @@ impl S3Storage {
         let size = self.linked_blob(name, digest).await?;
         Ok((
             RemoteBlob {
-                s3: Arc::clone(&self.s3),
+                s3: Arc::clone(&self.data),
                 key: self.key(paths::blob_data(digest)),
                 description: Arc::from(self.description.as_str()),
             },

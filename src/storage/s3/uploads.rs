@@ -381,7 +381,7 @@ impl S3Storage {
 
     /// SHA-512 of an object, streamed.
     async fn hash_object(&self, key: &Path) -> Result<Digest> {
-        let got = self.s3.get(key).await.map_err(|e| self.unavailable(e))?;
+        let got = self.data.get(key).await.map_err(|e| self.unavailable(e))?;
         let mut chunks = got.into_stream();
         let mut hasher = Sha512::new();
         while let Some(chunk) = chunks.next().await {
