@@ -166,13 +166,7 @@ EOF
 # The restricted Pod Security Standard (what base/namespace.yaml enforces),
 # for every pod template of an overlay: the API server would refuse the pods
 # otherwise. Exemptions are listed, and printed on every run, below.
-PSS_KNOWN=(
-    # A hostPath volume is refused by the baseline and restricted standards,
-    # so the namespace's admission refuses the hostpath overlay's pod. The cure:
-    # a PersistentVolume of the node's directory bound to the claim, instead
-    # of the volume in the pod.
-    "hostpath: Deployment/portcullis: volume storage is hostPath"
-)
+PSS_KNOWN=()
 check_pss() {
     python3 - "$1" "$2" "${PSS_KNOWN[@]}" <<'EOF'
 import sys, yaml
@@ -437,8 +431,11 @@ CONFIGS=(
 )
 BIN=${PORTCULLIS_BIN:-}
 if [[ -z $BIN ]]; then
+    # The newer of the two builds: a stale release binary must not judge
+    # configs written for the current source.
     for candidate in "$REPO/target/release/portcullis" "$REPO/target/debug/portcullis"; do
-        [[ -x $candidate ]] && { BIN=$candidate; break; }
+        [[ -x $candidate ]] || continue
+        if [[ -z $BIN || $candidate -nt $BIN ]]; then BIN=$candidate; fi
     done
 fi
 if [[ -n $BIN ]]; then

@@ -593,6 +593,31 @@ mod tests {
     }
 
     #[test]
+    fn the_s3_backend_is_checked_and_its_secret_masked() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "s3.toml",
+                "[storage]\nbackend = \"s3\"\nendpoint = \"http://garage:3900\"\nbucket = \"registry\"\nregion = \"garage\"\nsecret_access_key = \"s3cr3t-value\"\n",
+            )?;
+            let c = Config::load(Some(Path::new("s3.toml"))).expect("config loads");
+            assert_eq!(c.storage.backend, Backend::S3);
+            assert_eq!(c.storage.part_size, bytesize::ByteSize::mib(8));
+            assert!(!c.to_toml().contains("s3cr3t-value"));
+            jail.create_file("nobucket.toml", "[storage]\nbackend = \"s3\"\n")?;
+            let e = Config::load(Some(Path::new("nobucket.toml"))).unwrap_err();
+            assert!(e.to_string().contains("storage.bucket"), "{e}");
+            jail.set_env("PORTCULLIS_STORAGE__PART_SIZE", "1MiB");
+            let e = Config::load(Some(Path::new("s3.toml"))).unwrap_err();
+            assert!(e.to_string().contains("5 MiB"), "{e}");
+            jail.set_env("PORTCULLIS_STORAGE__PART_SIZE", "8MiB");
+            jail.set_env("PORTCULLIS_STORAGE__ENDPOINT", "garage:3900");
+            let e = Config::load(Some(Path::new("s3.toml"))).unwrap_err();
+            assert!(e.to_string().contains("storage.endpoint"), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_refused() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("bad.toml", "listn = \"x\"\n")?;
