@@ -184,44 +184,19 @@ fn check(root: &Root, repair: bool, progress: &ProgressBar) -> Result<FsckReport
         }
         let revisions = list_digest_dirs(root, &paths::revisions_dir(name))?;
         for digest in &revisions {
-            report.manifests_checked += 1;
-            let problem = match root.read(paths::blob_data(digest)) {
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    Some("its bytes are not stored".to_owned())
-                }
+            let bytes = match root.read(paths::blob_data(digest)) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
                 Err(e) => return Err(e.into()),
-                Ok(bytes) => match ParsedManifest::parse(&bytes, None) {
-                    Err(e) => Some(e.to_string()),
-                    Ok(manifest) => {
-                        for blob in manifest.referenced_blobs() {
-                            if !stored(&blob.digest) {
-                                report.findings.push(Finding::MissingReference {
-                                    repository: name.clone(),
-                                    manifest: digest.clone(),
-                                    missing: blob.digest.clone(),
-                                });
-                            }
-                        }
-                        for child in &manifest.manifests {
-                            if !revisions.contains(&child.digest) {
-                                report.findings.push(Finding::MissingReference {
-                                    repository: name.clone(),
-                                    manifest: digest.clone(),
-                                    missing: child.digest.clone(),
-                                });
-                            }
-                        }
-                        None
-                    }
-                },
+                Ok(bytes) => Some(bytes),
             };
-            if let Some(reason) = problem {
-                report.findings.push(Finding::BadManifest {
-                    repository: name.clone(),
-                    digest: digest.clone(),
-                    reason,
-                });
-            }
+            check_manifest(
+                &mut report,
+                name,
+                digest,
+                bytes.as_deref(),
+                &revisions,
+                stored,
+            );
         }
         for tag in list_dir(root, &paths::tags_dir(name))? {
             let Ok(tag) = Tag::parse(&tag) else { continue };
@@ -244,6 +219,49 @@ fn check(root: &Root, repair: bool, progress: &ProgressBar) -> Result<FsckReport
     }
     progress.finish_and_clear();
     Ok(report)
+}
+
+/// Checks one manifest revision of `name` (its bytes, `None` when they are
+/// not stored): it must parse, and what it references must be there (blobs
+/// by `stored`, child manifests among `revisions`). Both backends use it.
+pub(crate) fn check_manifest(
+    report: &mut FsckReport,
+    name: &RepositoryName,
+    digest: &Digest,
+    bytes: Option<&[u8]>,
+    revisions: &[Digest],
+    stored: impl Fn(&Digest) -> bool,
+) {
+    report.manifests_checked += 1;
+    let missing = |missing: &Digest| Finding::MissingReference {
+        repository: name.clone(),
+        manifest: digest.clone(),
+        missing: missing.clone(),
+    };
+    let problem = match bytes.map(|b| ParsedManifest::parse(b, None)) {
+        None => Some("its bytes are not stored".to_owned()),
+        Some(Err(e)) => Some(e.to_string()),
+        Some(Ok(manifest)) => {
+            for blob in manifest.referenced_blobs().filter(|b| !stored(&b.digest)) {
+                report.findings.push(missing(&blob.digest));
+            }
+            for child in manifest
+                .manifests
+                .iter()
+                .filter(|c| !revisions.contains(&c.digest))
+            {
+                report.findings.push(missing(&child.digest));
+            }
+            None
+        }
+    };
+    if let Some(reason) = problem {
+        report.findings.push(Finding::BadManifest {
+            repository: name.clone(),
+            digest: digest.clone(),
+            reason,
+        });
+    }
 }
 
 fn hash(reader: impl Read, algorithm: Algorithm) -> io::Result<Digest> {

@@ -244,13 +244,28 @@ fn mark_manifest(root: &Dir, digest: &Digest, marked: &mut HashSet<Digest>) {
         let Ok(bytes) = root.read(paths::blob_data(&digest)) else {
             continue;
         };
-        let Ok(manifest) = ParsedManifest::parse(&bytes, None) else {
-            tracing::warn!(%digest, "gc: manifest cannot be parsed; keeping it but not its references");
-            continue;
-        };
-        for blob in manifest.referenced_blobs().chain(manifest.layers.iter()) {
-            marked.insert(blob.digest.clone());
-        }
-        pending.extend(manifest.manifests.iter().map(|child| child.digest.clone()));
+        pending.extend(mark_references(&digest, &bytes, marked));
     }
+}
+
+/// Marks the blobs a manifest's `bytes` reference; returns its child
+/// manifests, to be marked in turn. A manifest that cannot be parsed keeps
+/// only itself (both backends' gc use this).
+pub(crate) fn mark_references(
+    digest: &Digest,
+    bytes: &[u8],
+    marked: &mut HashSet<Digest>,
+) -> Vec<Digest> {
+    let Ok(manifest) = ParsedManifest::parse(bytes, None) else {
+        tracing::warn!(%digest, "gc: manifest cannot be parsed; keeping it but not its references");
+        return Vec::new();
+    };
+    for blob in manifest.referenced_blobs().chain(manifest.layers.iter()) {
+        marked.insert(blob.digest.clone());
+    }
+    manifest
+        .manifests
+        .iter()
+        .map(|child| child.digest.clone())
+        .collect()
 }

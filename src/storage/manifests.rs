@@ -241,6 +241,24 @@ fn read_blob(root: &Dir, digest: &Digest, limit: u64) -> io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// The digest a manifest is stored under: the URL's (checked against the
+/// bytes) when pushed by digest, else its SHA-256.
+pub(crate) fn manifest_digest(reference: &Reference, bytes: &[u8]) -> Result<Digest> {
+    match reference {
+        Reference::Digest(expected) => {
+            let actual = Digest::of(expected.algorithm(), bytes);
+            if &actual != expected {
+                return Err(StorageError::ManifestDigestMismatch {
+                    expected: expected.clone(),
+                    actual,
+                });
+            }
+            Ok(actual)
+        }
+        Reference::Tag(_) => Ok(Digest::of(Algorithm::Sha256, bytes)),
+    }
+}
+
 /// Stored manifests are read back with a generous cap, so a corrupt store
 /// cannot make the server allocate without bound.
 const STORED_MANIFEST_LIMIT: u64 = 64 * 1024 * 1024;
@@ -299,19 +317,7 @@ impl FsStorage {
         let (name, reference) = (name.clone(), reference.clone());
         let tag_locks = std::sync::Arc::clone(&self.tag_locks);
         self.blocking(move |root| {
-            let digest = match &reference {
-                Reference::Digest(expected) => {
-                    let actual = Digest::of(expected.algorithm(), &bytes);
-                    if &actual != expected {
-                        return Err(StorageError::ManifestDigestMismatch {
-                            expected: expected.clone(),
-                            actual,
-                        });
-                    }
-                    actual
-                }
-                Reference::Tag(_) => Digest::of(Algorithm::Sha256, &bytes),
-            };
+            let digest = manifest_digest(&reference, &bytes)?;
             for blob in manifest.referenced_blobs().filter(|_| verify_references) {
                 let linked = read_link(root, &paths::layer_link(&name, &blob.digest))?;
                 if linked.as_ref() != Some(&blob.digest)

@@ -12,9 +12,8 @@ use sha2::Digest as _;
 
 use super::S3Storage;
 use crate::reference::{Algorithm, Digest, RepositoryName, Tag, UploadId};
-use crate::storage::fsck::{Finding, FsckReport, QUARANTINE};
-use crate::storage::gc::{GcReport, Removal};
-use crate::storage::manifests::ParsedManifest;
+use crate::storage::fsck::{check_manifest, Finding, FsckReport, QUARANTINE};
+use crate::storage::gc::{mark_references, GcReport, Removal};
 use crate::storage::{paths, Result, StorageError};
 
 fn older_than(time: chrono::DateTime<chrono::Utc>, age: Duration) -> bool {
@@ -92,14 +91,7 @@ impl S3Storage {
             let Some(bytes) = self.read_manifest_bytes(&digest).await? else {
                 continue;
             };
-            let Ok(manifest) = ParsedManifest::parse(&bytes, None) else {
-                tracing::warn!(%digest, "gc: manifest cannot be parsed; keeping it but not its references");
-                continue;
-            };
-            for blob in manifest.referenced_blobs().chain(manifest.layers.iter()) {
-                marked.insert(blob.digest.clone());
-            }
-            pending.extend(manifest.manifests.iter().map(|child| child.digest.clone()));
+            pending.extend(mark_references(&digest, &bytes, marked));
         }
         Ok(())
     }
@@ -269,41 +261,10 @@ impl S3Storage {
         }
         let revisions = self.list_digest_dirs(&paths::revisions_dir(name)).await?;
         for digest in &revisions {
-            report.manifests_checked += 1;
-            let problem = match self.read_manifest_bytes(digest).await? {
-                None => Some("its bytes are not stored".to_owned()),
-                Some(bytes) => match ParsedManifest::parse(&bytes, None) {
-                    Err(e) => Some(e.to_string()),
-                    Ok(manifest) => {
-                        for blob in manifest.referenced_blobs() {
-                            if !stored.contains(&blob.digest) {
-                                report.findings.push(Finding::MissingReference {
-                                    repository: name.clone(),
-                                    manifest: digest.clone(),
-                                    missing: blob.digest.clone(),
-                                });
-                            }
-                        }
-                        for child in &manifest.manifests {
-                            if !revisions.contains(&child.digest) {
-                                report.findings.push(Finding::MissingReference {
-                                    repository: name.clone(),
-                                    manifest: digest.clone(),
-                                    missing: child.digest.clone(),
-                                });
-                            }
-                        }
-                        None
-                    }
-                },
-            };
-            if let Some(reason) = problem {
-                report.findings.push(Finding::BadManifest {
-                    repository: name.clone(),
-                    digest: digest.clone(),
-                    reason,
-                });
-            }
+            let bytes = self.read_manifest_bytes(digest).await?;
+            check_manifest(report, name, digest, bytes.as_deref(), &revisions, |d| {
+                stored.contains(d)
+            });
         }
         for tag in self.list_dir(paths::tags_dir(name)).await? {
             let Ok(tag) = Tag::parse(&tag) else { continue };

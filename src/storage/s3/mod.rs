@@ -29,7 +29,9 @@ use object_store::{
     PutPayload, RetryConfig, UpdateVersion,
 };
 
-use super::manifests::{stored_media_type, Descriptor, ParsedManifest, StoredManifest};
+use super::manifests::{
+    manifest_digest, stored_media_type, Descriptor, ParsedManifest, StoredManifest,
+};
 use super::{paths, tag_stripe, BlobInfo, Result, StorageError, StorageSettings};
 use crate::config::{ConditionalWrites, StorageConfig};
 use crate::reference::{Algorithm, Digest, Reference, RepositoryName, Tag};
@@ -511,19 +513,7 @@ impl S3Storage {
         verify_references: bool,
         expected_tag: Option<Option<Digest>>,
     ) -> Result<Digest> {
-        let digest = match reference {
-            Reference::Digest(expected) => {
-                let actual = Digest::of(expected.algorithm(), &bytes);
-                if &actual != expected {
-                    return Err(StorageError::ManifestDigestMismatch {
-                        expected: expected.clone(),
-                        actual,
-                    });
-                }
-                actual
-            }
-            Reference::Tag(_) => Digest::of(Algorithm::Sha256, &bytes),
-        };
+        let digest = manifest_digest(reference, &bytes)?;
         if verify_references {
             let blobs = manifest.referenced_blobs().map(|blob| async move {
                 let linked = self
