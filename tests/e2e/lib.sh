@@ -172,11 +172,17 @@ json_get() {
 
 # ---------------------------------------------------------------- portcullis
 
+# s3_prefix ROOT: the key prefix that stands for ROOT with E2E_STORAGE=s3, one
+# of this run's, this test's and ROOT's own: each start on the same ROOT, of
+# portcullis or of Distribution, sees the same content, as on the filesystem.
+s3_prefix() {
+    echo "e2e/${E2E_TMP##*/}/${WORK##*/}/${1##*/}"
+}
+
 # storage_env ROOT: sets STORAGE_ENV to the storage settings of a portcullis
 # on ROOT, as environment assignments. With E2E_STORAGE=s3 the content goes to
 # the S3 bucket given by PCTEST_S3_* (tests/garage.sh start writes them), under
-# a prefix of this test's own (the same for each start in the test), and ROOT
-# holds only the policy cache.
+# ROOT's prefix (s3_prefix), and ROOT holds only the policy cache.
 storage_env() {
     STORAGE_ENV=("PORTCULLIS_STORAGE__ROOT=$1")
     [[ ${E2E_STORAGE:-filesystem} == s3 ]] || return 0
@@ -187,7 +193,7 @@ storage_env() {
         "PORTCULLIS_STORAGE__REGION=$PCTEST_S3_REGION"
         "PORTCULLIS_STORAGE__ACCESS_KEY_ID=$PCTEST_S3_ACCESS_KEY"
         "PORTCULLIS_STORAGE__SECRET_ACCESS_KEY=$PCTEST_S3_SECRET_KEY"
-        "PORTCULLIS_STORAGE__PREFIX=e2e/${E2E_TMP##*/}/${WORK##*/}"
+        "PORTCULLIS_STORAGE__PREFIX=$(s3_prefix "$1")"
     )
 }
 
@@ -264,30 +270,59 @@ EOF
 
 # ---------------------------------------------------------------- distribution
 
-# start_distribution ROOT: CNCF Distribution (registry:2) serving ROOT.
+# start_distribution ROOT: CNCF Distribution (registry:2) serving ROOT. With
+# E2E_STORAGE=s3 it serves ROOT's prefix in the PCTEST_S3_* bucket instead,
+# with its S3 driver: rootdirectory /<prefix> puts its keys at
+# <prefix>/docker/registry/v2/..., where portcullis's storage.prefix puts them.
 # Sets DISTRIBUTION_PID, DISTRIBUTION_ADDR and DISTRIBUTION_LOG.
 start_distribution() {
     local root=$1 config var
     DISTRIBUTION_ADDR=127.0.0.1:$(free_port)
     config=$(mktemp "$WORK/distribution.XXXX.yml")
     DISTRIBUTION_LOG=${config%.yml}.log
-    cat >"$config" <<EOF
+    {
+        cat <<EOF
 version: 0.1
 log:
   level: info
 storage:
+EOF
+        if [[ ${E2E_STORAGE:-filesystem} == s3 ]]; then
+            # Blob GETs served by Distribution itself, not redirected to the store.
+            cat <<EOF
+  s3:
+    regionendpoint: $PCTEST_S3_ENDPOINT
+    region: $PCTEST_S3_REGION
+    bucket: $PCTEST_S3_BUCKET
+    rootdirectory: /$(s3_prefix "$root")
+    accesskey: $PCTEST_S3_ACCESS_KEY
+    secretkey: $PCTEST_S3_SECRET_KEY
+    secure: false
+    v4auth: true
+    chunksize: 5242880
+  redirect:
+    disable: true
+EOF
+        else
+            cat <<EOF
   filesystem:
     rootdirectory: $root
+EOF
+        fi
+        cat <<EOF
   delete:
     enabled: true
 http:
   addr: $DISTRIBUTION_ADDR
 EOF
+    } >"$config"
     # Distribution reads REGISTRY_* variables as configuration (a REGISTRY_AUTH_FILE
-    # meant for skopeo would become its `auth` section); give it none.
-    local unset_registry_vars=()
-    for var in $(compgen -e | grep '^REGISTRY_'); do unset_registry_vars+=(-u "$var"); done
-    env "${unset_registry_vars[@]}" "${DOCKER_REGISTRY:-docker-registry}" serve "$config" >"$DISTRIBUTION_LOG" 2>&1 &
+    # meant for skopeo would become its `auth` section); give it none. Its S3
+    # driver panics (LoadCustomCABundleError) on an AWS_CA_BUNDLE, which plain
+    # HTTP on loopback does not need.
+    local unset_vars=(-u AWS_CA_BUNDLE)
+    for var in $(compgen -e | grep '^REGISTRY_'); do unset_vars+=(-u "$var"); done
+    env "${unset_vars[@]}" "${DOCKER_REGISTRY:-docker-registry}" serve "$config" >"$DISTRIBUTION_LOG" 2>&1 &
     DISTRIBUTION_PID=$!
     defer "stop_pid $DISTRIBUTION_PID"
     wait_http_ok "http://$DISTRIBUTION_ADDR/v2/" 30 "$DISTRIBUTION_PID" ||

@@ -3,6 +3,9 @@
 # both ways: what Distribution stored, portcullis serves; what portcullis
 # stored, Distribution serves. Covers OCI and Docker schema 2 manifests, an
 # OCI index, a second tag, a cross-repository mount and a deleted manifest.
+# With E2E_STORAGE=s3 the "root" is a prefix in the PCTEST_S3_* bucket that
+# both write to: portcullis's storage.prefix, Distribution's S3 driver's
+# rootdirectory (lib.sh, s3_prefix).
 source "$(dirname "$0")/lib.sh"
 e2e_init distribution
 require_tool skopeo skopeo
