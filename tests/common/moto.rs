@@ -1,6 +1,6 @@
 //! moto's S3 server (from PyPI), for the one path Garage cannot test: a store
 //! that enforces conditional writes (`If-None-Match` / `If-Match` on PUT), as
-//! MinIO, Ceph RGW and AWS S3 do. `.ci/run` installs it into
+//! MinIO, Ceph RGW and AWS S3 do. `tests/run.sh` installs it into
 //! `~/.cache/portcullis-moto` (or `PCTEST_MOTO_BIN` names `moto_server`).
 
 use std::path::PathBuf;
@@ -30,7 +30,7 @@ impl Moto {
         let bin = moto_bin();
         assert!(
             bin.exists(),
-            "moto_server not found at {} (run .ci/run, or: python3 -m venv ~/.cache/portcullis-moto && ~/.cache/portcullis-moto/bin/pip install 'moto[server]')",
+            "moto_server not found at {} (run tests/run.sh, or: python3 -m venv ~/.cache/portcullis-moto && ~/.cache/portcullis-moto/bin/pip install 'moto[server]')",
             bin.display()
         );
         let port = std::net::TcpListener::bind("127.0.0.1:0")
