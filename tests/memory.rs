@@ -147,8 +147,15 @@ async fn a_256_mib_blob_streams_through_without_growing_memory() {
         peak >> 20,
         after >> 20
     );
+    // On S3 an upload holds, by design, one part being filled and up to two
+    // being sent (`storage.part_size`, 8 MiB): a fixed amount, not the blob's.
+    let allowed = if common::s3_backend() {
+        ALLOWED_GROWTH + 3 * 8 * 1024 * 1024
+    } else {
+        ALLOWED_GROWTH
+    };
     assert!(
-        growth < ALLOWED_GROWTH,
+        growth < allowed,
         "resident set grew by {} MiB (from {} MiB to a peak of {} MiB, {} MiB at the end) \
          moving a {} MiB blob",
         growth >> 20,

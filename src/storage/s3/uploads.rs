@@ -245,8 +245,17 @@ impl S3Storage {
                 });
             }
             ingest.hasher.update(&bytes);
-            ingest.buf.extend_from_slice(&bytes);
-            if ingest.buf.len() >= self.part_size {
+            let mut rest = &bytes[..];
+            while !rest.is_empty() {
+                // Parts of exactly `part_size`: the buffer never grows past
+                // its first allocation.
+                let room = self.part_size - ingest.buf.len();
+                let (now, later) = rest.split_at(room.min(rest.len()));
+                ingest.buf.extend_from_slice(now);
+                rest = later;
+                if ingest.buf.len() < self.part_size {
+                    continue;
+                }
                 let part =
                     std::mem::replace(&mut ingest.buf, BytesMut::with_capacity(self.part_size));
                 let upload = self.multipart_of(ingest).await?;
