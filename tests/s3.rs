@@ -631,3 +631,57 @@ async fn blob_gets_redirect_to_a_presigned_url_when_asked() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_chunk_cut_off_on_one_replica_leaves_the_session_as_it_was_for_the_other() {
+    let store = Garage::shared().await;
+    let (a, b) = replicas(&store, |c| c.storage.part_size = bytesize::ByteSize::mib(5)).await;
+    let data = random_bytes(12 << 20);
+    let digest = sha256(&data);
+    let (first, rest) = data.split_at(3 << 20);
+    let started = a.send(Method::POST, "/v2/cut/app/blobs/uploads/").await;
+    let location = header(&started, "location").expect("a Location");
+    let patched = a
+        .request(Method::PATCH, &location)
+        .body(first.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patched.status(), StatusCode::ACCEPTED);
+
+    // The next chunk dies after 7 MiB (more than a whole part): the client
+    // went away, or its replica did.
+    let sent: Vec<Result<bytes::Bytes, std::io::Error>> = vec![
+        Ok(bytes::Bytes::copy_from_slice(&rest[..7 << 20])),
+        Err(std::io::Error::other("connection lost")),
+    ];
+    let cut = a
+        .request(Method::PATCH, &location)
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(sent)))
+        .send()
+        .await;
+    assert!(
+        cut.as_ref().map_or(true, |r| !r.status().is_success()),
+        "a body cut short is not acknowledged"
+    );
+
+    // The other replica sees the session as the last acknowledged chunk left it.
+    let status = b.send(Method::GET, &location).await;
+    assert_eq!(status.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        header(&status, "range"),
+        Some(format!("0-{}", first.len() - 1))
+    );
+    // And the client resumes there, on the other replica.
+    let end = data.len() - 1;
+    let committed = b
+        .request(Method::PUT, &format!("{location}?digest={digest}"))
+        .header("content-range", format!("{}-{end}", first.len()))
+        .body(rest.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(committed.status(), StatusCode::CREATED);
+    let blob = a.get(&format!("/v2/cut/app/blobs/{digest}")).await;
+    assert_eq!(sha256(&blob.bytes().await.unwrap()), digest);
+}
