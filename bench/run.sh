@@ -3,6 +3,10 @@
 #
 #   bench/run.sh                  full run (1 GiB blob, 5 s cells; about 3 minutes on 2 cores)
 #   BENCH_QUICK=1 bench/run.sh    smoke run (64 MiB blob, 1 s cells; 30-40 s)
+#   BENCH_STORAGE=s3 bench/run.sh both on S3: one Garage 2.5.0 (tests/garage.sh),
+#                                 Portcullis's S3 backend and Distribution's s3
+#                                 driver, a key prefix each in one bucket (same
+#                                 sizes; about 4-5 minutes, BENCH_QUICK=1: 25 s)
 #
 # Builds target/release/portcullis if it is missing (BENCH_REBUILD=1: always
 # run `cargo build --release`, which is a no-op when up to date) and the
@@ -13,6 +17,13 @@
 # alternating, and prints a markdown table (also saved as bench/last-run.md).
 #
 # Settings (environment):
+#   BENCH_STORAGE=filesystem filesystem (default) or s3; s3 starts a throw-away
+#                            Garage (tests/garage.sh start, on free ports, data
+#                            under BENCH_TMPDIR), adds Garage's CPU and S3
+#                            request counts to the report, skips workload 5
+#                            unless BENCH_WORKLOADS names it, and saves the
+#                            report as bench/last-run-s3.md
+#   BENCH_S3_PART_MIB=8      s3: Portcullis's part_size and Distribution's chunksize
 #   BENCH_QUICK=1            smoke-run defaults for everything below
 #   BENCH_WORKLOADS=1,...,7  which workloads (1 push, 2 pull, 3 small blobs,
 #                            4 manifests, 5 docker pull, 6 memory, 7 start-up)
@@ -32,22 +43,36 @@
 #                            dockerd for workload 5 (0: skip it instead)
 #   BENCH_TMPDIR=DIR         where storage and the test blob go (default: a
 #                            new directory under ${TMPDIR:-/var/tmp}); needs
-#                            about 3x BENCH_BLOB_MIB free, removed at the end
-#                            unless BENCH_KEEP=1
-#   BENCH_PORTCULLIS=PATH    binary to measure (default target/release/portcullis)
+#                            about 3x BENCH_BLOB_MIB free (s3: about
+#                            (4 x BENCH_ROUNDS + 3) x BENCH_BLOB_MIB, Garage's
+#                            data included), removed at the end unless BENCH_KEEP=1
+#   BENCH_PORTCULLIS=PATH    binary to measure (default target/release/portcullis,
+#                            below CARGO_TARGET_DIR when that is set)
 #   BENCH_DISTRIBUTION=PATH  default /usr/bin/docker-registry
 set -euo pipefail
 bench_dir=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$bench_dir/.." && pwd)
 cd "$repo"
 
-export BENCH_PORTCULLIS=${BENCH_PORTCULLIS:-$repo/target/release/portcullis}
+storage=${BENCH_STORAGE:-filesystem}
+case $storage in
+filesystem) report=$bench_dir/last-run.md ;;
+s3) report=$bench_dir/last-run-s3.md ;;
+*)
+    echo "bench: BENCH_STORAGE=$storage: expected filesystem or s3" >&2
+    exit 2
+    ;;
+esac
+export BENCH_STORAGE=$storage
+
+export BENCH_PORTCULLIS=${BENCH_PORTCULLIS:-${CARGO_TARGET_DIR:-$repo/target}/release/portcullis}
 if [[ ! -x $BENCH_PORTCULLIS || ${BENCH_REBUILD:-0} == 1 ]]; then
     echo "bench: building portcullis (cargo build --release)" >&2
     cargo build --release --bin portcullis >&2
 fi
 echo "bench: building the harness" >&2
 cargo build --release --quiet --manifest-path "$bench_dir/Cargo.toml" >&2
+harness=${CARGO_TARGET_DIR:-$bench_dir/target}/release/portcullis-bench
 
 if [[ ! -x ${BENCH_DISTRIBUTION:-/usr/bin/docker-registry} ]]; then
     echo "bench: docker-registry not found: distribution's columns stay empty (apt-get install -y docker-registry)" >&2
@@ -56,12 +81,17 @@ fi
 work=${BENCH_TMPDIR:-$(mktemp -d "${TMPDIR:-/var/tmp}/portcullis-bench.XXXXXX")}
 mkdir -p "$work"
 export BENCH_TMPDIR=$work
-export BENCH_REV="$(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock build.rs policies 2>/dev/null || echo '+local changes')"
+BENCH_REV="$(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock build.rs policies 2>/dev/null || echo '+local changes')"
+export BENCH_REV
 
 dockerd_pid=
+garage_dir=
 cleanup() {
+    if [[ -n $garage_dir ]]; then
+        "$repo/tests/garage.sh" stop "$garage_dir" >&2 || true
+    fi
     if [[ -n $dockerd_pid ]]; then
-        docker rmi -f $(docker images -q 2>/dev/null) >/dev/null 2>&1 || true
+        docker images -q 2>/dev/null | xargs -r docker rmi -f >/dev/null 2>&1 || true
         kill -TERM "$dockerd_pid" 2>/dev/null || true
         for _ in $(seq 100); do kill -0 "$dockerd_pid" 2>/dev/null || break; sleep 0.2; done
         kill -KILL "$dockerd_pid" 2>/dev/null || true
@@ -82,8 +112,30 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Workload 5 needs a docker engine: the running one, or a private one.
-if [[ ${BENCH_DOCKER:-1} == 1 && ,${BENCH_WORKLOADS:-5}, == *,5,* ]] && command -v docker >/dev/null; then
+# The S3 mode's store: a fresh single-node Garage on free ports, its data
+# under $work. Its log at INFO (one line per S3 request) is what the harness
+# counts requests in.
+if [[ $storage == s3 ]]; then
+    garage_dir=$work/garage
+    echo "bench: starting Garage (tests/garage.sh, log: $garage_dir/garage.log)" >&2
+    RUST_LOG=garage=info "$repo/tests/garage.sh" start "$garage_dir" auto >&2
+    # shellcheck source=/dev/null
+    source "$garage_dir/env"
+    export BENCH_S3_ENDPOINT=$PCTEST_S3_ENDPOINT BENCH_S3_BUCKET=$PCTEST_S3_BUCKET \
+        BENCH_S3_REGION=$PCTEST_S3_REGION BENCH_S3_ACCESS_KEY=$PCTEST_S3_ACCESS_KEY \
+        BENCH_S3_SECRET_KEY=$PCTEST_S3_SECRET_KEY
+    unset PCTEST_S3_ENDPOINT PCTEST_S3_BUCKET PCTEST_S3_REGION PCTEST_S3_ACCESS_KEY PCTEST_S3_SECRET_KEY
+    BENCH_GARAGE_PID=$(cat "$garage_dir/garage.pid")
+    export BENCH_GARAGE_PID BENCH_GARAGE_LOG=$garage_dir/garage.log
+fi
+
+# Workload 5 needs a docker engine: the running one, or a private one (in the
+# S3 mode only when BENCH_WORKLOADS names it).
+default_workloads=5
+if [[ $storage == s3 ]]; then
+    default_workloads=
+fi
+if [[ ${BENCH_DOCKER:-1} == 1 && ,${BENCH_WORKLOADS:-$default_workloads}, == *,5,* ]] && command -v docker >/dev/null; then
     if ! docker version >/dev/null 2>&1 && [[ ${BENCH_START_DOCKERD:-1} == 1 ]] && command -v dockerd >/dev/null; then
         mkdir -p "$work/d"
         echo "bench: starting a private dockerd (log: $work/d/dockerd.log)" >&2
@@ -102,4 +154,4 @@ if [[ ${BENCH_DOCKER:-1} == 1 && ,${BENCH_WORKLOADS:-5}, == *,5,* ]] && command 
     fi
 fi
 
-"$bench_dir/target/release/portcullis-bench" | tee "$bench_dir/last-run.md"
+"$harness" | tee "$report"

@@ -16,7 +16,9 @@ use anyhow::{Context, Result};
 use hyper::Method;
 
 use report::{Better, Report, Row, Target};
-use servers::{Binaries, Kind, RssSampler, Server};
+use servers::{
+    Binaries, Garage, GarageMark, GarageUse, Kind, RssSampler, S3Store, Server, Storage,
+};
 
 const MB: f64 = 1e6;
 const GIB: f64 = (1u64 << 30) as f64;
@@ -63,11 +65,38 @@ struct Settings {
     tmp: PathBuf,
     bins: Binaries,
     docker: bool,
+    storage: Storage,
+    /// The Garage of the S3 mode, when bench/run.sh started it.
+    garage: Option<Garage>,
 }
 
 impl Settings {
     fn from_env() -> Result<Self> {
         let quick = env_or("BENCH_QUICK", 0u32) == 1;
+        let storage = match std::env::var("BENCH_STORAGE").as_deref() {
+            Err(_) | Ok("") | Ok("filesystem") => Storage::Filesystem,
+            Ok("s3") => {
+                let var = |name: &str| {
+                    std::env::var(name).with_context(|| {
+                        format!("BENCH_STORAGE=s3 needs {name} (use bench/run.sh)")
+                    })
+                };
+                let part_mib: u64 = env_or("BENCH_S3_PART_MIB", 8);
+                if !(5..=512).contains(&part_mib) {
+                    anyhow::bail!("BENCH_S3_PART_MIB={part_mib}: S3 parts are 5 to 512 MiB here");
+                }
+                Storage::S3(S3Store {
+                    endpoint: var("BENCH_S3_ENDPOINT")?,
+                    bucket: var("BENCH_S3_BUCKET")?,
+                    region: var("BENCH_S3_REGION")?,
+                    access_key: var("BENCH_S3_ACCESS_KEY")?,
+                    secret_key: var("BENCH_S3_SECRET_KEY")?,
+                    part_size: part_mib << 20,
+                })
+            }
+            Ok(other) => anyhow::bail!("BENCH_STORAGE={other}: expected filesystem or s3"),
+        };
+        let s3 = matches!(storage, Storage::S3(_));
         let distribution = std::env::var("BENCH_DISTRIBUTION")
             .ok()
             .map(PathBuf::from)
@@ -88,7 +117,11 @@ impl Settings {
             layers: env_or("BENCH_IMAGE_LAYERS", 10),
             rounds: env_or("BENCH_ROUNDS", 1usize).max(1),
             startup_runs: env_or("BENCH_STARTUP_RUNS", pick(quick, 5usize, 3)).max(1),
-            workloads: env_list("BENCH_WORKLOADS", "1,2,3,4,5,6,7"),
+            // Workload 5 (docker pull) only when asked for on S3.
+            workloads: env_list(
+                "BENCH_WORKLOADS",
+                if s3 { "1,2,3,4,6,7" } else { "1,2,3,4,5,6,7" },
+            ),
             tmp: PathBuf::from(
                 std::env::var("BENCH_TMPDIR")
                     .context("BENCH_TMPDIR is not set (use bench/run.sh)")?,
@@ -101,11 +134,36 @@ impl Settings {
                 distribution,
             },
             docker: env_or("BENCH_DOCKER", 1u32) == 1,
+            garage: if s3 { Garage::from_env() } else { None },
+            storage,
         })
     }
 
     fn runs(&self, w: usize) -> bool {
         self.workloads.contains(&w)
+    }
+}
+
+impl Settings {
+    fn s3(&self) -> Option<&S3Store> {
+        match &self.storage {
+            Storage::S3(s3) => Some(s3),
+            Storage::Filesystem => None,
+        }
+    }
+
+    /// Waits for Garage to go quiet (what it still does in the background
+    /// for the previous cell, it does not charge to this one), then marks.
+    async fn garage_mark(&self) -> Option<GarageMark> {
+        let g = self.garage.as_ref()?;
+        if !g.settle().await {
+            println!("  (garage still busy after 10 s; measuring anyway)");
+        }
+        Some(g.mark())
+    }
+
+    fn garage_since(&self, mark: &Option<GarageMark>) -> Option<GarageUse> {
+        Some(self.garage.as_ref()?.since(mark.as_ref()?))
     }
 }
 
@@ -142,7 +200,12 @@ fn header(s: &Settings) {
         .map(|d| command_line(d.to_str().unwrap_or("docker-registry"), &["--version"]))
         .unwrap_or_else(|| "not installed (apt-get install -y docker-registry)".into());
     println!(
-        "# Portcullis vs CNCF Distribution benchmark{}",
+        "# Portcullis vs CNCF Distribution benchmark{}{}",
+        if s.s3().is_some() {
+            ", S3 storage (Garage)"
+        } else {
+            ""
+        },
         if s.quick {
             " (BENCH_QUICK=1: smoke run, not a baseline)"
         } else {
@@ -173,12 +236,33 @@ fn header(s: &Settings) {
     );
     println!("- distribution: {d_version}");
     println!("- load generator: bench/ (Rust, hyper 1.x client, one keep-alive HTTP/1.1 connection per client, tokio on {} worker threads, same machine as the servers: client CPU competes with the server's)", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-    println!("- portcullis runs with the three bundled policies (repo-allowlist, group-access, tag-immutability, all evaluated and allowing: the chain of benches/policy.rs, as examples/portcullis.toml enables only tag-immutability) unless a row says \"no policies\"; distribution with Debian's default config less auth (inmemory blob descriptor cache); both log at their default level to files; storage in fresh directories under {}", s.tmp.display());
+    match s.s3() {
+        None => println!("- portcullis runs with the three bundled policies (repo-allowlist, group-access, tag-immutability, all evaluated and allowing: the chain of benches/policy.rs, as examples/portcullis.toml enables only tag-immutability) unless a row says \"no policies\"; distribution with Debian's default config less auth (inmemory blob descriptor cache); both log at their default level to files; storage in fresh directories under {}", s.tmp.display()),
+        Some(s3) => {
+            println!("- portcullis runs with the three bundled policies (repo-allowlist, group-access, tag-immutability, all evaluated and allowing: the chain of benches/policy.rs, as examples/portcullis.toml enables only tag-immutability) unless a row says \"no policies\"; distribution with Debian's default config less auth (inmemory blob descriptor cache); both log at their default level to files under {}", s.tmp.display());
+            let garage = match &s.garage {
+                Some(g) => format!(
+                    "{} (pid {}, single node, lmdb, replication 1, data under {}, log at INFO: one line per request)",
+                    g.version(),
+                    g.pid,
+                    s.tmp.display()
+                ),
+                None => "not started by bench/run.sh: no Garage rows".into(),
+            };
+            println!("- storage: S3, bucket {} at {}, every server under its own key prefix (bench-p-policies, bench-p-bare, bench-distribution, ...); garage: {garage}", s3.bucket, s3.endpoint);
+            println!("- portcullis: `backend = \"s3\"`, part_size {} MiB, redirect off (blob bytes pass through the server), conditional_writes auto; distribution: its s3 driver (aws-sdk-go v1), chunksize {} MiB, `redirect: disable: true`, v4auth, path-style; both started without AWS_* in their environment", s3.part_size >> 20, s3.part_size >> 20);
+            println!("- three processes share the 2 cores during S3 cells: the server, Garage, and the load generator");
+        }
+    }
     println!(
         "- scale: blob {} MiB (chunks {} MiB), pull clients 1 and {}, {} small blobs of {} KiB with {} clients, manifest cells {} s (+{} s warm-up) at c={:?}, image {} MiB in {} layers, {} round(s), start-up runs {}",
         s.blob_mib, s.chunk_mib, s.pull_clients, s.small_count, s.small_kib, s.small_clients, s.secs, s.warmup, s.concurrency, s.image_mib, s.layers, s.rounds, s.startup_runs
     );
     println!("- MB = 10^6 bytes; ratio = portcullis / distribution; every figure is the median over rounds");
+    if s.s3().is_some() {
+        println!("- Garage rows: Garage's own CPU (utime+stime of its process) and the S3 requests it logged while the workload ran against each server: the portcullis column is Garage serving Portcullis, the distribution column Garage serving Distribution");
+        println!("- targets: the filesystem mode's, shown for reference (none were set for S3)");
+    }
     println!();
 }
 
@@ -243,10 +327,11 @@ impl Samples {
     }
 }
 
-/// One manifest cell's samples: req/s, p50 ms, p99 ms.
+/// One manifest cell's samples.
 struct Cell {
     kind: Kind,
-    values: [Vec<f64>; 3],
+    /// req/s, p50 ms, p99 ms; S3 mode: S3 requests per request, Garage CPU s per 1000 requests.
+    values: [Vec<f64>; 5],
 }
 
 impl Cell {
@@ -270,6 +355,8 @@ fn order<'a>(servers: &'a [&'a Server], k: usize) -> Vec<&'a Server> {
 struct Peak {
     sampler: RssSampler,
     hwm_reset: bool,
+    /// VmRSS when the measurement began, MiB.
+    start: f64,
 }
 
 fn peak_start(server: &Server) -> Peak {
@@ -277,6 +364,17 @@ fn peak_start(server: &Server) -> Peak {
     Peak {
         sampler: RssSampler::start(server.pid),
         hwm_reset,
+        start: server.status_kib("VmRSS") as f64 / 1024.0,
+    }
+}
+
+/// S3 mode: the RSS a measurement started from, next to its peak (memory
+/// the allocator kept from an earlier cell shows as this one's peak).
+fn rss_at_start(s: &Settings, peak: &Peak) -> String {
+    if s.s3().is_some() {
+        format!(" ({:.1} at start)", peak.start)
+    } else {
+        String::new()
     }
 }
 
@@ -290,6 +388,45 @@ async fn peak_finish(server: &Server, peak: Peak) -> f64 {
     sampled.max(hwm) as f64 / 1024.0
 }
 
+/// Garage's part in a measurement for the progress log: its CPU per `unit`
+/// of work and the S3 requests per `per` of them (empty outside the S3 mode).
+fn garage_text(
+    used: &Option<GarageUse>,
+    units: f64,
+    unit: &str,
+    per: f64,
+    per_what: &str,
+) -> String {
+    match used {
+        Some(u) => format!(
+            "; garage {:.2} CPU s/{unit}, {:.1} S3 requests/{per_what}",
+            u.cpu_secs / units,
+            u.requests as f64 / per
+        ),
+        None => String::new(),
+    }
+}
+
+/// Garage's use per server over the whole run (S3 mode), for the closing notes.
+#[derive(Default)]
+struct GarageLedger {
+    per: Vec<(Kind, GarageUse)>,
+}
+
+impl GarageLedger {
+    fn add(&mut self, kind: Kind, used: &Option<GarageUse>) {
+        let Some(used) = used else { return };
+        match self.per.iter_mut().find(|x| x.0 == kind) {
+            Some(x) => x.1.add(used),
+            None => {
+                let mut u = GarageUse::default();
+                u.add(used);
+                self.per.push((kind, u));
+            }
+        }
+    }
+}
+
 fn log_line(what: &str, server: &Server, value: String) {
     println!("  {what:<44} {:<26} {value}", server.kind.label());
 }
@@ -300,12 +437,17 @@ async fn main() -> Result<()> {
     let t_all = Instant::now();
     header(&s);
     let mut report = Report::default();
+    if s.s3().is_some() {
+        report.targets_caption =
+            Some("the filesystem mode's targets, for reference: none were set for S3".into());
+    }
     std::fs::create_dir_all(&s.tmp)?;
 
     println!("## Progress\n");
     println!("```");
     let started_p = servers::start(
         &s.bins,
+        &s.storage,
         Kind::PortcullisPolicies,
         &s.tmp.join("p-policies"),
         None,
@@ -314,9 +456,15 @@ async fn main() -> Result<()> {
     let pol = started_p.server;
     let bare = if s.runs(4) {
         Some(
-            servers::start(&s.bins, Kind::PortcullisBare, &s.tmp.join("p-bare"), None)
-                .await?
-                .server,
+            servers::start(
+                &s.bins,
+                &s.storage,
+                Kind::PortcullisBare,
+                &s.tmp.join("p-bare"),
+                None,
+            )
+            .await?
+            .server,
         )
     } else {
         None
@@ -325,6 +473,7 @@ async fn main() -> Result<()> {
         Some(_) => Some(
             servers::start(
                 &s.bins,
+                &s.storage,
                 Kind::Distribution,
                 &s.tmp.join("distribution"),
                 None,
@@ -369,11 +518,22 @@ async fn main() -> Result<()> {
             format!("{v:.1} MiB (pid {}, {})", b.pid, b.addr),
         );
     }
+    if let Some(g) = &s.garage {
+        println!(
+            "  {:<44} {:<26} {:.1} MiB (pid {})",
+            "VmRSS",
+            "garage",
+            g.rss_mib(),
+            g.pid
+        );
+    }
 
     // 1. one big blob, monolithic and chunked.
     let blob_size = s.blob_mib << 20;
     let blob = s.tmp.join("blob.bin");
-    let need_blob = s.runs(1) || s.runs(2);
+    let on_s3 = s.s3().is_some();
+    // On S3 the measured pushes send blobs of their own (see below).
+    let need_blob = s.runs(2) || (s.runs(1) && !on_s3);
     let digest = if need_blob {
         let t = Instant::now();
         let (path, size) = (blob.clone(), blob_size);
@@ -389,12 +549,23 @@ async fn main() -> Result<()> {
         String::new()
     };
     let mut peak_push = Samples::default();
-    let pull_repo = "team-a/big-mono-r0";
+    let mut ledger = GarageLedger::default();
+    // On S3 the measured pushes each send bytes of their own (below), so the
+    // pull reads a blob pushed to both for it.
+    let pull_repo = if on_s3 {
+        "team-a/big-pull"
+    } else {
+        "team-a/big-mono-r0"
+    };
     if s.runs(1) {
         let mut mono = Samples::default();
         let mut mono_cpu = Samples::default();
         let mut chunked = Samples::default();
         let mut chunked_cpu = Samples::default();
+        // S3 mode: Garage's CPU per GiB and S3 requests per push, [mono, chunked].
+        let mut g_cpu: [Samples; 2] = Default::default();
+        let mut g_req: [Samples; 2] = Default::default();
+        let mut pushes = 0u64;
         for round in 0..s.rounds {
             for chunked_mode in [false, true] {
                 for srv in order(&pair, step) {
@@ -402,6 +573,26 @@ async fn main() -> Result<()> {
                         "team-a/big-{}-r{round}",
                         if chunked_mode { "chunked" } else { "mono" }
                     );
+                    // S3: Garage stores blocks by content and keeps one copy
+                    // of identical blocks, so the same blob pushed again
+                    // costs it (and whoever pushes second) less: every push
+                    // gets random bytes of its own.
+                    let own = if on_s3 {
+                        let path = s.tmp.join("push-blob.bin");
+                        let (p, size, seed) = (path.clone(), blob_size, 1000 + pushes);
+                        pushes += 1;
+                        let d = tokio::task::spawn_blocking(move || {
+                            workloads::random_file(&p, size, seed)
+                        })
+                        .await??;
+                        Some((path, d))
+                    } else {
+                        None
+                    };
+                    let (file, digest) = match &own {
+                        Some((p, d)) => (p, d),
+                        None => (&blob, &digest),
+                    };
                     let (dir, size) = (s.tmp.clone(), blob_size);
                     tokio::task::spawn_blocking(move || {
                         workloads::recycle_page_cache(&dir, size)?;
@@ -409,6 +600,7 @@ async fn main() -> Result<()> {
                         anyhow::Ok(())
                     })
                     .await??;
+                    let gm = s.garage_mark().await;
                     let peak = peak_start(srv);
                     let cpu0 = srv.cpu_secs();
                     let t = Instant::now();
@@ -416,18 +608,23 @@ async fn main() -> Result<()> {
                         workloads::push_chunked(
                             srv.addr,
                             &repo,
-                            &blob,
+                            file,
                             blob_size,
-                            &digest,
+                            digest,
                             (s.chunk_mib << 20) as usize,
                         )
                         .await?;
                     } else {
-                        workloads::push_monolithic(srv.addr, &repo, &blob, blob_size, &digest)
+                        workloads::push_monolithic(srv.addr, &repo, file, blob_size, digest)
                             .await?;
                     }
                     let secs = t.elapsed().as_secs_f64();
                     let cpu = (srv.cpu_secs() - cpu0) / (blob_size as f64 / GIB);
+                    let used = s.garage_since(&gm);
+                    if let Some((p, _)) = &own {
+                        std::fs::remove_file(p)?;
+                    }
+                    let at_start = rss_at_start(&s, &peak);
                     let rss = peak_finish(srv, peak).await;
                     let mbs = blob_size as f64 / MB / secs;
                     let what = if chunked_mode {
@@ -438,8 +635,17 @@ async fn main() -> Result<()> {
                     log_line(
                         what,
                         srv,
-                        format!("{mbs:.0} MB/s, {cpu:.2} CPU s/GiB, peak RSS {rss:.1} MiB"),
+                        format!(
+                            "{mbs:.0} MB/s, {cpu:.2} CPU s/GiB, peak RSS {rss:.1} MiB{at_start}{}",
+                            garage_text(&used, blob_size as f64 / GIB, "GiB", 1.0, "push")
+                        ),
                     );
+                    if let Some(u) = &used {
+                        let i = usize::from(chunked_mode);
+                        g_cpu[i].push(srv.kind, u.cpu_secs / (blob_size as f64 / GIB));
+                        g_req[i].push(srv.kind, u.requests as f64);
+                    }
+                    ledger.add(srv.kind, &used);
                     if chunked_mode {
                         chunked.push(srv.kind, mbs);
                         chunked_cpu.push(srv.kind, cpu);
@@ -478,9 +684,45 @@ async fn main() -> Result<()> {
             Better::Lower,
             Target::None,
         ));
-    } else if need_blob {
+        if s.garage.is_some() {
+            let [g_mono, g_chunked] = g_cpu;
+            report.add(g_mono.row(
+                "Garage CPU per GiB pushed, monolithic",
+                "s/GiB",
+                Better::Lower,
+                Target::None,
+            ));
+            report.add(g_chunked.row(
+                "Garage CPU per GiB pushed, chunked",
+                "s/GiB",
+                Better::Lower,
+                Target::None,
+            ));
+            let [r_mono, r_chunked] = g_req;
+            report.add(r_mono.row(
+                "S3 requests per push, monolithic",
+                "req",
+                Better::Lower,
+                Target::None,
+            ));
+            report.add(r_chunked.row(
+                "S3 requests per push, chunked",
+                "req",
+                Better::Lower,
+                Target::None,
+            ));
+        }
+    }
+    if s.runs(2) && (on_s3 || !s.runs(1)) {
+        let t = Instant::now();
         for srv in &pair {
             workloads::push_monolithic(srv.addr, pull_repo, &blob, blob_size, &digest).await?;
+        }
+        if on_s3 {
+            println!(
+                "  pushed the blob to pull to both servers (not measured) in {:.1} s",
+                t.elapsed().as_secs_f64()
+            );
         }
     }
 
@@ -491,9 +733,13 @@ async fn main() -> Result<()> {
         let mut many = Samples::default();
         let mut one_cpu = Samples::default();
         let mut many_cpu = Samples::default();
+        // S3 mode: Garage's CPU per GiB and S3 requests per GET, [1, N clients].
+        let mut g_cpu: [Samples; 2] = Default::default();
+        let mut g_req: [Samples; 2] = Default::default();
         for _round in 0..s.rounds {
             for clients in [1, s.pull_clients] {
                 for srv in order(&pair, step) {
+                    let gm = s.garage_mark().await;
                     let peak = peak_start(srv);
                     let cpu0 = srv.cpu_secs();
                     let t = Instant::now();
@@ -501,13 +747,24 @@ async fn main() -> Result<()> {
                         workloads::pull(srv.addr, pull_repo, &digest, blob_size, clients).await?;
                     let secs = t.elapsed().as_secs_f64();
                     let cpu = (srv.cpu_secs() - cpu0) / (bytes as f64 / GIB);
+                    let used = s.garage_since(&gm);
+                    let at_start = rss_at_start(&s, &peak);
                     let rss = peak_finish(srv, peak).await;
                     let mbs = bytes as f64 / MB / secs;
                     log_line(
                         &format!("pull, {clients} client(s)"),
                         srv,
-                        format!("{mbs:.0} MB/s, {cpu:.2} CPU s/GiB, peak RSS {rss:.1} MiB"),
+                        format!(
+                            "{mbs:.0} MB/s, {cpu:.2} CPU s/GiB, peak RSS {rss:.1} MiB{at_start}{}",
+                            garage_text(&used, bytes as f64 / GIB, "GiB", clients as f64, "GET")
+                        ),
                     );
+                    if let Some(u) = &used {
+                        let i = usize::from(clients != 1);
+                        g_cpu[i].push(srv.kind, u.cpu_secs / (bytes as f64 / GIB));
+                        g_req[i].push(srv.kind, u.requests as f64 / clients as f64);
+                    }
+                    ledger.add(srv.kind, &used);
                     if clients == 1 {
                         one.push(srv.kind, mbs);
                         one_cpu.push(srv.kind, cpu);
@@ -548,20 +805,63 @@ async fn main() -> Result<()> {
             Better::Lower,
             Target::None,
         ));
+        if s.garage.is_some() {
+            let [g_one, g_many] = g_cpu;
+            report.add(g_one.row(
+                "Garage CPU per GiB pulled, 1 client",
+                "s/GiB",
+                Better::Lower,
+                Target::None,
+            ));
+            report.add(g_many.row(
+                format!("Garage CPU per GiB pulled, {} clients", s.pull_clients),
+                "s/GiB",
+                Better::Lower,
+                Target::None,
+            ));
+            let [r_one, r_many] = g_req;
+            report.add(r_one.row(
+                "S3 requests per blob GET, 1 client",
+                "req",
+                Better::Lower,
+                Target::None,
+            ));
+            report.add(r_many.row(
+                format!("S3 requests per blob GET, {} clients", s.pull_clients),
+                "req",
+                Better::Lower,
+                Target::None,
+            ));
+        }
     }
 
     // 3. many small blobs.
     if s.runs(3) {
         let mut rate = Samples::default();
         let mut modes_note = Vec::new();
+        // S3 mode: server and Garage CPU (ms) and S3 requests, per blob.
+        let mut srv_ms = Samples::default();
+        let mut g_ms = Samples::default();
+        let mut g_req = Samples::default();
         for round in 0..s.rounds {
             let blobs =
                 workloads::small_blobs(s.small_count, s.small_kib << 10, 100 + round as u64);
             for srv in order(&pair, step) {
+                // S3: blobs of their own for each server (Garage keeps one
+                // copy of identical blocks: see workload 1).
+                let blobs = if on_s3 {
+                    let seed =
+                        100 + round as u64 + 1000 * u64::from(srv.kind == Kind::Distribution);
+                    workloads::small_blobs(s.small_count, s.small_kib << 10, seed)
+                } else {
+                    blobs.clone()
+                };
                 // Dirty data left by earlier cells (Distribution does not
                 // fsync its uploads) is written back now, not during this
                 // cell, where it would slow down whichever server fsyncs.
                 tokio::task::spawn_blocking(workloads::flush_dirty_pages).await?;
+                let gm = s.garage_mark().await;
+                let cpu0 = srv.cpu_secs();
                 let t = Instant::now();
                 let modes = workloads::push_many(
                     srv.addr,
@@ -571,6 +871,9 @@ async fn main() -> Result<()> {
                 )
                 .await?;
                 let r = s.small_count as f64 / t.elapsed().as_secs_f64();
+                let cpu_ms = (srv.cpu_secs() - cpu0) * 1e3 / s.small_count as f64;
+                let used = s.garage_since(&gm);
+                ledger.add(srv.kind, &used);
                 let how = if modes.two_step == 0 {
                     "POST ?digest= answered 201"
                 } else if modes.single == 0 {
@@ -578,7 +881,25 @@ async fn main() -> Result<()> {
                 } else {
                     "mixed 201/202"
                 };
-                log_line("small blobs", srv, format!("{r:.0} blobs/s ({how})"));
+                match &used {
+                    None => log_line("small blobs", srv, format!("{r:.0} blobs/s ({how})")),
+                    Some(u) => {
+                        let n = s.small_count as f64;
+                        log_line(
+                            "small blobs",
+                            srv,
+                            format!(
+                                "{r:.0} blobs/s ({how}), {cpu_ms:.2} CPU ms/blob; garage {:.2} CPU ms/blob, {:.1} S3 requests/blob, {}",
+                                u.cpu_secs * 1e3 / n,
+                                u.requests as f64 / n,
+                                u.errors_text()
+                            ),
+                        );
+                        srv_ms.push(srv.kind, cpu_ms);
+                        g_ms.push(srv.kind, u.cpu_secs * 1e3 / n);
+                        g_req.push(srv.kind, u.requests as f64 / n);
+                    }
+                }
                 if round == 0 {
                     modes_note.push(format!("{}: {how}", srv.kind.label()));
                 }
@@ -596,6 +917,26 @@ async fn main() -> Result<()> {
             Better::Higher,
             Target::RatioMin(6.0),
         ));
+        if s.garage.is_some() {
+            report.add(srv_ms.row(
+                "server CPU per small blob",
+                "ms",
+                Better::Lower,
+                Target::None,
+            ));
+            report.add(g_ms.row(
+                "Garage CPU per small blob",
+                "ms",
+                Better::Lower,
+                Target::None,
+            ));
+            report.add(g_req.row(
+                "S3 requests per small blob",
+                "req",
+                Better::Lower,
+                Target::None,
+            ));
+        }
         report.note(format!("small-blob protocol: {}", modes_note.join("; ")));
     }
 
@@ -618,6 +959,7 @@ async fn main() -> Result<()> {
                     let mut rot = trio.clone();
                     rot.rotate_left(step % trio.len());
                     for srv in rot {
+                        let gm = s.garage_mark().await;
                         let r = workloads::rate(
                             srv.addr,
                             method.clone(),
@@ -627,16 +969,22 @@ async fn main() -> Result<()> {
                             Duration::from_secs_f64(s.secs),
                         )
                         .await?;
+                        // Garage's share includes the warm-up: per request
+                        // sent, warm-up included.
+                        let used = s.garage_since(&gm);
+                        ledger.add(srv.kind, &used);
+                        let sent = r.sent.max(1) as f64;
                         log_line(
                             &format!("manifest {method} c={c}"),
                             srv,
                             format!(
-                                "{:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, {} errors, {} connections",
+                                "{:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, {} errors, {} connections{}",
                                 r.rate(),
                                 r.percentile_ms(0.5),
                                 r.percentile_ms(0.99),
                                 r.errors,
-                                r.connections
+                                r.connections,
+                                garage_text(&used, sent / 1000.0, "1000 req", sent, "req")
                             ),
                         );
                         if r.errors > 0 {
@@ -651,6 +999,10 @@ async fn main() -> Result<()> {
                         cell.values[0].push(r.rate());
                         cell.values[1].push(r.percentile_ms(0.5));
                         cell.values[2].push(r.percentile_ms(0.99));
+                        if let Some(u) = &used {
+                            cell.values[3].push(u.requests as f64 / sent);
+                            cell.values[4].push(u.cpu_secs * 1e3 / sent);
+                        }
                     }
                     step += 1;
                 }
@@ -697,6 +1049,21 @@ async fn main() -> Result<()> {
                             d: d.and_then(|d| median(d.values[idx].clone())),
                             target,
                         });
+                    }
+                    if s.garage.is_some() && variant == Kind::PortcullisPolicies {
+                        for (what, unit, idx) in [
+                            ("S3 requests per request", "req", 3),
+                            ("Garage CPU per 1000 requests", "s", 4),
+                        ] {
+                            report.add(Row {
+                                name: format!("manifest {method} c={c}, {label}: {what}"),
+                                unit,
+                                better: Better::Lower,
+                                p: median(p.values[idx].clone()),
+                                d: d.and_then(|d| median(d.values[idx].clone())),
+                                target: Target::None,
+                            });
+                        }
                     }
                 }
             }
@@ -755,6 +1122,14 @@ async fn main() -> Result<()> {
             ));
         }
     }
+    if s.s3().is_some() {
+        for srv in [Some(&pol), bare.as_ref(), dist.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            report.note(log_summary(srv));
+        }
+    }
     drop(bare);
 
     // 7. start-up.
@@ -762,7 +1137,14 @@ async fn main() -> Result<()> {
         report.section("7. Start-up to the first 200 on /v2/");
         let dir = s.tmp.join("startup-portcullis");
         let cache = dir.join("policy-cache");
-        let cold = servers::start(&s.bins, Kind::PortcullisPolicies, &dir, Some(&cache)).await?;
+        let cold = servers::start(
+            &s.bins,
+            &s.storage,
+            Kind::PortcullisPolicies,
+            &dir,
+            Some(&cache),
+        )
+        .await?;
         let cold_ms = cold.startup.as_secs_f64() * 1e3;
         log_line(
             "start-up, empty policy cache (cold)",
@@ -773,7 +1155,14 @@ async fn main() -> Result<()> {
         let mut warm = Samples::default();
         let mut warm_idle = None;
         for i in 0..s.startup_runs {
-            let w = servers::start(&s.bins, Kind::PortcullisPolicies, &dir, Some(&cache)).await?;
+            let w = servers::start(
+                &s.bins,
+                &s.storage,
+                Kind::PortcullisPolicies,
+                &dir,
+                Some(&cache),
+            )
+            .await?;
             let ms = w.startup.as_secs_f64() * 1e3;
             log_line(
                 "start-up, warm policy cache",
@@ -796,7 +1185,8 @@ async fn main() -> Result<()> {
         if s.bins.distribution.is_some() {
             let ddir = s.tmp.join("startup-distribution");
             for i in 0..s.startup_runs {
-                let w = servers::start(&s.bins, Kind::Distribution, &ddir, None).await?;
+                let w =
+                    servers::start(&s.bins, &s.storage, Kind::Distribution, &ddir, None).await?;
                 let ms = w.startup.as_secs_f64() * 1e3;
                 log_line("start-up", &w.server, format!("{ms:.0} ms"));
                 if i == 0 {
@@ -829,12 +1219,75 @@ async fn main() -> Result<()> {
         });
     }
 
+    if let Some(g) = &s.garage {
+        println!(
+            "  {:<44} {:<26} {:.1} MiB (pid {}{})",
+            "VmRSS at the end",
+            "garage",
+            g.rss_mib(),
+            g.pid,
+            if g.alive() { "" } else { ", not running" }
+        );
+        for (kind, used) in &ledger.per {
+            report.note(format!(
+                "garage while serving {} (all measured cells): {:.1} CPU s, {} S3 requests, {}, {} WARN/ERROR log lines{}",
+                kind.label(),
+                used.cpu_secs,
+                used.requests,
+                used.errors_text(),
+                used.warnings,
+                if used.first_warnings.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (first: {})", used.first_warnings.join(" | "))
+                }
+            ));
+        }
+    }
     drop(pol);
     drop(dist);
     println!("```\n");
     report.print();
     println!("\nTotal run time: {:.0} s", t_all.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// How many lines of a server's log are warnings or errors, and the first
+/// few: the S3 mode's check that neither server met trouble it hid behind a
+/// retry. Distribution's start-up warning about its generated HTTP secret
+/// (it signs upload state with it: one instance only) is left out.
+fn log_summary(srv: &Server) -> String {
+    let text = std::fs::read_to_string(&srv.log).unwrap_or_default();
+    let bad: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.contains("No HTTP secret provided"))
+        .filter(|l| {
+            let l = l.to_ascii_lowercase();
+            l.contains("level=error")
+                || l.contains("level=warn")
+                || l.contains("\"level\":\"error\"")
+                || l.contains("\"level\":\"warn\"")
+                || l.contains(" error ")
+                || l.contains(" warn ")
+                || l.contains("panic")
+        })
+        .collect();
+    let first: Vec<String> = bad
+        .iter()
+        .take(3)
+        .map(|l| l.chars().take(300).collect())
+        .collect();
+    format!(
+        "{} log ({}): {} warning/error lines{}",
+        srv.kind.label(),
+        srv.log.display(),
+        bad.len(),
+        if first.is_empty() {
+            String::new()
+        } else {
+            format!(", first: {}", first.join(" | "))
+        }
+    )
 }
 
 fn docker_available() -> bool {

@@ -79,6 +79,9 @@ enum Line {
 pub struct Report {
     lines: Vec<Line>,
     notes: Vec<String>,
+    /// Said after "Targets met: M of N" (the S3 mode's targets are the
+    /// filesystem mode's, for reference).
+    pub targets_caption: Option<String>,
 }
 
 impl Report {
@@ -131,7 +134,10 @@ impl Report {
             })
             .collect();
         let met = rows.iter().filter(|r| r.status() == "met").count();
-        println!("\nTargets met: {met} of {}", rows.len());
+        match &self.targets_caption {
+            None => println!("\nTargets met: {met} of {}", rows.len()),
+            Some(c) => println!("\nTargets met: {met} of {} ({c})", rows.len()),
+        }
         for n in &self.notes {
             println!("- {n}");
         }

@@ -55,6 +55,38 @@ pub struct Binaries {
     pub distribution: Option<PathBuf>,
 }
 
+/// Where the servers keep content.
+pub enum Storage {
+    /// A fresh directory per server (`dir/storage`).
+    Filesystem,
+    /// One bucket of an S3 store, a key prefix per server.
+    S3(S3Store),
+}
+
+/// The S3 store both servers use (bench/run.sh starts a Garage for it).
+pub struct S3Store {
+    pub endpoint: String,
+    pub bucket: String,
+    pub region: String,
+    pub access_key: String,
+    pub secret_key: String,
+    /// Portcullis's `storage.part_size` and Distribution's `chunksize`, in bytes.
+    pub part_size: u64,
+}
+
+impl S3Store {
+    /// The key prefix of the server whose files live in `dir`: `bench-` and
+    /// the directory's name (`bench-p-policies`, `bench-distribution`, ...).
+    pub fn prefix(dir: &Path) -> String {
+        format!(
+            "bench-{}",
+            dir.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "server".into())
+        )
+    }
+}
+
 pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -73,10 +105,12 @@ pub struct Started {
     pub startup: Duration,
 }
 
-/// Writes the config of `kind` below `dir` (storage in `dir/storage`, the
-/// policy cache in `cache`) and starts it.
+/// Writes the config of `kind` below `dir` (storage in `dir/storage`, or on
+/// S3 under the prefix `S3Store::prefix(dir)`; the policy cache in `cache`)
+/// and starts it.
 pub async fn start(
     bins: &Binaries,
+    storage_kind: &Storage,
     kind: Kind,
     dir: &Path,
     cache: Option<&Path>,
@@ -96,8 +130,22 @@ pub async fn start(
             let cache = cache
                 .map(Path::to_path_buf)
                 .unwrap_or(dir.join("policy-cache"));
+            // With S3, `root` holds nothing but is required.
+            let s3 = match storage_kind {
+                Storage::Filesystem => String::new(),
+                Storage::S3(s3) => format!(
+                    "backend = \"s3\"\nendpoint = {:?}\nbucket = {:?}\nregion = {:?}\nprefix = {:?}\naccess_key_id = {:?}\nsecret_access_key = {:?}\npart_size = {}\n",
+                    s3.endpoint,
+                    s3.bucket,
+                    s3.region,
+                    S3Store::prefix(dir),
+                    s3.access_key,
+                    s3.secret_key,
+                    s3.part_size
+                ),
+            };
             let mut config = format!(
-                "listen = \"{addr}\"\n\n[storage]\nroot = {:?}\n\n[policy]\ndir = {:?}\ncache_dir = {:?}\n",
+                "listen = \"{addr}\"\n\n[storage]\n{s3}root = {:?}\n\n[policy]\ndir = {:?}\ncache_dir = {:?}\n",
                 storage, policy_dir, cache
             );
             if kind == Kind::PortcullisBare {
@@ -122,10 +170,28 @@ pub async fn start(
                 .as_ref()
                 .context("docker-registry is not installed")?;
             // Debian's default config (/etc/docker/registry/config.yml), less
-            // auth, on loopback and a temporary root.
+            // auth, on loopback and a temporary root; or its S3 driver, which
+            // serves blob bytes itself (redirect disabled) as Portcullis does
+            // by default.
+            let driver = match storage_kind {
+                Storage::Filesystem => format!(
+                    "  filesystem:\n    rootdirectory: {}\n",
+                    storage.display()
+                ),
+                Storage::S3(s3) => format!(
+                    "  s3:\n    regionendpoint: {:?}\n    region: {:?}\n    bucket: {:?}\n    rootdirectory: {:?}\n    secure: {}\n    v4auth: true\n    chunksize: {}\n    accesskey: {:?}\n    secretkey: {:?}\n  redirect:\n    disable: true\n",
+                    s3.endpoint,
+                    s3.region,
+                    s3.bucket,
+                    format!("/{}", S3Store::prefix(dir)),
+                    s3.endpoint.starts_with("https://"),
+                    s3.part_size,
+                    s3.access_key,
+                    s3.secret_key
+                ),
+            };
             let config = format!(
-                "version: 0.1\nlog:\n  fields:\n    service: registry\nstorage:\n  cache:\n    blobdescriptor: inmemory\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n  headers:\n    X-Content-Type-Options: [nosniff]\nhealth:\n  storagedriver:\n    enabled: true\n    interval: 10s\n    threshold: 3\n",
-                storage.display()
+                "version: 0.1\nlog:\n  fields:\n    service: registry\nstorage:\n  cache:\n    blobdescriptor: inmemory\n{driver}  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n  headers:\n    X-Content-Type-Options: [nosniff]\nhealth:\n  storagedriver:\n    enabled: true\n    interval: 10s\n    threshold: 3\n"
             );
             let path = dir.join("distribution.yml");
             fs::write(&path, config)?;
@@ -136,6 +202,17 @@ pub async fn start(
                 if k.starts_with("REGISTRY_") {
                     cmd.env_remove(k);
                 }
+            }
+        }
+    }
+    if let Storage::S3(_) = storage_kind {
+        // The config file alone decides how the store is reached: no AWS_*
+        // from the caller (Distribution 2.8.2 panics at start-up on
+        // AWS_CA_BUNDLE, LoadCustomCABundleError, and an AWS_PROFILE or
+        // AWS_ENDPOINT_URL would be read by either).
+        for (k, _) in std::env::vars() {
+            if k.starts_with("AWS_") {
+                cmd.env_remove(k);
             }
         }
     }
@@ -180,19 +257,24 @@ async fn wait_ready(server: &mut Server, t0: Instant, limit: Duration) -> Result
     }
 }
 
+/// utime + stime of all threads of `pid`, in seconds.
+pub fn cpu_secs(pid: u32) -> f64 {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return f64::NAN;
+    };
+    let rest = &stat[stat.rfind(')').map(|i| i + 1).unwrap_or(0)..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After "pid (comm)": state is field 3, utime 14, stime 15.
+    let ticks: u64 = f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks as f64 / hz
+}
+
 impl Server {
     /// utime + stime of all threads, in seconds.
     pub fn cpu_secs(&self) -> f64 {
-        let Ok(stat) = fs::read_to_string(format!("/proc/{}/stat", self.pid)) else {
-            return f64::NAN;
-        };
-        let rest = &stat[stat.rfind(')').map(|i| i + 1).unwrap_or(0)..];
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        // After "pid (comm)": state is field 3, utime 14, stime 15.
-        let ticks: u64 = f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0);
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        ticks as f64 / hz
+        cpu_secs(self.pid)
     }
 
     /// A /proc/<pid>/status field in KiB (VmRSS, VmHWM).
@@ -260,5 +342,173 @@ impl RssSampler {
     pub async fn finish(self) -> u64 {
         let _ = self.stop.send(true);
         self.handle.await.unwrap_or(0)
+    }
+}
+
+/// The Garage bench/run.sh started for the S3 mode (not our child): its CPU,
+/// and the S3 requests its log shows (Garage logs one INFO line per request,
+/// and one more per error response).
+pub struct Garage {
+    pub pid: u32,
+    pub log: PathBuf,
+}
+
+/// Where Garage stood at the start of a measurement.
+pub struct GarageMark {
+    cpu: f64,
+    log_len: u64,
+}
+
+/// What Garage did between a mark and now.
+#[derive(Default)]
+pub struct GarageUse {
+    pub cpu_secs: f64,
+    /// S3 requests received.
+    pub requests: u64,
+    /// Error responses by status ("404 Not Found": 3).
+    pub errors: std::collections::BTreeMap<String, u64>,
+    /// WARN and ERROR lines (first few kept).
+    pub warnings: u64,
+    pub first_warnings: Vec<String>,
+}
+
+impl GarageUse {
+    pub fn errors_text(&self) -> String {
+        if self.errors.is_empty() {
+            return "no error responses".into();
+        }
+        let list: Vec<String> = self
+            .errors
+            .iter()
+            .map(|(k, v)| format!("{v} x {k}"))
+            .collect();
+        format!("error responses: {}", list.join(", "))
+    }
+
+    pub fn add(&mut self, other: &GarageUse) {
+        self.cpu_secs += other.cpu_secs;
+        self.requests += other.requests;
+        for (k, v) in &other.errors {
+            *self.errors.entry(k.clone()).or_default() += v;
+        }
+        self.warnings += other.warnings;
+        for w in &other.first_warnings {
+            if self.first_warnings.len() < 5 {
+                self.first_warnings.push(w.clone());
+            }
+        }
+    }
+}
+
+/// `s` without ANSI escape sequences (Garage colours its log).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters, ended by a letter.
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+impl Garage {
+    pub fn from_env() -> Option<Self> {
+        let pid = std::env::var("BENCH_GARAGE_PID")
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let log = PathBuf::from(std::env::var("BENCH_GARAGE_LOG").ok()?);
+        Some(Self { pid, log })
+    }
+
+    /// `garage --version` of the running binary.
+    pub fn version(&self) -> String {
+        fs::read_link(format!("/proc/{}/exe", self.pid))
+            .ok()
+            .and_then(|exe| Command::new(exe).arg("--version").output().ok())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "?".into())
+    }
+
+    pub fn alive(&self) -> bool {
+        fs::metadata(format!("/proc/{}", self.pid)).is_ok()
+    }
+
+    pub fn rss_mib(&self) -> f64 {
+        status_kib(self.pid, "VmRSS") as f64 / 1024.0
+    }
+
+    /// Waits (at most 10 s) until Garage uses at most one clock tick (10 ms
+    /// at the usual 100 Hz, 5% of a core) over 200 ms; false if it never did.
+    pub async fn settle(&self) -> bool {
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(10) {
+            let c0 = cpu_secs(self.pid);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let used = cpu_secs(self.pid) - c0;
+            if !used.is_finite() || used < 0.015 {
+                return true;
+            }
+        }
+        false
+    }
+
+    pub fn mark(&self) -> GarageMark {
+        GarageMark {
+            cpu: cpu_secs(self.pid),
+            log_len: fs::metadata(&self.log).map(|m| m.len()).unwrap_or(0),
+        }
+    }
+
+    pub fn since(&self, mark: &GarageMark) -> GarageUse {
+        let mut used = GarageUse {
+            cpu_secs: cpu_secs(self.pid) - mark.cpu,
+            ..Default::default()
+        };
+        let Ok(mut f) = fs::File::open(&self.log) else {
+            return used;
+        };
+        let mut buf = Vec::new();
+        use std::io::{Read, Seek, SeekFrom};
+        if f.seek(SeekFrom::Start(mark.log_len)).is_err() || f.read_to_end(&mut buf).is_err() {
+            return used;
+        }
+        // Only whole lines: a line being written now counts next time.
+        let end = buf
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map(|i| i + 1)
+            .unwrap_or(0);
+        for line in String::from_utf8_lossy(&buf[..end]).lines() {
+            let line = strip_ansi(line);
+            if let Some(rest) = line.split_once("generic_server: ").map(|x| x.1) {
+                if let Some(err) = rest.strip_prefix("error ") {
+                    // "error 404 Not Found, Key not found in response to ..."
+                    let status = err.split(',').next().unwrap_or(err).trim().to_string();
+                    *used.errors.entry(status).or_default() += 1;
+                } else if rest.starts_with(|c: char| c.is_ascii_digit() || c == '[') {
+                    used.requests += 1;
+                }
+            }
+            if line.contains(" WARN ") || line.contains(" ERROR ") {
+                used.warnings += 1;
+                if used.first_warnings.len() < 5 {
+                    used.first_warnings.push(line.chars().take(300).collect());
+                }
+            }
+        }
+        used
     }
 }

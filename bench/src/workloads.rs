@@ -328,6 +328,8 @@ pub async fn push_small_image(addr: SocketAddr, repo: &str, tag: &str) -> Result
 
 pub struct RateResult {
     pub requests: u64,
+    /// Requests sent, the warm-up's included.
+    pub sent: u64,
     /// TCP connections opened during the cell (= clients when kept alive).
     pub connections: u64,
     pub errors: u64,
@@ -371,6 +373,7 @@ pub async fn rate(
             let mut conn = Conn::new(addr);
             let mut lat = Vec::with_capacity(1 << 16);
             let mut errors = 0u64;
+            let mut sent = 0u64;
             loop {
                 let t0 = Instant::now();
                 if t0 >= end {
@@ -386,6 +389,7 @@ pub async fn rate(
                     .await?;
                 let ok = resp.status().as_u16() == 200;
                 client::drain(resp).await?;
+                sent += 1;
                 if t0 >= start {
                     if ok {
                         lat.push(t0.elapsed().as_nanos() as u64);
@@ -394,19 +398,22 @@ pub async fn rate(
                     }
                 }
             }
-            Ok::<_, anyhow::Error>((lat, errors))
+            Ok::<_, anyhow::Error>((lat, errors, sent))
         }));
     }
     let mut all = Vec::new();
     let mut errors = 0;
+    let mut sent = 0;
     for t in tasks {
-        let (lat, e) = t.await??;
+        let (lat, e, n) = t.await??;
         all.extend(lat);
         errors += e;
+        sent += n;
     }
     all.sort_unstable();
     Ok(RateResult {
         requests: all.len() as u64,
+        sent,
         connections: client::CONNECTS.load(Ordering::Relaxed) - connects0,
         errors,
         secs: secs.as_secs_f64(),
