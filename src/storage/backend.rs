@@ -89,7 +89,7 @@ impl Storage {
             Storage::S3(s3) => {
                 let (blob, size) = s3.open_blob(name, digest).await?;
                 Ok(BlobReader {
-                    source: BlobSource::Remote(blob),
+                    source: BlobSource::Remote(Box::new(blob)),
                     size,
                 })
             }

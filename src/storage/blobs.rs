@@ -27,7 +27,7 @@ pub struct BlobReader {
 
 pub(crate) enum BlobSource {
     File(Arc<std::fs::File>),
-    Remote(super::s3::RemoteBlob),
+    Remote(Box<super::s3::RemoteBlob>),
 }
 
 /// A blob's bytes as a stream: read from the file, or fetched from the store.

@@ -261,19 +261,21 @@ impl S3Storage {
                 let upload = self.multipart_of(ingest).await?;
                 let index = ingest.parts.len() + in_flight.len();
                 let (s3, staging) = (std::sync::Arc::clone(&self.s3), ingest.staging.clone());
-                in_flight.push_back(async move {
+                // A task of its own: the part goes out while the body keeps
+                // coming in (a future merely queued here would not progress).
+                in_flight.push_back(AbortOnDrop(tokio::spawn(async move {
                     s3.put_part(&staging, &upload, index, PutPayload::from(part.freeze()))
                         .await
-                });
+                })));
                 if in_flight.len() >= PARTS_IN_FLIGHT {
                     if let Some(done) = in_flight.next().await {
-                        ingest.parts.push(done.map_err(|e| self.unavailable(e))?);
+                        ingest.parts.push(self.part_result(done)?);
                     }
                 }
             }
         }
         while let Some(done) = in_flight.next().await {
-            ingest.parts.push(done.map_err(|e| self.unavailable(e))?);
+            ingest.parts.push(self.part_result(done)?);
         }
         if let Some(declared) = declared.filter(|d| *d != received) {
             return Err(StorageError::SizeMismatch {
@@ -283,6 +285,18 @@ impl S3Storage {
         }
         ingest.size += received;
         Ok(received)
+    }
+
+    fn part_result(
+        &self,
+        done: std::result::Result<object_store::Result<PartId>, tokio::task::JoinError>,
+    ) -> Result<PartId> {
+        match done {
+            Ok(part) => part.map_err(|e| self.unavailable(e)),
+            Err(e) => Err(StorageError::Io(std::io::Error::other(format!(
+                "part upload task failed: {e}"
+            )))),
+        }
     }
 
     /// The upload's multipart id, created on first use.
@@ -530,6 +544,27 @@ impl S3Storage {
         };
         self.delete_tree(paths::upload_dir(name, id)).await?;
         Ok(size)
+    }
+}
+
+/// A part upload's task, cancelled when the request that started it fails
+/// or goes away (its parts are then simply not in the session).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> std::future::Future for AbortOnDrop<T> {
+    type Output = std::result::Result<T, tokio::task::JoinError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
