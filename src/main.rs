@@ -182,14 +182,7 @@ async fn run(command: Command) -> Result<(), String> {
                 .map_err(|e| e.to_string())?;
             tracing::info!(
                 addr = %server.local_addr(),
-                storage = %match config.storage.backend {
-                    portcullis::config::Backend::Filesystem => config.storage.root.display().to_string(),
-                    portcullis::config::Backend::S3 => format!(
-                        "s3 bucket {} at {}",
-                        config.storage.bucket.as_deref().unwrap_or(""),
-                        config.storage.endpoint.as_deref().unwrap_or("AWS")
-                    ),
-                },
+                storage = %server.storage_location(),
                 "portcullis listening"
             );
             server

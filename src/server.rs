@@ -45,6 +45,8 @@ pub struct Server {
     tls: Option<RustlsConfig>,
     grace: Duration,
     limits: crate::config::LimitsConfig,
+    /// Where content is stored, for messages.
+    storage_location: String,
 }
 
 impl Server {
@@ -70,6 +72,7 @@ impl Server {
         let storage = Storage::open(&config.storage)
             .await
             .map_err(ServerError::Storage)?;
+        let storage_location = storage.location();
         if config.storage.backend == crate::config::Backend::Filesystem {
             check_storage_root(&config.storage.root);
         }
@@ -149,11 +152,17 @@ impl Server {
             tls,
             grace,
             limits,
+            storage_location,
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The storage root or bucket the server stores into.
+    pub fn storage_location(&self) -> &str {
+        &self.storage_location
     }
 
     /// Whether connections are TLS.
