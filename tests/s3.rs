@@ -685,3 +685,42 @@ async fn a_chunk_cut_off_on_one_replica_leaves_the_session_as_it_was_for_the_oth
     let blob = a.get(&format!("/v2/cut/app/blobs/{digest}")).await;
     assert_eq!(sha256(&blob.bytes().await.unwrap()), digest);
 }
+
+#[tokio::test]
+async fn the_s3_example_config_serves_as_two_replicas() {
+    // examples/config-s3.toml as a user runs it, pointed at the test's Garage.
+    let example =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/config-s3.toml");
+    let loaded = Config::load(Some(&example)).expect("the example loads");
+    assert_eq!(loaded.storage.backend, portcullis::config::Backend::S3);
+    let store = Garage::shared().await;
+    let configure = |c: &mut Config| {
+        let root = c.storage.root.clone();
+        c.storage = loaded.storage.clone();
+        c.storage.root = root;
+        c.policy.chain = loaded.policy.chain.clone();
+    };
+    let prefix = unique_prefix();
+    let a = TestRegistry::start_s3_with(&store, &prefix, |c| {
+        configure(c);
+        store.configure(c, &prefix);
+    })
+    .await;
+    let b = TestRegistry::start_s3_with(&store, &prefix, |c| {
+        configure(c);
+        store.configure(c, &prefix);
+    })
+    .await;
+    let image = Image::random();
+    a.push_image("app", "v1.0.0", &image).await;
+    let manifest = b.get("/v2/app/manifests/v1.0.0").await;
+    assert_eq!(
+        header(&manifest, "docker-content-digest"),
+        Some(image.digest.clone())
+    );
+    // Its immutability policy holds across the replicas.
+    let (status, _) = b
+        .push_image_as(None, "app", "v1.0.0", &Image::random())
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
