@@ -9,7 +9,8 @@
 //! What differs from the filesystem: there is no rename, so uploads go to a
 //! staging object (an S3 multipart upload) that is copied to its content
 //! address once its digest is verified; upload sessions are objects
-//! (`_uploads/<id>/session`), so any replica continues any session; and a
+//! (`repositories/<name>/_uploads/<id>/session`), so any replica continues
+//! any session; and a
 //! tag moves with a conditional write where the store enforces those
 //! (detected at start-up), else with a check immediately before the write.
 
@@ -241,10 +242,6 @@ impl S3Storage {
 
     pub fn settings(&self) -> &StorageSettings {
         &self.settings
-    }
-
-    pub fn conditional(&self) -> Conditional {
-        self.conditional
     }
 
     /// The key of a layout path (`paths.rs`).

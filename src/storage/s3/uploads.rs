@@ -8,9 +8,9 @@
 //! is copied to the blob's content address: nothing under `blobs/` is ever
 //! a partial or unverified blob.
 //!
-//! A session is an object (`_uploads/<id>/session`: the multipart upload's
-//! id, its parts' etags, the bytes received and the SHA-256 state), so a
-//! `PATCH` or the final `PUT` can reach any replica. What a `PATCH` leaves
+//! A session is an object (`repositories/<name>/_uploads/<id>/session`: the
+//! multipart upload's id, its parts' etags, the bytes received and the
+//! SHA-256 state), so a `PATCH` or the final `PUT` can reach any replica. What a `PATCH` leaves
 //! short of a whole part goes to a tail object (S3 refuses parts under
 //! 5 MiB except the last) that the next request of the session picks up.
 //! A chunk is all-or-nothing: the session object is written last, so a
