@@ -563,17 +563,32 @@ async fn fsck_on_s3_finds_a_corrupt_blob_and_repair_quarantines_it() {
         .await
         .unwrap();
     let findings: Vec<String> = report.findings.iter().map(|f| f.to_string()).collect();
+    // Just the corrupt blob: until it is repaired, its links are not dangling.
+    assert_eq!(findings.len(), 1, "{findings:?}");
     assert!(
-        findings
-            .iter()
-            .any(|f| f.starts_with(&format!("blob {victim}"))),
+        findings[0].starts_with(&format!("blob {victim}")),
         "{findings:?}"
     );
     let repaired = storage
         .fsck(true, indicatif::ProgressBar::hidden())
         .await
         .unwrap();
-    assert!(!repaired.repaired.is_empty());
+    let fixed: Vec<String> = repaired.repaired.iter().map(|f| f.to_string()).collect();
+    assert!(
+        fixed
+            .iter()
+            .any(|f| f.starts_with(&format!("blob {victim}"))),
+        "{fixed:?}"
+    );
+    // The repaired blob left a manifest referencing what is gone: reported, not hidden.
+    assert!(
+        repaired
+            .findings
+            .iter()
+            .any(|f| f.to_string().contains(&format!("references {victim}"))),
+        "{:?}",
+        repaired.findings
+    );
     expect_error(
         registry
             .send(Method::GET, &format!("/v2/app/blobs/{victim}"))

@@ -201,6 +201,11 @@ impl S3Storage {
                 stored.insert(digest);
                 continue;
             }
+            // As on the filesystem: a corrupt blob is still there (and its
+            // links not dangling) until --repair quarantines it.
+            if !repair {
+                stored.insert(digest.clone());
+            }
             if repair {
                 let data = self.key(paths::blob_data(&digest));
                 let target = self.key(PathBuf::from(QUARANTINE).join(format!(
