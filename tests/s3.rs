@@ -271,13 +271,13 @@ async fn racing_pushes_to_an_immutable_tag_through_one_replica_leave_exactly_one
 
 #[tokio::test]
 async fn racing_pushes_to_an_immutable_tag_across_replicas_on_garage() {
-    // Garage ignores If-None-Match/If-Match: the race between two replicas
-    // is narrowed (the tag is re-read just before its write), not closed.
-    // What holds: every push ends in 201 or the policy's 403, at least one
-    // wins, and the tag names a winner.
+    // Garage ignores If-None-Match/If-Match. Without the settle step (each
+    // writer re-reads the tag a moment after its write) both racing pushes
+    // were accepted in 5 to 8 of these 8 rounds; with it, exactly one wins
+    // unless a replica stalls between its check and its write for longer
+    // than the wait (README, "Scale-out"), which this loopback race does not.
     let store = Garage::shared().await;
     let (a, b) = replicas(&store, immutable_tags).await;
-    let mut both_won = 0;
     for round in 0..8 {
         let (outcomes, winner) = race_for_a_tag(&a, &b, &format!("v{round}")).await;
         let created: Vec<_> = outcomes
@@ -285,15 +285,31 @@ async fn racing_pushes_to_an_immutable_tag_across_replicas_on_garage() {
             .filter(|(s, _)| *s == StatusCode::CREATED)
             .map(|(_, d)| d.clone())
             .collect();
-        assert!(!created.is_empty(), "round {round}: {outcomes:?}");
-        let winner = winner.expect("the tag exists after the race");
-        assert!(
-            created.contains(&winner),
-            "round {round}: {outcomes:?} {winner}"
+        assert_eq!(
+            created.len(),
+            1,
+            "round {round}: exactly one push wins: {outcomes:?}"
         );
-        both_won += usize::from(created.len() == 2);
+        assert_eq!(
+            winner.as_ref(),
+            Some(&created[0]),
+            "round {round}: the tag names it"
+        );
     }
-    eprintln!("garage: both racing pushes were accepted in {both_won} of 8 rounds");
+    // A mutable tag moved by both at once: both pushes stand (the one
+    // overwritten was superseded by a push the policies allow), and the tag
+    // names one of them.
+    let (a2, b2) = replicas(&store, |_| {}).await;
+    for round in 0..4 {
+        let tag = format!("latest-{round}");
+        let (outcomes, winner) = race_for_a_tag(&a2, &b2, &tag).await;
+        assert!(
+            outcomes.iter().all(|(s, _)| *s == StatusCode::CREATED),
+            "{outcomes:?}"
+        );
+        let winner = winner.expect("the tag exists");
+        assert!(outcomes.iter().any(|(_, d)| *d == winner));
+    }
 }
 
 #[tokio::test]

@@ -14,8 +14,8 @@ use crate::policy::request::{ManifestFacts, Resource};
 use crate::policy::Access;
 use crate::reference::{Algorithm, Digest, Reference, RepositoryName};
 use crate::storage::{
-    ParsedManifest, MEDIA_TYPE_DOCKER_LIST, MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_OCI_INDEX,
-    MEDIA_TYPE_OCI_MANIFEST,
+    ParsedManifest, StorageError, MEDIA_TYPE_DOCKER_LIST, MEDIA_TYPE_DOCKER_MANIFEST,
+    MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_MANIFEST,
 };
 
 const MANIFEST_TYPES: [&str; 4] = [
@@ -160,7 +160,15 @@ pub async fn put(
             )
             .await
         {
-            Err(crate::storage::StorageError::TagChanged(_)) if attempt < TAG_ATTEMPTS => continue,
+            Err(StorageError::TagChanged(_)) if attempt < TAG_ATTEMPTS => continue,
+            // Written, then overwritten by a concurrent push (a store without
+            // conditional writes): this push stands only if the policies
+            // would have allowed it after that one.
+            Err(StorageError::TagSuperseded { ours, now }) => {
+                access.current_digest = now;
+                authorize(state, caller, &access)?;
+                break ours;
+            }
             result => break result?,
         }
     };

@@ -63,6 +63,8 @@ pub enum StorageError {
     Body(String),
     #[error("tag {0} was changed by another push while this one was checked; try again")]
     TagChanged(crate::reference::Tag),
+    #[error("tag now names {now:?}, written by another push just after this one's {ours}")]
+    TagSuperseded { ours: Digest, now: Option<Digest> },
     #[error("storage backend unavailable: {0}")]
     Unavailable(String),
     #[error("storage I/O error: {0}")]

@@ -42,6 +42,8 @@ const MANIFEST_LIMIT: u64 = 64 * 1024 * 1024;
 /// Requests to the store in flight at once for one operation (a manifest's
 /// references checked, the tags of a repository listed).
 const FAN_OUT: usize = 16;
+/// See [`S3Storage::settle_tag`].
+const TAG_SETTLE_MIN: Duration = Duration::from_millis(100);
 
 /// The store's view of conditional writes, found at start-up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -227,10 +229,11 @@ impl S3Storage {
             Conditional::NotEnforced => tracing::warn!(
                 store = %storage.description,
                 "the store does not enforce conditional writes (If-None-Match/If-Match on PUT): \
-                 two replicas moving the same tag at the same moment can both pass the \
-                 tag-immutability check; the later write wins. The window is one round trip \
-                 to the store (the tag is re-read just before it is written), and pushes \
-                 through one replica are serialised"
+                 a tag is re-read at least 100 ms after each move, and a push whose write was \
+                 overwritten in that time is decided again on what the tag names now. The race \
+                 that remains: two replicas can both move a tag past the tag-immutability check \
+                 if one of them stalls between reading the tag and writing it for longer than \
+                 that wait. Pushes through one replica are serialised per tag"
             ),
         }
         Ok(storage)
@@ -644,6 +647,7 @@ impl S3Storage {
             .lock()
             .await;
         let current = self.read_link_tagged(&path).await?;
+        let checked = std::time::Instant::now();
         if current.as_ref().map(|(d, _)| d) != expected.as_ref() {
             return Err(StorageError::TagChanged(tag.clone()));
         }
@@ -660,12 +664,37 @@ impl S3Storage {
             ..Default::default()
         };
         match self.s3.put_opts(&key, payload(), options).await {
-            Ok(_) => Ok(()),
+            Ok(_) => {}
             Err(object_store::Error::AlreadyExists { .. })
             | Err(object_store::Error::Precondition { .. }) => {
-                Err(StorageError::TagChanged(tag.clone()))
+                return Err(StorageError::TagChanged(tag.clone()))
             }
-            Err(e) => Err(self.unavailable(e)),
+            Err(e) => return Err(self.unavailable(e)),
+        }
+        if self.conditional == Conditional::NotEnforced {
+            self.settle_tag(&path, digest, checked.elapsed()).await?;
+        }
+        Ok(())
+    }
+
+    /// On a store that ignores conditional writes, two replicas can check a
+    /// tag, both see what they expect, and both write it. Each writer
+    /// therefore waits a little past its own write, longer than another
+    /// writer takes from its check to its write (`TAG_SETTLE_MIN`, or four
+    /// times this writer's own check-to-write time if that is longer), and
+    /// reads the tag again: a writer whose write was overwritten in that
+    /// time lost the race (`TagSuperseded`), and the request is decided
+    /// again on what the tag names now. The race that remains: another
+    /// writer whose check-to-write time exceeds the wait (a replica stalled
+    /// between the two).
+    async fn settle_tag(&self, path: &FsPath, digest: &Digest, gap: Duration) -> Result<()> {
+        tokio::time::sleep(TAG_SETTLE_MIN.max(gap * 4)).await;
+        match self.read_link(path).await? {
+            Some(now) if &now == digest => Ok(()),
+            now => Err(StorageError::TagSuperseded {
+                ours: digest.clone(),
+                now,
+            }),
         }
     }
 
