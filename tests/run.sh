@@ -49,7 +49,8 @@ source "$GARAGE_DIR/env"
 cargo test
 # The tests of storing and serving content once more, on the S3 backend.
 PCTEST_BACKEND=s3 cargo test --test blobs --test uploads --test manifests --test push_pull \
-    --test errors --test discovery --test policies --test hostile --test proxy --test memory
+    --test errors --test discovery --test policies --test hostile --test proxy --test memory \
+    --test crash
 # Each fuzz target for a bounded time (long runs: README.md, "Reliability").
 FUZZ_JOBS=2 bash fuzz/run.sh "${FUZZ_SECONDS:-60}"
 bash tests/e2e/run.sh
