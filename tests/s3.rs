@@ -18,6 +18,11 @@ use portcullis::config::{Config, PolicyEntry};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
+/// A GET of `path` is a 404 with `code`.
+async fn expect_404(registry: &TestRegistry, path: &str, code: &str) {
+    expect_error(registry.send(Method::GET, path).await, 404, code).await;
+}
+
 /// Two replicas of one registry: the same bucket and prefix.
 async fn replicas(
     store: &GarageFacts,
@@ -89,12 +94,7 @@ async fn an_image_pushed_through_one_replica_is_pulled_through_the_other() {
         .send(Method::DELETE, &format!("/v2/team/app/manifests/{digest}"))
         .await;
     assert_eq!(deleted.status(), StatusCode::ACCEPTED);
-    expect_error(
-        a.get("/v2/team/app/manifests/v1").await,
-        404,
-        "MANIFEST_UNKNOWN",
-    )
-    .await;
+    expect_404(&a, "/v2/team/app/manifests/v1", "MANIFEST_UNKNOWN").await;
 }
 
 #[tokio::test]
@@ -160,18 +160,8 @@ async fn an_upload_started_on_one_replica_continues_and_commits_on_the_other() {
         assert_eq!(sha256(&blob.bytes().await.unwrap()), digest);
     }
     // The session is gone on both.
-    expect_error(
-        a.send(Method::GET, &location).await,
-        404,
-        "BLOB_UPLOAD_UNKNOWN",
-    )
-    .await;
-    expect_error(
-        b.send(Method::GET, &location).await,
-        404,
-        "BLOB_UPLOAD_UNKNOWN",
-    )
-    .await;
+    expect_404(&a, &location, "BLOB_UPLOAD_UNKNOWN").await;
+    expect_404(&b, &location, "BLOB_UPLOAD_UNKNOWN").await;
 }
 
 #[tokio::test]
@@ -194,13 +184,7 @@ async fn a_wrong_digest_on_commit_publishes_nothing() {
         .await;
     expect_error(committed, 400, "DIGEST_INVALID").await;
     for digest in [wrong, sha256(&data)] {
-        expect_error(
-            a.send(Method::GET, &format!("/v2/bad/app/blobs/{digest}"))
-                .await,
-            404,
-            "BLOB_UNKNOWN",
-        )
-        .await;
+        expect_404(&a, &format!("/v2/bad/app/blobs/{digest}"), "BLOB_UNKNOWN").await;
     }
 }
 
@@ -244,29 +228,58 @@ async fn race_for_a_tag(
     (outcomes, winner)
 }
 
+/// Races `rounds` pairs of pushes of different images to new tags of an
+/// immutable repository (one through each of `a` and `b`): exactly one of
+/// each pair wins, and the tag names it.
+async fn exactly_one_wins(a: &TestRegistry, b: &TestRegistry, rounds: usize, what: &str) {
+    for round in 0..rounds {
+        let (outcomes, winner) = race_for_a_tag(a, b, &format!("v{round}")).await;
+        let created: Vec<_> = outcomes
+            .iter()
+            .filter(|(s, _)| *s == StatusCode::CREATED)
+            .map(|(_, d)| d.clone())
+            .collect();
+        assert_eq!(
+            created.len(),
+            1,
+            "{what}, round {round}: exactly one push wins: {outcomes:?}"
+        );
+        assert_eq!(
+            winner.as_ref(),
+            Some(&created[0]),
+            "{what}, round {round}: the tag names the winner"
+        );
+    }
+}
+
+/// Races pushes to a mutable tag (new, or made first when `existing`): both
+/// stand (the one overwritten was superseded by a push the policies allow),
+/// and the tag names one of them.
+async fn both_stand_on_a_mutable_tag(a: &TestRegistry, b: &TestRegistry, existing: bool) {
+    for round in 0..4 {
+        let tag = format!("latest-{round}");
+        if existing {
+            a.push_image("race/app", &tag, &Image::random()).await;
+        }
+        let (outcomes, winner) = race_for_a_tag(a, b, &tag).await;
+        assert!(
+            outcomes.iter().all(|(s, _)| *s == StatusCode::CREATED),
+            "{outcomes:?}"
+        );
+        let winner = winner.expect("the tag exists");
+        assert!(outcomes.iter().any(|(_, d)| *d == winner));
+    }
+}
+
 #[tokio::test]
 async fn racing_pushes_to_an_immutable_tag_through_one_replica_leave_exactly_one_winner() {
     // Within one process the check and the move are serialised, on both
     // backends; this is the filesystem backend's whole guarantee.
-    for s3 in [false, true] {
-        let registry = if s3 {
-            TestRegistry::start_s3_with(&Garage::shared().await, &unique_prefix(), immutable_tags)
-                .await
-        } else {
-            TestRegistry::start_with(immutable_tags).await
-        };
-        for round in 0..8 {
-            let (outcomes, winner) =
-                race_for_a_tag(&registry, &registry, &format!("v{round}")).await;
-            let created: Vec<_> = outcomes
-                .iter()
-                .filter(|(s, _)| *s == StatusCode::CREATED)
-                .map(|(_, d)| d.clone())
-                .collect();
-            assert_eq!(created.len(), 1, "s3={s3} round {round}: {outcomes:?}");
-            assert_eq!(winner.as_ref(), Some(&created[0]));
-        }
-    }
+    let fs = TestRegistry::start_with(immutable_tags).await;
+    exactly_one_wins(&fs, &fs, 8, "filesystem").await;
+    let s3 = TestRegistry::start_s3_with(&Garage::shared().await, &unique_prefix(), immutable_tags)
+        .await;
+    exactly_one_wins(&s3, &s3, 8, "one S3 replica").await;
 }
 
 #[tokio::test]
@@ -278,38 +291,9 @@ async fn racing_pushes_to_an_immutable_tag_across_replicas_on_garage() {
     // than the wait (README, "Scale-out"), which this loopback race does not.
     let store = Garage::shared().await;
     let (a, b) = replicas(&store, immutable_tags).await;
-    for round in 0..8 {
-        let (outcomes, winner) = race_for_a_tag(&a, &b, &format!("v{round}")).await;
-        let created: Vec<_> = outcomes
-            .iter()
-            .filter(|(s, _)| *s == StatusCode::CREATED)
-            .map(|(_, d)| d.clone())
-            .collect();
-        assert_eq!(
-            created.len(),
-            1,
-            "round {round}: exactly one push wins: {outcomes:?}"
-        );
-        assert_eq!(
-            winner.as_ref(),
-            Some(&created[0]),
-            "round {round}: the tag names it"
-        );
-    }
-    // A mutable tag moved by both at once: both pushes stand (the one
-    // overwritten was superseded by a push the policies allow), and the tag
-    // names one of them.
-    let (a2, b2) = replicas(&store, |_| {}).await;
-    for round in 0..4 {
-        let tag = format!("latest-{round}");
-        let (outcomes, winner) = race_for_a_tag(&a2, &b2, &tag).await;
-        assert!(
-            outcomes.iter().all(|(s, _)| *s == StatusCode::CREATED),
-            "{outcomes:?}"
-        );
-        let winner = winner.expect("the tag exists");
-        assert!(outcomes.iter().any(|(_, d)| *d == winner));
-    }
+    exactly_one_wins(&a, &b, 8, "garage").await;
+    let (a, b) = replicas(&store, |_| {}).await;
+    both_stand_on_a_mutable_tag(&a, &b, false).await;
 }
 
 #[tokio::test]
@@ -317,35 +301,11 @@ async fn racing_pushes_to_an_immutable_tag_across_replicas_on_a_store_enforcing_
 {
     let moto = common::moto::Moto::start().await;
     let (a, b) = replicas(moto.facts(), immutable_tags).await;
-    for round in 0..8 {
-        let (outcomes, winner) = race_for_a_tag(&a, &b, &format!("v{round}")).await;
-        let created: Vec<_> = outcomes
-            .iter()
-            .filter(|(s, _)| *s == StatusCode::CREATED)
-            .map(|(_, d)| d.clone())
-            .collect();
-        assert_eq!(
-            created.len(),
-            1,
-            "round {round}: exactly one push wins: {outcomes:?}"
-        );
-        assert_eq!(winner.as_ref(), Some(&created[0]));
-    }
-    // A mutable tag moved by both at once: both pushes succeed (the loser of
-    // the conditional write is decided again and written after), and the
-    // tag names one of them.
-    let (a2, b2) = replicas(moto.facts(), |_| {}).await;
-    for round in 0..4 {
-        let tag = format!("latest-{round}");
-        a2.push_image("race/app", &tag, &Image::random()).await;
-        let (outcomes, winner) = race_for_a_tag(&a2, &b2, &tag).await;
-        assert!(
-            outcomes.iter().all(|(s, _)| *s == StatusCode::CREATED),
-            "{outcomes:?}"
-        );
-        let winner = winner.expect("the tag exists");
-        assert!(outcomes.iter().any(|(_, d)| *d == winner));
-    }
+    exactly_one_wins(&a, &b, 8, "moto").await;
+    // An existing mutable tag moved by both at once: the loser of the
+    // conditional write (If-Match) is decided again and written after.
+    let (a, b) = replicas(moto.facts(), |_| {}).await;
+    both_stand_on_a_mutable_tag(&a, &b, true).await;
 }
 
 #[tokio::test]
@@ -519,20 +479,13 @@ async fn gc_on_s3_spares_young_blobs_and_sweeps_old_unreferenced_ones() {
             StatusCode::OK
         );
     }
-    expect_error(
-        registry
-            .send(Method::GET, &format!("/v2/app/blobs/{orphan_digest}"))
-            .await,
-        404,
+    expect_404(
+        &registry,
+        &format!("/v2/app/blobs/{orphan_digest}"),
         "BLOB_UNKNOWN",
     )
     .await;
-    expect_error(
-        registry.send(Method::GET, &session).await,
-        404,
-        "BLOB_UPLOAD_UNKNOWN",
-    )
-    .await;
+    expect_404(&registry, &session, "BLOB_UPLOAD_UNKNOWN").await;
 
     let report = storage
         .fsck(false, indicatif::ProgressBar::hidden())
@@ -605,11 +558,9 @@ async fn fsck_on_s3_finds_a_corrupt_blob_and_repair_quarantines_it() {
         "{:?}",
         repaired.findings
     );
-    expect_error(
-        registry
-            .send(Method::GET, &format!("/v2/app/blobs/{victim}"))
-            .await,
-        404,
+    expect_404(
+        &registry,
+        &format!("/v2/app/blobs/{victim}"),
         "BLOB_UNKNOWN",
     )
     .await;

@@ -309,6 +309,11 @@ impl Samples {
         }
     }
 
+    /// A row with no target where lower is better (CPU, requests, latencies).
+    fn cost(self, name: impl Into<String>, unit: &'static str) -> Row {
+        self.row(name, unit, Better::Lower, Target::None)
+    }
+
     fn row(
         self,
         name: impl Into<String>,
@@ -672,45 +677,15 @@ async fn main() -> Result<()> {
             Better::Higher,
             Target::RatioMin(1.8),
         ));
-        report.add(mono_cpu.row(
-            "server CPU per GiB pushed, monolithic",
-            "s/GiB",
-            Better::Lower,
-            Target::None,
-        ));
-        report.add(chunked_cpu.row(
-            "server CPU per GiB pushed, chunked",
-            "s/GiB",
-            Better::Lower,
-            Target::None,
-        ));
+        report.add(mono_cpu.cost("server CPU per GiB pushed, monolithic", "s/GiB"));
+        report.add(chunked_cpu.cost("server CPU per GiB pushed, chunked", "s/GiB"));
         if s.garage.is_some() {
             let [g_mono, g_chunked] = g_cpu;
-            report.add(g_mono.row(
-                "Garage CPU per GiB pushed, monolithic",
-                "s/GiB",
-                Better::Lower,
-                Target::None,
-            ));
-            report.add(g_chunked.row(
-                "Garage CPU per GiB pushed, chunked",
-                "s/GiB",
-                Better::Lower,
-                Target::None,
-            ));
+            report.add(g_mono.cost("Garage CPU per GiB pushed, monolithic", "s/GiB"));
+            report.add(g_chunked.cost("Garage CPU per GiB pushed, chunked", "s/GiB"));
             let [r_mono, r_chunked] = g_req;
-            report.add(r_mono.row(
-                "S3 requests per push, monolithic",
-                "req",
-                Better::Lower,
-                Target::None,
-            ));
-            report.add(r_chunked.row(
-                "S3 requests per push, chunked",
-                "req",
-                Better::Lower,
-                Target::None,
-            ));
+            report.add(r_mono.cost("S3 requests per push, monolithic", "req"));
+            report.add(r_chunked.cost("S3 requests per push, chunked", "req"));
         }
     }
     if s.runs(2) && (on_s3 || !s.runs(1)) {
@@ -793,44 +768,23 @@ async fn main() -> Result<()> {
             Better::Higher,
             Target::RatioMin(1.0),
         ));
-        report.add(one_cpu.row(
-            "server CPU per GiB pulled, 1 client",
-            "s/GiB",
-            Better::Lower,
-            Target::None,
-        ));
-        report.add(many_cpu.row(
+        report.add(one_cpu.cost("server CPU per GiB pulled, 1 client", "s/GiB"));
+        report.add(many_cpu.cost(
             format!("server CPU per GiB pulled, {} clients", s.pull_clients),
             "s/GiB",
-            Better::Lower,
-            Target::None,
         ));
         if s.garage.is_some() {
             let [g_one, g_many] = g_cpu;
-            report.add(g_one.row(
-                "Garage CPU per GiB pulled, 1 client",
-                "s/GiB",
-                Better::Lower,
-                Target::None,
-            ));
-            report.add(g_many.row(
+            report.add(g_one.cost("Garage CPU per GiB pulled, 1 client", "s/GiB"));
+            report.add(g_many.cost(
                 format!("Garage CPU per GiB pulled, {} clients", s.pull_clients),
                 "s/GiB",
-                Better::Lower,
-                Target::None,
             ));
             let [r_one, r_many] = g_req;
-            report.add(r_one.row(
-                "S3 requests per blob GET, 1 client",
-                "req",
-                Better::Lower,
-                Target::None,
-            ));
-            report.add(r_many.row(
+            report.add(r_one.cost("S3 requests per blob GET, 1 client", "req"));
+            report.add(r_many.cost(
                 format!("S3 requests per blob GET, {} clients", s.pull_clients),
                 "req",
-                Better::Lower,
-                Target::None,
             ));
         }
     }
@@ -918,24 +872,9 @@ async fn main() -> Result<()> {
             Target::RatioMin(6.0),
         ));
         if s.garage.is_some() {
-            report.add(srv_ms.row(
-                "server CPU per small blob",
-                "ms",
-                Better::Lower,
-                Target::None,
-            ));
-            report.add(g_ms.row(
-                "Garage CPU per small blob",
-                "ms",
-                Better::Lower,
-                Target::None,
-            ));
-            report.add(g_req.row(
-                "S3 requests per small blob",
-                "req",
-                Better::Lower,
-                Target::None,
-            ));
+            report.add(srv_ms.cost("server CPU per small blob", "ms"));
+            report.add(g_ms.cost("Garage CPU per small blob", "ms"));
+            report.add(g_req.cost("S3 requests per small blob", "req"));
         }
         report.note(format!("small-blob protocol: {}", modes_note.join("; ")));
     }
@@ -1369,10 +1308,8 @@ async fn docker_pull(s: &Settings, pair: &[&Server], step: &mut usize) -> Result
         }
         *step += 1;
     }
-    Ok(Some(samples.row(
+    Ok(Some(samples.cost(
         format!("docker pull, {} layers, {} MiB", s.layers, s.image_mib),
         "s",
-        Better::Lower,
-        Target::None,
     )))
 }
