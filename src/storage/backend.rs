@@ -17,8 +17,8 @@ use super::gc::{GcReport, Removal};
 use super::s3::S3Storage;
 use super::uploads::ChunkBounds;
 use super::{
-    BlobInfo, Descriptor, FsStorage, ParsedManifest, Result, StorageSettings, StoredManifest,
-    UploadStatus,
+    BlobInfo, Descriptor, FsStorage, ParsedManifest, Result, StorageError, StorageSettings,
+    StoredManifest, UploadStatus,
 };
 use crate::config::{Backend, StorageConfig};
 use crate::reference::{Digest, Reference, RepositoryName, Tag, UploadId};
@@ -105,13 +105,22 @@ impl Storage {
         }
     }
 
+    /// Makes a blob already in `from` visible in `name` (cross-repository mount).
+    /// Returns `None` when `from` does not have it, so the caller starts an upload.
     pub async fn mount_blob(
         &self,
         name: &RepositoryName,
         from: &RepositoryName,
         digest: &Digest,
     ) -> Result<Option<BlobInfo>> {
-        on_backend!(self, s => s.mount_blob(name, from, digest).await)
+        match self.stat_blob(from, digest).await {
+            Ok(info) => {
+                on_backend!(self, s => s.link_blob(name, digest).await)?;
+                Ok(Some(info))
+            }
+            Err(StorageError::BlobUnknown(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     pub async fn delete_blob(&self, name: &RepositoryName, digest: &Digest) -> Result<()> {
@@ -184,18 +193,11 @@ impl Storage {
         manifest: ParsedManifest,
         expected_tag: Option<Option<Digest>>,
     ) -> Result<Digest> {
-        match self {
-            Storage::Filesystem(fs) => {
-                fs.put_manifest(name, reference, bytes, manifest, expected_tag)
-                    .await
-            }
-            Storage::S3(s3) => {
-                s3.store_manifest(name, reference, bytes, manifest, true, expected_tag)
-                    .await
-            }
-        }
+        on_backend!(self, s => s.store_manifest(name, reference, bytes, manifest, true, expected_tag).await)
     }
 
+    /// Stores a manifest fetched by the pull-through cache. Its blobs arrive
+    /// later, on demand, so they are not required to be present.
     pub async fn cache_manifest(
         &self,
         name: &RepositoryName,
@@ -203,13 +205,7 @@ impl Storage {
         bytes: Vec<u8>,
         manifest: ParsedManifest,
     ) -> Result<Digest> {
-        match self {
-            Storage::Filesystem(fs) => fs.cache_manifest(name, reference, bytes, manifest).await,
-            Storage::S3(s3) => {
-                s3.store_manifest(name, reference, bytes, manifest, false, None)
-                    .await
-            }
-        }
+        on_backend!(self, s => s.store_manifest(name, reference, bytes, manifest, false, None).await)
     }
 
     pub async fn get_manifest(

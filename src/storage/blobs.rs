@@ -243,27 +243,14 @@ impl FsStorage {
         root.is_file(paths::blob_data(digest))
     }
 
-    /// Makes a blob already in `from` visible in `name` (cross-repository mount).
-    /// Returns `None` when `from` does not have it, so the caller starts an upload.
-    pub async fn mount_blob(
-        &self,
-        name: &RepositoryName,
-        from: &RepositoryName,
-        digest: &Digest,
-    ) -> Result<Option<BlobInfo>> {
-        match self.stat_blob(from, digest).await {
-            Ok(info) => {
-                let (name, digest) = (name.clone(), digest.clone());
-                self.blocking(move |root| {
-                    write_link(root, &paths::layer_link(&name, &digest), &digest)?;
-                    Ok(())
-                })
-                .await?;
-                Ok(Some(info))
-            }
-            Err(StorageError::BlobUnknown(_)) => Ok(None),
-            Err(e) => Err(e),
-        }
+    /// Links a stored blob into `name` (a cross-repository mount).
+    pub async fn link_blob(&self, name: &RepositoryName, digest: &Digest) -> Result<()> {
+        let (name, digest) = (name.clone(), digest.clone());
+        self.blocking(move |root| {
+            write_link(root, &paths::layer_link(&name, &digest), &digest)?;
+            Ok(())
+        })
+        .await
     }
 
     /// Removes a blob's link from a repository. The content itself stays until

@@ -278,34 +278,8 @@ fn resolve(root: &Dir, name: &RepositoryName, reference: &Reference) -> Result<D
 }
 
 impl FsStorage {
-    /// Validates references and stores a manifest under its digest, and under
-    /// the tag if the reference is one. Returns the manifest's digest.
-    pub async fn put_manifest(
-        &self,
-        name: &RepositoryName,
-        reference: &Reference,
-        bytes: Vec<u8>,
-        manifest: ParsedManifest,
-        expected_tag: Option<Option<Digest>>,
-    ) -> Result<Digest> {
-        self.store_manifest(name, reference, bytes, manifest, true, expected_tag)
-            .await
-    }
-
-    /// Stores a manifest fetched by the pull-through cache. Its blobs arrive
-    /// later, on demand, so they are not required to be present.
-    pub async fn cache_manifest(
-        &self,
-        name: &RepositoryName,
-        reference: &Reference,
-        bytes: Vec<u8>,
-        manifest: ParsedManifest,
-    ) -> Result<Digest> {
-        self.store_manifest(name, reference, bytes, manifest, false, None)
-            .await
-    }
-
-    async fn store_manifest(
+    /// See [`Storage::put_manifest`](super::Storage::put_manifest).
+    pub async fn store_manifest(
         &self,
         name: &RepositoryName,
         reference: &Reference,

@@ -42,6 +42,16 @@ const MANIFEST_LIMIT: u64 = 64 * 1024 * 1024;
 /// Requests to the store in flight at once for one operation (a manifest's
 /// references checked, the tags of a repository listed).
 const FAN_OUT: usize = 16;
+/// Runs `requests` to the store `FAN_OUT` at a time; the first error ends it.
+async fn fan_out<T, F: std::future::Future<Output = Result<T>>>(
+    requests: Vec<F>,
+) -> Result<Vec<T>> {
+    stream::iter(requests)
+        .buffer_unordered(FAN_OUT)
+        .try_collect()
+        .await
+}
+
 /// See [`S3Storage::settle_tag`].
 const TAG_SETTLE_MIN: Duration = Duration::from_millis(100);
 
@@ -86,6 +96,11 @@ pub struct RemoteBlob {
     whole: Option<object_store::GetResult>,
 }
 
+/// A store error while blob bytes stream out, naming the store.
+fn io_error(store: &str, e: object_store::Error) -> std::io::Error {
+    std::io::Error::other(format!("{store}: {e}"))
+}
+
 impl RemoteBlob {
     pub(crate) fn stream(self, start: u64, end: u64) -> BoxStream<'static, std::io::Result<Bytes>> {
         if start >= end {
@@ -96,7 +111,7 @@ impl RemoteBlob {
             if start == 0 && end == whole.meta.size {
                 return whole
                     .into_stream()
-                    .map_err(move |e| std::io::Error::other(format!("{description}: {e}")))
+                    .map_err(move |e| io_error(&description, e))
                     .boxed();
             }
         }
@@ -109,16 +124,11 @@ impl RemoteBlob {
         stream::once(async move {
             let result = s3.get_opts(&key, options).await;
             match result {
-                Ok(got) => {
-                    let description = Arc::clone(&description);
-                    got.into_stream()
-                        .map_err(move |e| std::io::Error::other(format!("{description}: {e}")))
-                        .boxed()
-                }
-                Err(e) => stream::once(async move {
-                    Err(std::io::Error::other(format!("{description}: {e}")))
-                })
-                .boxed(),
+                Ok(got) => got
+                    .into_stream()
+                    .map_err(move |e| io_error(&description, e))
+                    .boxed(),
+                Err(e) => stream::once(async move { Err(io_error(&description, e)) }).boxed(),
             }
         })
         .flatten()
@@ -493,21 +503,10 @@ impl S3Storage {
         Ok(Some(url.to_string()))
     }
 
-    pub async fn mount_blob(
-        &self,
-        name: &RepositoryName,
-        from: &RepositoryName,
-        digest: &Digest,
-    ) -> Result<Option<BlobInfo>> {
-        match self.stat_blob(from, digest).await {
-            Ok(info) => {
-                self.write_link(paths::layer_link(name, digest), digest)
-                    .await?;
-                Ok(Some(info))
-            }
-            Err(StorageError::BlobUnknown(_)) => Ok(None),
-            Err(e) => Err(e),
-        }
+    /// Links a stored blob into `name` (a cross-repository mount).
+    pub async fn link_blob(&self, name: &RepositoryName, digest: &Digest) -> Result<()> {
+        self.write_link(paths::layer_link(name, digest), digest)
+            .await
     }
 
     pub async fn delete_blob(&self, name: &RepositoryName, digest: &Digest) -> Result<()> {
@@ -567,10 +566,7 @@ impl S3Storage {
                 }
                 Ok(())
             });
-            stream::iter(blobs.collect::<Vec<_>>())
-                .buffer_unordered(FAN_OUT)
-                .try_collect::<Vec<()>>()
-                .await?;
+            fan_out(blobs.collect()).await?;
             let children = manifest.manifests.iter().map(|child| async move {
                 if self
                     .read_link(paths::revision_link(name, &child.digest))
@@ -581,19 +577,20 @@ impl S3Storage {
                 }
                 Ok(())
             });
-            stream::iter(children.collect::<Vec<_>>())
-                .buffer_unordered(FAN_OUT)
-                .try_collect::<Vec<()>>()
-                .await?;
+            fan_out(children.collect()).await?;
         }
         let revision = paths::revision_link(name, &digest);
-        let had_revision = self.read_link(&revision).await?.is_some();
+        // Needed only to undo a lost tag race (below).
+        let had_revision = match (reference, &expected_tag) {
+            (Reference::Tag(_), Some(_)) => self.read_link(&revision).await?.is_some(),
+            _ => true,
+        };
         // Content first, then the links that make it visible; the tag last,
         // so nobody reads a tag naming a manifest that is not there yet.
-        let data = self.key(paths::blob_data(&digest));
-        if self.size_of(&data).await? != Some(bytes.len() as u64) {
-            self.put(&data, Bytes::from(bytes)).await?;
-        }
+        // Content-addressed: writing it again is harmless, and as cheap as
+        // asking whether it is there.
+        self.put(&self.key(paths::blob_data(&digest)), Bytes::from(bytes))
+            .await?;
         let mut links = vec![revision];
         if let Some(subject) = &manifest.subject {
             links.push(paths::referrer_link(name, &subject.digest, &digest));
@@ -767,10 +764,7 @@ impl S3Storage {
             let target = self.read_link(paths::tag_current_link(name, &tag)).await?;
             Ok::<_, StorageError>(target.map(|d| (tag, d)))
         });
-        let found: Vec<Option<(Tag, Digest)>> = stream::iter(reads.collect::<Vec<_>>())
-            .buffer_unordered(FAN_OUT)
-            .try_collect()
-            .await?;
+        let found = fan_out(reads.collect()).await?;
         Ok(found.into_iter().flatten().collect())
     }
 
@@ -877,10 +871,7 @@ impl S3Storage {
                 annotations: manifest.annotations,
             }))
         });
-        let found: Vec<Option<Descriptor>> = stream::iter(reads.collect::<Vec<_>>())
-            .buffer_unordered(FAN_OUT)
-            .try_collect()
-            .await?;
+        let found = fan_out(reads.collect()).await?;
         let mut out: Vec<Descriptor> = found.into_iter().flatten().collect();
         out.sort_by(|a, b| a.digest.cmp(&b.digest));
         Ok(out)
