@@ -21,10 +21,14 @@ RUST=1
 [[ ${1:-} == --no-rust ]] && RUST=0
 
 export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
 packages=(python3 python3-venv systemd ca-certificates)
 [[ $RUST == 1 ]] && packages+=(musl-tools)
-apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+# apt only for what is missing (.ci/run installs every package in one go first).
+installed=$(dpkg-query -W -f '${db:Status-Abbrev}\n' "${packages[@]}" 2>/dev/null | grep -cx 'ii ' || true)
+if [[ $installed != "${#packages[@]}" ]]; then
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+fi
 
 if [[ ! -x $TOOLS/bin/python3 ]]; then
     python3 -m venv "$TOOLS"

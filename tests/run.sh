@@ -1,59 +1,85 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, the bundled policies' unit tests,
-# the example policies in C, Python and JavaScript built from source, unit and
-# integration tests, the fuzz targets for a minute each, then the end-to-end tests with real clients (docker,
-# skopeo, podman, registry:2, the container image). deploy/ is validated
-# offline (Kubernetes schemas, Traefik CRD subset, systemd-analyze). CI runs it through .ci/run, which installs the
-# tools first.
+# one test build of the server, then with its binary the example policies in
+# C, Python and JavaScript built from source, the offline deploy/ checks
+# (Kubernetes schemas, Traefik CRD subset, systemd-analyze), the unit and
+# integration tests, the fuzz targets for a minute each, and the end-to-end
+# tests with real clients (docker, skopeo, podman, registry:2, the container
+# image). CI runs it through .ci/run, which installs the tools first.
 #
 # The S3 backend is tested against a real Garage (installed here unless
 # already there, with `tests/garage.sh build`: a cargo install of several
 # minutes, once): the integration tests where the storage backend matters run
 # a second time with PCTEST_BACKEND=s3, and the docker and Distribution
 # end-to-end tests once more with E2E_STORAGE=s3, all on one Garage started
-# here. tests/s3.rs also runs moto's S3 server, installed here unless there.
+# here. tests/s3.rs also runs moto's S3 server (tests/moto.sh installs it).
+#
+# Each build happens once: the server binary of every script below is the one
+# `cargo test` builds (a plain `cargo build` would build a second one, see
+# TEST_BIN), and the container image gets the one static musl build.
+# Every stage prints its wall and CPU time; the run ends with their table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source tests/stage.sh
 # Some machines point the AWS SDK at a CA bundle of their own; the S3 client
 # talks plain HTTP to the Garage on loopback and needs none.
 unset AWS_CA_BUNDLE
-cargo fmt --all -- --check
-(cd fuzz && cargo fmt -- --check)
-cargo clippy --all-targets -- -D warnings
-(cd policies && cargo fmt --all -- --check && cargo test --locked)
-bash examples/policies/build-all.sh
-bash deploy/check.sh
+TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 
-# Garage 2.5.0, the S3 store of the S3 backend's tests (kept in
-# ~/.cache/portcullis-garage; an installed 2.5.0 is reused at once).
-tests/garage.sh build
-# moto's S3 server (PyPI): the one store here that enforces conditional
-# writes (If-None-Match / If-Match on PUT), as MinIO, Ceph RGW and AWS S3 do;
-# tests/s3.rs races tag pushes on it as well as on Garage, which ignores them.
-# PCTEST_MOTO_BIN names another moto_server (tests/common/moto.rs).
-if [[ -z ${PCTEST_MOTO_BIN:-} ]] &&
-    ! "$HOME/.cache/portcullis-moto/bin/moto_server" --help >/dev/null 2>&1; then
-    python3 -m venv "$HOME/.cache/portcullis-moto"
-    "$HOME/.cache/portcullis-moto/bin/pip" install --quiet "moto[server]==5.2.5"
-fi
+stage "fmt" bash -c 'cargo fmt --all -- --check && cd fuzz && cargo fmt -- --check'
+stage "clippy (all targets)" cargo clippy --all-targets -- -D warnings
+stage "policies: fmt and unit tests" bash -c 'cd policies && cargo fmt --all -- --check && cargo test --locked'
+
+# The one debug build of the server: `cargo test` builds the binary for the
+# integration tests. Dev-dependencies widen two crates' features in that
+# build (figment gets `test`, getrandom 0.2 gets `std` through rand 0.8), which
+# changes the hashes of 18 units above them (ring, rustls, object_store,
+# reqwest, the portcullis lib and bin, ...): a `cargo build --bin portcullis`
+# before or after it compiles all of those a second time. So every script
+# below is handed this binary instead of building its own.
+stage "build: cargo test --no-run (server, unit and integration tests)" cargo test --no-run
+TEST_BIN=$TARGET_DIR/debug/portcullis
+[[ -x $TEST_BIN ]] || {
+    echo "tests/run.sh: cargo test --no-run left no $TEST_BIN" >&2
+    exit 1
+}
+
+stage "examples: C, Python and JS policies built and decided" \
+    env PORTCULLIS="$TEST_BIN" bash examples/policies/build-all.sh
+stage "deploy: offline checks" env PORTCULLIS_BIN="$TEST_BIN" bash deploy/check.sh
+
+# Garage 2.5.0 (kept in ~/.cache/portcullis-garage; an installed 2.5.0 is
+# reused at once) and moto's S3 server.
+stage "install: Garage and moto, unless there" bash -c 'tests/garage.sh build && tests/moto.sh install'
 
 # The suite's S3 store: its connection facts in PCTEST_S3_*, which the tests
 # read (each registry takes a key prefix of its own).
 GARAGE_DIR=$(mktemp -d /tmp/pc-garage.XXXX)
-trap 'tests/garage.sh stop "$GARAGE_DIR"; rm -rf "$GARAGE_DIR"' EXIT
+stage_at_exit 'tests/garage.sh stop "$GARAGE_DIR"; rm -rf "$GARAGE_DIR"'
 trap 'exit 130' INT TERM
 tests/garage.sh start "$GARAGE_DIR" auto
 # shellcheck disable=SC1091 # written by tests/garage.sh start
 source "$GARAGE_DIR/env"
 
-cargo test
+stage "cargo test (filesystem; tests/s3.rs on Garage and moto)" cargo test
 # The tests of storing and serving content once more, on the S3 backend.
-PCTEST_BACKEND=s3 cargo test --test blobs --test uploads --test manifests --test push_pull \
-    --test errors --test discovery --test policies --test hostile --test proxy --test memory \
-    --test crash
+stage "cargo test (again on the S3 backend, Garage)" env PCTEST_BACKEND=s3 cargo test \
+    --test blobs --test uploads --test manifests --test push_pull --test errors --test discovery \
+    --test policies --test hostile --test proxy --test memory --test crash
 # Each fuzz target for a bounded time (long runs: README.md, "Reliability").
-FUZZ_JOBS=2 bash fuzz/run.sh "${FUZZ_SECONDS:-60}"
-bash tests/e2e/run.sh
+stage "fuzz: build, then ${FUZZ_SECONDS:-60} s per target" env FUZZ_JOBS=2 bash fuzz/run.sh "${FUZZ_SECONDS:-60}"
+
+# The container image's static binary: the one musl release build of the run.
+if [[ -n ${PORTCULLIS_STATIC_BIN:-} ]]; then
+    STATIC_BIN=$PORTCULLIS_STATIC_BIN
+else
+    stage "build: static binary (release, x86_64-unknown-linux-musl)" \
+        bash deploy/container/build.sh --binary-only >"$GARAGE_DIR/static-bin"
+    STATIC_BIN=$(tail -n 1 "$GARAGE_DIR/static-bin")
+fi
+stage "e2e (filesystem)" env PORTCULLIS_BIN="$TEST_BIN" PORTCULLIS_STATIC_BIN="$STATIC_BIN" \
+    bash tests/e2e/run.sh
 # docker push and pull against a registry whose content is in the Garage, and
 # Distribution's S3 driver and portcullis reading each other's keys there.
-E2E_STORAGE=s3 bash tests/e2e/run.sh docker distribution
+stage "e2e (S3: docker, Distribution)" env PORTCULLIS_BIN="$TEST_BIN" E2E_STORAGE=s3 \
+    bash tests/e2e/run.sh docker distribution

