@@ -68,17 +68,30 @@ fn direct_evaluation(recycle_after: u32) -> f64 {
     };
     let ip: IpAddr = [127, 0, 0, 1].into();
     let metrics = Metrics::new();
-    for _ in 0..2_000 {
-        assert_eq!(chain.evaluate(&access, &who, ip, &metrics), Verdict::Allow);
-    }
+    // Evaluations are futures awaited on the server's workers; here on one
+    // current-thread runtime, a batch per `block_on`.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        for _ in 0..2_000 {
+            assert_eq!(
+                chain.evaluate(&access, &who, ip, &metrics).await,
+                Verdict::Allow
+            );
+        }
+    });
     const BATCH: usize = 2_000;
     let samples: Vec<f64> = (0..25)
         .map(|_| {
-            let started = Instant::now();
-            for _ in 0..BATCH {
-                std::hint::black_box(chain.evaluate(&access, &who, ip, &metrics));
-            }
-            started.elapsed().as_secs_f64() * 1e6 / BATCH as f64
+            runtime.block_on(async {
+                let started = Instant::now();
+                for _ in 0..BATCH {
+                    std::hint::black_box(chain.evaluate(&access, &who, ip, &metrics).await);
+                }
+                started.elapsed().as_secs_f64() * 1e6 / BATCH as f64
+            })
         })
         .collect();
     median(samples)

@@ -92,6 +92,14 @@ pub struct AuthConfig {
     /// client and not on every request.
     #[serde(with = "humantime_serde")]
     pub cache_ttl: Duration,
+    /// Password verifications (bcrypt) at once; more wait up to 2 s, then 429.
+    pub max_verifications: usize,
+    /// Failed logins a user name may have a minute before its next attempts
+    /// get 429 without being checked (0: no limit).
+    pub failed_logins_per_user: u32,
+    /// The same per client address (the TCP peer's; behind a proxy, all
+    /// clients share the proxy's: raise it or set 0 there).
+    pub failed_logins_per_address: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -101,8 +109,15 @@ pub struct PolicyConfig {
     pub dir: PathBuf,
     /// Fuel per evaluation (about one unit per Wasm instruction): a runaway loop is stopped.
     pub fuel: u64,
-    /// Linear memory cap per policy instance, e.g. "16MiB".
+    /// Memory cap per policy instance, e.g. "16MiB": all its linear
+    /// memories and tables together.
     pub memory: bytesize::ByteSize,
+    /// Memory all instances of all policies may hold together; past three
+    /// quarters of it, warm instances are dropped after use.
+    pub total_memory: bytesize::ByteSize,
+    /// Longest wall-clock time of one call into a policy (a guest's sleeps included).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
     /// A warm instance is replaced by a fresh one after this many evaluations.
     pub recycle_after: u32,
     /// Compiled policies are cached here (default: `<storage.root>/portcullis/policy-cache`).
@@ -364,12 +379,17 @@ impl Default for Config {
                 htpasswd: None,
                 realm: "portcullis".into(),
                 cache_ttl: Duration::from_secs(300),
+                max_verifications: 2,
+                failed_logins_per_user: 10,
+                failed_logins_per_address: 30,
             },
             groups: BTreeMap::new(),
             policy: PolicyConfig {
                 dir: PathBuf::from("./policies"),
                 fuel: 10_000_000,
                 memory: bytesize::ByteSize::mib(16),
+                total_memory: bytesize::ByteSize::mib(256),
+                timeout: Duration::from_secs(2),
                 recycle_after: 10_000,
                 cache_dir: None,
                 chain: Vec::new(),
@@ -513,10 +533,25 @@ impl Config {
                 "limits.max_blob_bytes must be greater than 0 (leave it unset for no limit)".into(),
             ));
         }
-        if self.policy.fuel == 0 || self.policy.memory.as_u64() == 0 {
+        if self.policy.fuel == 0
+            || self.policy.memory.as_u64() == 0
+            || self.policy.timeout.is_zero()
+        {
             return Err(ConfigError::Invalid(
-                "policy.fuel and policy.memory must be greater than 0".into(),
+                "policy.fuel, policy.memory and policy.timeout must be greater than 0".into(),
             ));
+        }
+        if self.auth.max_verifications == 0 {
+            return Err(ConfigError::Invalid(
+                "auth.max_verifications must be at least 1".into(),
+            ));
+        }
+        if self.policy.total_memory < self.policy.memory {
+            return Err(ConfigError::Invalid(format!(
+                "policy.total_memory ({}) must be at least policy.memory ({}): \
+                 no policy instance could be made",
+                self.policy.total_memory, self.policy.memory
+            )));
         }
         let mut names = std::collections::HashSet::new();
         for entry in &self.policy.chain {

@@ -224,10 +224,13 @@ async fn run(command: Command) -> Result<(), String> {
             };
             let request: JsonRequest =
                 serde_json::from_str(&request).map_err(|e| format!("--request: {e}"))?;
+            // The server's defaults, so that what passes here passes there.
+            let defaults = Config::default().policy;
             let limits = Limits {
                 fuel,
-                memory: 16 << 20,
+                memory: usize::try_from(defaults.memory.as_u64()).unwrap_or(usize::MAX),
                 recycle_after: 1,
+                timeout: defaults.timeout,
             };
             let measured = test_policy(&policy, &settings, request, limits)?;
             match measured.outcome {
@@ -236,6 +239,14 @@ async fn run(command: Command) -> Result<(), String> {
                 Outcome::Failed(reason) => println!("failed: {reason}"),
             }
             println!("fuel used: {}", measured.fuel_used);
+            let usage = measured.usage;
+            println!(
+                "memory: {} bytes in {} memories and {} tables of {} elements",
+                usage.bytes, usage.memories, usage.tables, usage.table_elements
+            );
+            if let Some(output) = measured.output {
+                eprintln!("policy output: {output}");
+            }
             Ok(())
         }
         Command::Fsck { config, repair } => {

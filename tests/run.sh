@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite: formatting, lints, the bundled policies' unit tests,
-# one test build of the server, then with its binary the example policies in
+# The whole test suite: formatting, the bundled policies' unit tests, one
+# test build of the server linted by clippy, then with its binary the example policies in
 # C, Python and JavaScript built from source, the offline deploy/ checks
 # (Kubernetes schemas, Traefik CRD subset, systemd-analyze), the unit and
 # integration tests, the fuzz targets for a minute each, and the end-to-end
@@ -27,24 +27,32 @@ unset AWS_CA_BUNDLE
 TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 
 stage "fmt" bash -c 'cargo fmt --all -- --check && cd fuzz && cargo fmt -- --check'
-stage "clippy (all targets)" cargo clippy --all-targets -- -D warnings
 stage "policies: fmt and unit tests" bash -c 'cd policies && cargo fmt --all -- --check && cargo test --locked'
 
-# The one debug build of the server: `cargo test` builds the binary for the
-# integration tests. Dev-dependencies widen two crates' features in that
-# build (figment gets `test`, getrandom 0.2 gets `std` through rand 0.8), which
-# changes the hashes of 18 units above them (ring, rustls, object_store,
-# reqwest, the portcullis lib and bin, ...): a `cargo build --bin portcullis`
-# before or after it compiles all of those a second time. So every script
-# below is handed this binary instead of building its own.
-stage "build: cargo test --no-run (server, unit and integration tests)" cargo test --no-run
+# The one debug build of the server, linted as it is built. `cargo clippy
+# --all-targets -- -D warnings` is `cargo check` with clippy-driver as the
+# workspace's rustc wrapper and its arguments in CLIPPY_ARGS; a check makes
+# every dependency once more as metadata (5 minutes of two cores here). The
+# same wrapper and arguments on the test build lint every target of this
+# crate (lib, bin, tests, benches: --all-targets) with the same lints, and
+# every later `cargo test` gets them too, so that nothing is rebuilt.
+CLIPPY_DRIVER=$(rustup which clippy-driver 2>/dev/null || command -v clippy-driver)
+LINTED=(env RUSTC_WORKSPACE_WRAPPER="$CLIPPY_DRIVER" CLIPPY_ARGS=-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__)
+# `cargo test` builds the binary for the integration tests. Dev-dependencies
+# widen two crates' features in that build (figment gets `test`, getrandom
+# 0.2 gets `std` through rand 0.8), which changes the hashes of 18 units above
+# them (ring, rustls, object_store, reqwest, the portcullis lib and bin, ...):
+# a `cargo build --bin portcullis` before or after it compiles all of those a
+# second time. So every script below is handed this binary instead.
+stage "build: cargo test --all-targets --no-run, with clippy" \
+    "${LINTED[@]}" cargo test --all-targets --no-run
 TEST_BIN=$TARGET_DIR/debug/portcullis
 [[ -x $TEST_BIN ]] || {
     echo "tests/run.sh: cargo test --no-run left no $TEST_BIN" >&2
     exit 1
 }
 
-stage "examples: C, Python and JS policies built and decided" \
+stage "examples: C, Python and JS policies" \
     env PORTCULLIS="$TEST_BIN" bash examples/policies/build-all.sh
 stage "deploy: offline checks" env PORTCULLIS_BIN="$TEST_BIN" bash deploy/check.sh
 
@@ -61,20 +69,22 @@ tests/garage.sh start "$GARAGE_DIR" auto
 # shellcheck disable=SC1091 # written by tests/garage.sh start
 source "$GARAGE_DIR/env"
 
-stage "cargo test (filesystem; tests/s3.rs on Garage and moto)" cargo test
+stage "cargo test (filesystem; s3.rs on Garage, moto)" "${LINTED[@]}" cargo test
 # The tests of storing and serving content once more, on the S3 backend.
-stage "cargo test (again on the S3 backend, Garage)" env PCTEST_BACKEND=s3 cargo test \
+stage "cargo test (again on S3: Garage)" "${LINTED[@]}" PCTEST_BACKEND=s3 cargo test \
     --test blobs --test uploads --test manifests --test push_pull --test errors --test discovery \
     --test policies --test hostile --test proxy --test memory --test crash
 # Each fuzz target for a bounded time (long runs: README.md, "Reliability").
-stage "fuzz: build, then ${FUZZ_SECONDS:-60} s per target" env FUZZ_JOBS=2 bash fuzz/run.sh "${FUZZ_SECONDS:-60}"
+stage "fuzz: build, then ${FUZZ_SECONDS:-60} s a target" env FUZZ_JOBS=2 bash fuzz/run.sh "${FUZZ_SECONDS:-60}"
 
 # The container image's static binary: the one musl release build of the run.
+# (build.sh --binary-only prints its path last; the stage's own lines go to
+# the terminal, not into that file.)
+build_static() { bash deploy/container/build.sh --binary-only >"$GARAGE_DIR/static-bin"; }
 if [[ -n ${PORTCULLIS_STATIC_BIN:-} ]]; then
     STATIC_BIN=$PORTCULLIS_STATIC_BIN
 else
-    stage "build: static binary (release, x86_64-unknown-linux-musl)" \
-        bash deploy/container/build.sh --binary-only >"$GARAGE_DIR/static-bin"
+    stage "build: static binary (release, musl)" build_static
     STATIC_BIN=$(tail -n 1 "$GARAGE_DIR/static-bin")
 fi
 stage "e2e (filesystem)" env PORTCULLIS_BIN="$TEST_BIN" PORTCULLIS_STATIC_BIN="$STATIC_BIN" \

@@ -271,6 +271,101 @@ async fn both_stand_on_a_mutable_tag(a: &TestRegistry, b: &TestRegistry, existin
     }
 }
 
+/// Races, `rounds` times, a DELETE of an untagged manifest (through `a`)
+/// against a push of the same manifest to a new immutable tag (through `b`):
+/// the red-team's sequence, which left the tag naming a deleted manifest and
+/// then seen as absent, so that other content could be pushed to it. Now the
+/// push, acknowledged, stands whatever the order: the tag names a manifest
+/// that is there, and other content is refused.
+async fn a_delete_racing_a_push_leaves_the_tag_immutable(
+    a: &TestRegistry,
+    b: &TestRegistry,
+    rounds: usize,
+    what: &str,
+) {
+    for round in 0..rounds {
+        let tag = format!("v7.{round}");
+        let image = Image::random();
+        for blob in std::iter::once(&image.config).chain(&image.layers) {
+            a.push_blob("race/app", blob).await;
+        }
+        let by_digest = a
+            .put_manifest(
+                "race/app",
+                &image.digest,
+                OCI_MANIFEST,
+                image.manifest.clone(),
+            )
+            .await;
+        assert_eq!(by_digest.status(), StatusCode::CREATED);
+        let delete = a.request(
+            Method::DELETE,
+            &format!("/v2/race/app/manifests/{}", image.digest),
+        );
+        let push = b
+            .request(Method::PUT, &format!("/v2/race/app/manifests/{tag}"))
+            .header("content-type", OCI_MANIFEST)
+            .body(image.manifest.clone());
+        let (deleted, pushed) =
+            tokio::join!(async { delete.send().await.unwrap().status() }, async {
+                let response = push.send().await.unwrap();
+                (response.status(), response.text().await.unwrap_or_default())
+            });
+        assert!(
+            [
+                StatusCode::ACCEPTED,
+                StatusCode::FORBIDDEN,
+                StatusCode::NOT_FOUND
+            ]
+            .contains(&deleted),
+            "{what}, round {round}: the delete ends in 202, 403 or 404, not {deleted}"
+        );
+        assert_eq!(
+            pushed.0,
+            StatusCode::CREATED,
+            "{what}, round {round}: {}",
+            pushed.1
+        );
+        for replica in [a, b] {
+            let get = replica
+                .send(Method::GET, &format!("/v2/race/app/manifests/{tag}"))
+                .await;
+            assert_eq!(
+                get.status(),
+                StatusCode::OK,
+                "{what}, round {round}: the acknowledged tag names a manifest that is there"
+            );
+            assert_eq!(
+                header(&get, "docker-content-digest"),
+                Some(image.digest.clone())
+            );
+        }
+        let other = Image::random();
+        for blob in std::iter::once(&other.config).chain(&other.layers) {
+            b.push_blob("race/app", blob).await;
+        }
+        let moved = b
+            .put_manifest("race/app", &tag, OCI_MANIFEST, other.manifest.clone())
+            .await;
+        assert_eq!(
+            moved.status(),
+            StatusCode::FORBIDDEN,
+            "{what}, round {round}: other content pushed to the immutable tag"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_manifest_delete_racing_a_push_to_an_immutable_tag_cannot_free_the_tag() {
+    let fs = TestRegistry::start_with(immutable_tags).await;
+    a_delete_racing_a_push_leaves_the_tag_immutable(&fs, &fs, 50, "filesystem").await;
+    let moto = common::moto::Moto::start().await;
+    let (a, b) = replicas(moto.facts(), immutable_tags).await;
+    a_delete_racing_a_push_leaves_the_tag_immutable(&a, &b, 50, "moto, two replicas").await;
+    let (a, b) = replicas(&Garage::shared().await, immutable_tags).await;
+    a_delete_racing_a_push_leaves_the_tag_immutable(&a, &b, 50, "garage, two replicas").await;
+}
+
 #[tokio::test]
 async fn racing_pushes_to_an_immutable_tag_through_one_replica_leave_exactly_one_winner() {
     // Within one process the check and the move are serialised, on both

@@ -70,19 +70,21 @@ run_policy() {
 }
 
 # expect EXAMPLE DESCRIPTION SETTINGS REQUEST EXPECTED_FIRST_LINE
-# The output must be exactly two lines: EXPECTED_FIRST_LINE, then
-# `fuel used: N`.
+# The output must be exactly three lines: EXPECTED_FIRST_LINE, then
+# `fuel used: N`, then what the instance held (`memory: ...`).
 expect() {
     local example=$1 what=$2 settings=$3 request=$4 want=$5
     local start=$SECONDS
     run_policy "$example" "$settings" "$request"
-    local first second lines
+    local first second third lines
     first=$(sed -n 1p "$logs/out")
     second=$(sed -n 2p "$logs/out")
+    third=$(sed -n 3p "$logs/out")
     lines=$(wc -l <"$logs/out")
-    if [ "$rc" -eq 0 ] && [ "$first" = "$want" ] && [ "$lines" -eq 2 ] &&
-        [[ "$second" =~ ^fuel\ used:\ [0-9]+$ ]]; then
-        pass "$example: $what -> $want ($((SECONDS - start)) s, $second)"
+    if [ "$rc" -eq 0 ] && [ "$first" = "$want" ] && [ "$lines" -eq 3 ] &&
+        [[ "$second" =~ ^fuel\ used:\ [0-9]+$ ]] &&
+        [[ "$third" =~ ^memory:\ [0-9]+\ bytes\ in\ [0-9]+\ memories\ and\ [0-9]+\ tables\ of\ [0-9]+\ elements$ ]]; then
+        pass "$example: $what -> $want ($((SECONDS - start)) s, $second, $third)"
     else
         fail "$example: $what"
         echo "#   wanted: $want"

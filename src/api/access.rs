@@ -5,7 +5,7 @@
 
 use std::net::IpAddr;
 
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 
 use super::error::{ApiError, ApiResult, ErrorCode};
 use super::{header_str, header_value, SharedState};
@@ -31,12 +31,21 @@ fn unauthorized(state: &SharedState, message: String) -> ApiError {
 pub async fn identify(state: &SharedState, headers: &HeaderMap, ip: IpAddr) -> ApiResult<Caller> {
     match state
         .auth
-        .identify(header_str(headers, header::AUTHORIZATION))
+        .identify(header_str(headers, header::AUTHORIZATION), ip)
         .await
     {
         Ok(identity) => Ok(Caller { identity, ip }),
         Err(e @ (AuthError::BadCredentials | AuthError::Malformed)) => {
             Err(unauthorized(state, e.to_string()))
+        }
+        Err(e @ AuthError::Throttled { retry_after }) => {
+            let seconds = retry_after.as_secs().max(1).to_string();
+            Err(
+                ApiError::new(ErrorCode::TooManyRequests, e.to_string()).with_header(
+                    header::RETRY_AFTER,
+                    HeaderValue::from_str(&seconds).unwrap_or(HeaderValue::from_static("60")),
+                ),
+            )
         }
     }
 }
@@ -51,21 +60,22 @@ pub fn check_base(state: &SharedState, caller: &Caller) -> ApiResult<()> {
 }
 
 /// Whether the chain allows `access` (no error response, for filtering listings).
-pub fn allows(state: &SharedState, caller: &Caller, access: &Access) -> bool {
+pub async fn allows(state: &SharedState, caller: &Caller, access: &Access) -> bool {
     state
         .policies
         .current()
         .evaluate(access, &caller.identity, caller.ip, &state.metrics)
+        .await
         == Verdict::Allow
 }
 
 /// Runs `access` through the chain and turns a denial into the right error.
-pub fn authorize(state: &SharedState, caller: &Caller, access: &Access) -> ApiResult<()> {
-    let verdict =
-        state
-            .policies
-            .current()
-            .evaluate(access, &caller.identity, caller.ip, &state.metrics);
+pub async fn authorize(state: &SharedState, caller: &Caller, access: &Access) -> ApiResult<()> {
+    let verdict = state
+        .policies
+        .current()
+        .evaluate(access, &caller.identity, caller.ip, &state.metrics)
+        .await;
     match verdict {
         Verdict::Allow => Ok(()),
         Verdict::Deny { policy, reason } => {

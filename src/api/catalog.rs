@@ -12,20 +12,13 @@ use crate::policy::Access;
 /// Lists only the repositories the caller may list, so names stay private too.
 pub async fn list(state: &SharedState, caller: &Caller, query: &Query) -> ApiResult {
     let (n, last) = pagination(query, state.config.limits.max_page_size)?;
-    let names = state
-        .storage
-        .list_repositories()
-        .await?
-        .into_iter()
-        .filter(|name| {
-            allows(
-                state,
-                caller,
-                &Access::new(Action::List, Resource::Catalog, name.clone()),
-            )
-        })
-        .map(|n| n.as_str().to_owned())
-        .collect();
+    let mut names = Vec::new();
+    for name in state.storage.list_repositories().await? {
+        let access = Access::new(Action::List, Resource::Catalog, name.clone());
+        if allows(state, caller, &access).await {
+            names.push(name.as_str().to_owned());
+        }
+    }
     let (page, more) = paginate(names, n, last.as_deref());
     let body = json!({ "repositories": page });
     paged_response(body, "/v2/_catalog", &page, n, more)

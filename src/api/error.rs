@@ -193,7 +193,9 @@ impl From<StorageError> for ApiError {
             }
             StorageError::Body(_) => ApiError::new(ErrorCode::BlobUploadInvalid, message),
             // Only reached when a tag kept changing under every retry.
-            StorageError::TagChanged(_) | StorageError::TagSuperseded { .. } => {
+            StorageError::TagChanged(_)
+            | StorageError::DigestTagsChanged(_)
+            | StorageError::TagSuperseded { .. } => {
                 ApiError::new(ErrorCode::Denied, message).with_status(StatusCode::CONFLICT)
             }
             StorageError::Unavailable(_) => {

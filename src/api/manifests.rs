@@ -148,7 +148,7 @@ pub async fn put(
             }
             Reference::Digest(_) => None,
         };
-        authorize(state, caller, &access)?;
+        authorize(state, caller, &access).await?;
         match state
             .storage
             .put_manifest(
@@ -166,7 +166,7 @@ pub async fn put(
             // would have allowed it after that one.
             Err(StorageError::TagSuperseded { ours, now }) => {
                 access.current_digest = now;
-                authorize(state, caller, &access)?;
+                authorize(state, caller, &access).await?;
                 break ours;
             }
             result => break result?,
@@ -203,22 +203,40 @@ pub async fn delete(
 ) -> ApiResult {
     let mut access = Access::new(Action::Delete, Resource::Manifest, name.clone())
         .with_reference(reference.clone());
-    match reference {
-        Reference::Tag(tag) => access.current_digest = state.storage.tag_target(name, tag).await?,
-        Reference::Digest(digest) => {
-            access.digest_tags = state.storage.tags_pointing_to(name, digest).await?
+    // As with pushes: the policies decide on the tags naming the manifest
+    // now, and the delete happens only if they still do; otherwise (a push
+    // raced it) the delete is decided again on what that push left.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match reference {
+            Reference::Tag(tag) => {
+                access.current_digest = state.storage.tag_target(name, tag).await?
+            }
+            Reference::Digest(digest) => {
+                access.digest_tags = state.storage.tags_pointing_to(name, digest).await?
+            }
         }
-    }
-    authorize(state, caller, &access)?;
-    if !state.config.storage.delete_enabled {
-        return Err(ApiError::new(
-            ErrorCode::Unsupported,
-            "deletes are disabled on this registry (storage.delete_enabled = false)",
-        ));
-    }
-    match reference {
-        Reference::Digest(digest) => state.storage.delete_manifest(name, digest).await?,
-        Reference::Tag(tag) => state.storage.delete_tag(name, tag).await?,
+        authorize(state, caller, &access).await?;
+        if !state.config.storage.delete_enabled {
+            return Err(ApiError::new(
+                ErrorCode::Unsupported,
+                "deletes are disabled on this registry (storage.delete_enabled = false)",
+            ));
+        }
+        let deleted = match reference {
+            Reference::Digest(digest) => {
+                state
+                    .storage
+                    .delete_manifest(name, digest, &access.digest_tags)
+                    .await
+            }
+            Reference::Tag(tag) => state.storage.delete_tag(name, tag).await,
+        };
+        match deleted {
+            Err(StorageError::DigestTagsChanged(_)) if attempt < TAG_ATTEMPTS => continue,
+            result => break result?,
+        }
     }
     Ok((StatusCode::ACCEPTED, [(header::CONTENT_LENGTH, "0")]).into_response())
 }

@@ -123,7 +123,7 @@ pub async fn stream_blob(
         .await
         .map_err(|e| ApiError::new(ErrorCode::BlobUnknown, format!("not cached, and {e}")))?;
     let storage = state.storage.clone();
-    let id = storage.start_upload(name).await?;
+    let id = storage.start_upload(name, None).await?;
     let (client_tx, client_rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     let (store_tx, store_rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     let mut upstream_stream = sized.stream;

@@ -126,10 +126,11 @@ async fn route(state: SharedState, request: Request) -> ApiResult {
     // Routes whose access is known from the URL alone are authorised here;
     // manifest PUT/DELETE, uploads with a mount and the catalog need more
     // context and authorise in their handlers.
+    let (state_ref, caller_ref) = (&state, &caller);
     let check = |action, resource, name: &RepositoryName, reference: Option<Reference>| {
         let mut access = Access::new(action, resource, name.clone());
         access.reference = reference;
-        authorize(&state, &caller, &access)
+        async move { authorize(state_ref, caller_ref, &access).await }
     };
     match (route, method) {
         (Route::Base, Method::GET | Method::HEAD) => {
@@ -143,7 +144,7 @@ async fn route(state: SharedState, request: Request) -> ApiResult {
         }
         (Route::Catalog, Method::GET) => catalog::list(&state, &caller, &query).await,
         (Route::Tags(name), Method::GET) => {
-            check(Action::List, Resource::Tags, &name, None)?;
+            check(Action::List, Resource::Tags, &name, None).await?;
             tags::list(&state, &name, &query).await
         }
         (Route::Manifest(name, reference), Method::GET | Method::HEAD) => {
@@ -152,7 +153,8 @@ async fn route(state: SharedState, request: Request) -> ApiResult {
                 Resource::Manifest,
                 &name,
                 Some(reference.clone()),
-            )?;
+            )
+            .await?;
             mirror::refresh_manifest(&state, &name, &reference).await?;
             manifests::get(&state, &name, &reference, headers, head).await
         }
@@ -166,7 +168,7 @@ async fn route(state: SharedState, request: Request) -> ApiResult {
         }
         (Route::Blob(name, digest), Method::GET | Method::HEAD) => {
             let reference = Some(Reference::Digest(digest.clone()));
-            check(Action::Pull, Resource::Blob, &name, reference)?;
+            check(Action::Pull, Resource::Blob, &name, reference).await?;
             match blobs::get(&state, &name, &digest, headers, head).await {
                 // Missing from a mirror: fetch it upstream.
                 Err(e)
@@ -184,7 +186,7 @@ async fn route(state: SharedState, request: Request) -> ApiResult {
         (Route::Blob(name, digest), Method::DELETE) => {
             mirror::refuse_write(&state, &name)?;
             let reference = Some(Reference::Digest(digest.clone()));
-            check(Action::Delete, Resource::Blob, &name, reference)?;
+            check(Action::Delete, Resource::Blob, &name, reference).await?;
             blobs::delete(&state, &name, &digest).await
         }
         (Route::UploadStart(name), Method::POST) => {
@@ -193,7 +195,7 @@ async fn route(state: SharedState, request: Request) -> ApiResult {
         }
         (Route::Upload(name, id), method) => {
             mirror::refuse_write(&state, &name)?;
-            check(Action::Push, Resource::Upload, &name, None)?;
+            check(Action::Push, Resource::Upload, &name, None).await?;
             let session = uploads::Session {
                 state: &state,
                 caller: &caller,
@@ -214,7 +216,8 @@ async fn route(state: SharedState, request: Request) -> ApiResult {
                 Resource::Referrers,
                 &name,
                 Some(Reference::Digest(digest.clone())),
-            )?;
+            )
+            .await?;
             referrers::list(&state, &name, &digest, &query).await
         }
         _ => Err(ApiError::method_not_allowed()),

@@ -129,7 +129,7 @@ pub async fn start(
         .or_else(|| mount.clone())
         .map(Reference::Digest);
     access.mount_from = from.clone().filter(|_| mount.is_some());
-    authorize(state, caller, &access)?;
+    authorize(state, caller, &access).await?;
     if let Some(mount) = mount {
         // Mounting reads the source: the caller must be allowed to pull it there.
         // If not, they get an upload session, and learn nothing about the source.
@@ -138,7 +138,7 @@ pub async fn start(
                 .with_reference(Reference::Digest(mount.clone()))
         });
         if let (Some(from), Some(pull)) = (&from, source_pull) {
-            if allows(state, caller, &pull)
+            if allows(state, caller, &pull).await
                 && storage.mount_blob(name, from, &mount).await?.is_some()
             {
                 return created(name, &mount);
@@ -146,7 +146,9 @@ pub async fn start(
         }
         // Not mountable: the client gets a session and uploads the blob.
         let slot = state.uploads.reserve(client_key(caller))?;
-        let id = storage.start_upload(name).await?;
+        let id = storage
+            .start_upload(name, caller.identity.subject.as_deref())
+            .await?;
         slot.bind(id);
         return in_progress(StatusCode::ACCEPTED, name, id, 0);
     }
@@ -166,7 +168,9 @@ pub async fn start(
         result.map_err(|e| limits.explain(e.into()))?;
         return created(name, &digest);
     }
-    let id = storage.start_upload(name).await?;
+    let id = storage
+        .start_upload(name, caller.identity.subject.as_deref())
+        .await?;
     slot.bind(id);
     in_progress(StatusCode::ACCEPTED, name, id, 0)
 }
@@ -181,6 +185,25 @@ pub struct Session<'a> {
 }
 
 impl Session<'_> {
+    /// An upload session belongs to the user who started it (anonymous ones
+    /// to anonymous callers): anyone else is told it does not exist, even
+    /// with push rights on the repository.
+    async fn check_owner(&self) -> ApiResult<()> {
+        let result = self
+            .state
+            .storage
+            .upload_owner(self.name, self.id)
+            .await
+            .map_err(ApiError::from);
+        let owner = self.settle(result).await?;
+        if owner.as_deref() != self.caller.identity.subject.as_deref() {
+            return Err(ApiError::from(crate::storage::StorageError::UploadUnknown(
+                self.id,
+            )));
+        }
+        Ok(())
+    }
+
     fn touch(&self) {
         self.state
             .uploads
@@ -229,6 +252,7 @@ impl Session<'_> {
     }
 
     pub async fn patch(&self, headers: &HeaderMap, body: Body) -> ApiResult {
+        self.check_owner().await?;
         let (state, name, id) = (self.state, self.name, self.id);
         let bounds = chunk_bounds(headers)?;
         let limits = self.body_limits(headers).await?;
@@ -243,6 +267,7 @@ impl Session<'_> {
     }
 
     pub async fn put(&self, query: &Query, headers: &HeaderMap, body: Body) -> ApiResult {
+        self.check_owner().await?;
         let (state, name, id) = (self.state, self.name, self.id);
         let digest = query_digest(query, "digest")?.ok_or_else(|| {
             ApiError::new(
@@ -269,11 +294,13 @@ impl Session<'_> {
     }
 
     pub async fn status(&self) -> ApiResult {
+        self.check_owner().await?;
         let size = self.size().await?;
         in_progress(StatusCode::NO_CONTENT, self.name, self.id, size)
     }
 
     pub async fn cancel(&self) -> ApiResult<Response> {
+        self.check_owner().await?;
         let result = self
             .state
             .storage

@@ -1,16 +1,18 @@
 //! The ordered chain of policies and the decision over it: every policy whose
 //! scope covers the request must allow; the first denial or failure wins.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use portcullis_patterns::PatternList;
 
 use super::builtin;
-use super::engine::{EngineError, Limits, Outcome, PolicyEngine, PolicyRuntime};
+use super::engine::{block_on_guest, EngineError, Limits, Outcome, PolicyEngine, PolicyRuntime};
 use super::request::Access;
+use super::sandbox::MemoryBudget;
 use crate::auth::Identity;
 use crate::config::{Action, Config, PolicyEntry};
 use crate::metrics::Metrics;
@@ -70,6 +72,58 @@ impl Scoped {
 pub struct PolicyChain {
     engine: Arc<PolicyEngine>,
     policies: Vec<Scoped>,
+    failures: FailureLog,
+}
+
+/// Longest deny reason passed on, in the response and in the log (a policy's
+/// reason can be anything, and anonymous callers see it too).
+pub const MAX_REASON_BYTES: usize = 2048;
+
+/// `reason` cut to `MAX_REASON_BYTES` on a character boundary, saying so.
+fn capped(mut reason: String) -> String {
+    if reason.len() > MAX_REASON_BYTES {
+        let mut end = MAX_REASON_BYTES;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        let cut = reason.len() - end;
+        reason.truncate(end);
+        reason.push_str(&format!(" [{cut} more bytes]"));
+    }
+    reason
+}
+
+/// Policy failures are logged at WARN once per policy and minute, with how
+/// many more there were: a client that makes a policy fail on purpose gets
+/// one line a minute into the log, not one per request.
+#[derive(Default)]
+struct FailureLog {
+    last: Mutex<HashMap<String, (Instant, u64)>>,
+}
+
+const FAILURE_LOG_WINDOW: Duration = Duration::from_secs(60);
+
+impl FailureLog {
+    fn record(&self, policy: &str, reason: &str, output: Option<&str>) {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        match last.get_mut(policy) {
+            Some((since, suppressed)) if now.duration_since(*since) < FAILURE_LOG_WINDOW => {
+                *suppressed += 1;
+            }
+            entry => {
+                let suppressed = entry.map_or(0, |(_, n)| *n);
+                last.insert(policy.to_owned(), (now, 0));
+                tracing::warn!(
+                    policy,
+                    reason = %capped(reason.to_owned()),
+                    output = output.unwrap_or(""),
+                    more_failures_in_the_last_minute = suppressed,
+                    "policy failed; request denied"
+                );
+            }
+        }
+    }
 }
 
 impl PolicyChain {
@@ -79,6 +133,7 @@ impl PolicyChain {
             fuel: config.policy.fuel,
             memory: usize::try_from(config.policy.memory.as_u64()).unwrap_or(usize::MAX),
             recycle_after: config.policy.recycle_after.max(1),
+            timeout: config.policy.timeout,
         }
     }
 
@@ -86,9 +141,14 @@ impl PolicyChain {
     /// problem refuses the whole chain.
     pub fn load(engine: Arc<PolicyEngine>, config: &Config) -> Result<Self, PolicyError> {
         let limits = Self::limits(config);
+        // One budget for every instance of this chain's policies (a chain
+        // being replaced keeps its own until its last request ends).
+        let budget = MemoryBudget::new(
+            usize::try_from(config.policy.total_memory.as_u64()).unwrap_or(usize::MAX),
+        );
         let mut policies = Vec::with_capacity(config.policy.chain.len());
         for entry in &config.policy.chain {
-            let runtime = load_one(&engine, config, entry, limits)?;
+            let runtime = load_one(&engine, config, entry, limits, &budget)?;
             policies.push(Scoped {
                 runtime,
                 actions: entry.actions.clone(),
@@ -99,7 +159,11 @@ impl PolicyChain {
             });
         }
         super::engine::release_freed_memory();
-        Ok(Self { engine, policies })
+        Ok(Self {
+            engine,
+            policies,
+            failures: FailureLog::default(),
+        })
     }
 
     /// The policy names, in order.
@@ -109,7 +173,7 @@ impl PolicyChain {
 
     /// Decides `access` by `identity` from `client`, recording each policy's
     /// decision and time in `metrics`.
-    pub fn evaluate(
+    pub async fn evaluate(
         &self,
         access: &Access,
         identity: &Identity,
@@ -120,7 +184,7 @@ impl PolicyChain {
         for policy in self.policies.iter().filter(|p| p.applies(access)) {
             let request = request.get_or_insert_with(|| access.to_wit(identity, client));
             let started = Instant::now();
-            let measured = policy.runtime.evaluate(&self.engine, request);
+            let measured = policy.runtime.evaluate(&self.engine, request).await;
             let name = policy.runtime.name();
             let elapsed = started.elapsed();
             let outcome = match &measured.outcome {
@@ -134,6 +198,7 @@ impl PolicyChain {
                 outcome = ?measured.outcome,
                 fuel = measured.fuel_used,
                 micros = elapsed.as_micros() as u64,
+                output = measured.output.as_deref().unwrap_or(""),
                 "policy evaluated"
             );
             match measured.outcome {
@@ -141,14 +206,15 @@ impl PolicyChain {
                 Outcome::Deny(reason) => {
                     return Verdict::Deny {
                         policy: name.to_owned(),
-                        reason,
+                        reason: capped(reason),
                     }
                 }
                 Outcome::Failed(reason) => {
-                    tracing::error!(policy = name, %reason, "policy failed; request denied");
+                    self.failures
+                        .record(name, &reason, measured.output.as_deref());
                     return Verdict::Failed {
                         policy: name.to_owned(),
-                        reason,
+                        reason: capped(reason),
                     };
                 }
             }
@@ -170,9 +236,10 @@ pub fn test_policy(
         std::fs::read(module).map_err(|e| format!("cannot read {}: {e}", module.display()))?;
     let label = module.display().to_string();
     let pre = engine.compile(&label, &wasm).map_err(|e| e.to_string())?;
-    let runtime = PolicyRuntime::new(&engine, label, settings.to_owned(), pre, limits)
+    let budget = MemoryBudget::new(limits.memory);
+    let runtime = PolicyRuntime::new(&engine, label, settings.to_owned(), pre, limits, budget)
         .map_err(|e| e.to_string())?;
-    Ok(runtime.evaluate(&engine, &request.into_wit()))
+    block_on_guest(runtime.evaluate(&engine, &request.into_wit()))
 }
 
 fn load_one(
@@ -180,6 +247,7 @@ fn load_one(
     config: &Config,
     entry: &PolicyEntry,
     limits: Limits,
+    budget: &Arc<MemoryBudget>,
 ) -> Result<PolicyRuntime, PolicyError> {
     let name = entry.name.clone();
     let wasm: std::borrow::Cow<'static, [u8]> = match entry.module.strip_prefix("builtin:") {
@@ -212,6 +280,7 @@ fn load_one(
         entry.settings.to_string(),
         pre,
         limits,
+        Arc::clone(budget),
     )
     .map_err(engine_error)
 }

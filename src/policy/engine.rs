@@ -2,36 +2,95 @@
 //! once (and cached on disk, keyed by content hash and engine version), and a
 //! small pool of warm instances per policy.
 //!
-//! Isolation: an instance that fails in any way (trap, fuel, memory) is thrown
-//! away, never reused, so one request's failure cannot leak into the next
-//! decision. Healthy instances are reused (about 2.5 µs a call instead of tens
-//! of µs for a fresh one) and recycled after `recycle_after` evaluations.
+//! Isolation: an instance that fails in any way (trap, fuel, memory, time) is
+//! thrown away, never reused, so one request's failure cannot leak into the
+//! next decision. Healthy instances are reused (about 2.5 µs a call instead of
+//! tens of µs for a fresh one) and recycled after `recycle_after` evaluations.
 //! Guests get WASI with nothing in it: no preopened directories, no
-//! environment or arguments, no sockets, and clocks frozen at the Unix epoch.
+//! environment or arguments, no sockets, an empty stdin, stdout and stderr
+//! captured in small buffers (`sandbox`), and clocks frozen at the Unix epoch.
+//!
+//! Evaluations are async: the server awaits them on its tokio workers, the
+//! guest running on a fiber of wasmtime's. A WASI call that would block (a
+//! sleep, a poll) is a future the worker awaits, not a blocked thread, and
+//! every evaluation has a wall-clock deadline (`policy.timeout`) besides its
+//! fuel; a long computation yields to other requests every `YIELD_FUEL` units.
+//! Synchronous callers (loading a chain, `policy test`) drive the same
+//! futures on a thread and runtime of their own ([`block_on_guest`]).
 //! This module does not know about HTTP or the registry's request types.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sha2::Digest as _;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::error::Context as _;
-use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{Config, Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::portcullis::policy::types as wit;
 use super::bindings::{Policy, PolicyPre};
+use super::sandbox::{CapturedOutput, GuestLimiter, MemoryBudget, Usage};
 
 /// Resource limits applied to every evaluation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Fuel (roughly, Wasm instructions) per call; a runaway loop runs out.
     pub fuel: u64,
-    /// Linear memory cap per instance, in bytes.
+    /// Memory cap per instance, in bytes: all its linear memories and
+    /// tables together.
     pub memory: usize,
     /// Evaluations before a healthy instance is replaced by a fresh one.
     pub recycle_after: u32,
+    /// Longest wall-clock time of one call into a policy.
+    pub timeout: Duration,
+}
+
+/// Fuel between two yields of a running guest to the async worker, so that
+/// a long evaluation does not hold a worker thread for all of its fuel (about
+/// 0.1-0.3 ms of guest code).
+const YIELD_FUEL: u64 = 100_000;
+
+/// Fuel added per string and per byte of the request handed to a policy, on
+/// top of `policy.fuel`: lowering the request into the guest (an allocation
+/// per string) and reading it costs the guest fuel in proportion to its size,
+/// so a large, valid manifest (100,000 annotations) must not run a policy dry
+/// that a small one leaves with most of its fuel. Bounded, since requests are
+/// (`limits.max_manifest_bytes`).
+const FUEL_PER_STRING: u64 = 1_000;
+const FUEL_PER_BYTE: u64 = 4;
+
+/// The fuel one evaluation of `request` gets: `base` plus its size's share.
+fn fuel_for(base: u64, request: &wit::Request) -> u64 {
+    let (mut strings, mut bytes) = (0u64, 0u64);
+    let mut add = |s: &str| {
+        strings += 1;
+        bytes += s.len() as u64;
+    };
+    add(&request.repository);
+    add(&request.client_ip);
+    if let Some(wit::Reference::Tag(s) | wit::Reference::Digest(s)) = &request.reference {
+        add(s);
+    }
+    request.identity.subject.iter().for_each(|s| add(s));
+    request.identity.groups.iter().for_each(|s| add(s));
+    request.current_digest.iter().for_each(|s| add(s));
+    request.mount_from.iter().for_each(|s| add(s));
+    request.digest_tags.iter().for_each(|s| add(s));
+    if let Some(m) = &request.manifest {
+        add(&m.media_type);
+        add(&m.digest);
+        m.artifact_type.iter().for_each(|s| add(s));
+        m.subject.iter().for_each(|s| add(s));
+        for (key, value) in &m.annotations {
+            add(key);
+            add(value);
+        }
+    }
+    base.saturating_add(strings.saturating_mul(FUEL_PER_STRING))
+        .saturating_add(bytes.saturating_mul(FUEL_PER_BYTE))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,11 +105,13 @@ pub enum EngineError {
     Settings { policy: String, reason: String },
 }
 
-/// Per-store state: an empty WASI context and the memory limiter.
+/// Per-store state: an empty WASI context, the resource limiter, and the
+/// buffers the guest's stdout and stderr go to.
 pub struct GuestState {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limiter: GuestLimiter,
+    output: CapturedOutput,
 }
 
 impl WasiView for GuestState {
@@ -99,7 +160,7 @@ impl PolicyEngine {
         let config = engine_config();
         let engine = Engine::new(&config).map_err(|e| EngineError::Setup(e.to_string()))?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| EngineError::Setup(e.to_string()))?;
         wit::add_to_linker::<GuestState, HasSelf<GuestState>>(&mut linker, |s| s)
             .map_err(|e| EngineError::Setup(e.to_string()))?;
@@ -246,24 +307,25 @@ impl PolicyEngine {
         }
     }
 
-    fn new_store(&self, limits: &Limits) -> Store<GuestState> {
+    fn new_store(&self, limits: &Limits, budget: &Arc<MemoryBudget>) -> Store<GuestState> {
+        // stdout and stderr share one buffer: what a guest printed, in order.
+        let output = CapturedOutput::default();
         let mut wasi = WasiCtxBuilder::new();
         wasi.wall_clock(FrozenClock)
             .monotonic_clock(FrozenClock)
+            .stdout(output.clone())
+            .stderr(output.clone())
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
         let state = GuestState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(limits.memory)
-                .trap_on_grow_failure(true)
-                .instances(16)
-                .build(),
+            limiter: GuestLimiter::new(limits.memory, Arc::clone(budget)),
+            output,
         };
         let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limits);
+        store.limiter(|s| &mut s.limiter);
         store
     }
 }
@@ -295,6 +357,11 @@ fn engine_config() -> Config {
     let mut config = Config::new();
     config.wasm_component_model(true);
     config.consume_fuel(true);
+    // Proposals the contract does not need stay off. Multi-memory above all:
+    // each memory would get the whole `policy.memory` (the limiter sums them
+    // anyway, and refuses more than `sandbox::MAX_MEMORIES`).
+    config.wasm_multi_memory(false);
+    config.wasm_memory64(false);
     // Keep guest stacks small: policies are shallow, and a runaway recursion
     // should trap quickly.
     config.max_wasm_stack(512 * 1024);
@@ -349,6 +416,7 @@ pub struct PolicyRuntime {
     settings: String,
     pre: PolicyPre<GuestState>,
     limits: Limits,
+    budget: Arc<MemoryBudget>,
     pool: Mutex<Vec<Warm>>,
 }
 
@@ -357,15 +425,31 @@ pub struct PolicyRuntime {
 pub enum Outcome {
     Allow,
     Deny(String),
-    /// The policy trapped, ran out of fuel or memory, or failed to initialise.
+    /// The policy trapped, ran out of fuel, memory or time, or failed to initialise.
     Failed(String),
 }
 
-/// An outcome with the fuel it burned, for `portcullis policy test`.
+/// An outcome with what it cost, and what the guest printed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Measured {
     pub outcome: Outcome,
     pub fuel_used: u64,
+    /// What the instance held at the end (all memories and tables).
+    pub usage: Usage,
+    /// The guest's stdout and stderr during this evaluation, at most
+    /// `sandbox::OUTPUT_CAP` bytes.
+    pub output: Option<String>,
+}
+
+impl Measured {
+    fn failed(reason: String) -> Self {
+        Self {
+            outcome: Outcome::Failed(reason),
+            fuel_used: 0,
+            usage: Usage::default(),
+            output: None,
+        }
+    }
 }
 
 /// Most instances kept warm per policy; more concurrent requests instantiate afresh.
@@ -378,15 +462,17 @@ impl PolicyRuntime {
         settings: String,
         pre: PolicyPre<GuestState>,
         limits: Limits,
+        budget: Arc<MemoryBudget>,
     ) -> Result<Self, EngineError> {
         let runtime = Self {
             name,
             settings,
             pre,
             limits,
+            budget,
             pool: Mutex::new(Vec::new()),
         };
-        runtime.validate_settings(engine)?;
+        block_on_guest(runtime.validate_settings(engine)).map_err(|e| runtime.failed(e))??;
         Ok(runtime)
     }
 
@@ -402,19 +488,35 @@ impl PolicyRuntime {
     }
 
     /// A new instance in a new store, with a full tank of fuel.
-    fn instantiate(
+    async fn instantiate(
         &self,
         engine: &PolicyEngine,
     ) -> Result<(Store<GuestState>, Policy), EngineError> {
-        let mut store = engine.new_store(&self.limits);
+        let mut store = engine.new_store(&self.limits, &self.budget);
         store
             .set_fuel(self.limits.fuel)
+            .and_then(|()| store.fuel_async_yield_interval(Some(YIELD_FUEL)))
             .map_err(|e| self.failed(e))?;
         let bindings = self
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| self.failed(format!("instantiation: {e:#}")))?;
+            .within_deadline(self.pre.instantiate_async(&mut store))
+            .await;
+        let bindings = bindings.map_err(|e| self.failed(format!("instantiation: {e}")))?;
         Ok((store, bindings))
+    }
+
+    /// Runs one call into the guest under the wall-clock deadline.
+    async fn within_deadline<R>(
+        &self,
+        call: impl Future<Output = wasmtime::Result<R>>,
+    ) -> Result<R, String> {
+        match tokio::time::timeout(self.limits.timeout, call).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(describe_trap(&e)),
+            Err(_) => Err(format!(
+                "took longer than policy.timeout ({})",
+                humantime::format_duration(self.limits.timeout)
+            )),
+        }
     }
 
     fn settings_error(&self, reason: String) -> EngineError {
@@ -425,23 +527,25 @@ impl PolicyRuntime {
     }
 
     /// Runs `validate-settings` on a fresh instance, then warms one instance.
-    fn validate_settings(&self, engine: &PolicyEngine) -> Result<(), EngineError> {
-        let (mut store, bindings) = self.instantiate(engine)?;
-        bindings
-            .call_validate_settings(&mut store, &self.settings)
-            .map_err(|e| self.failed(format!("validate-settings: {e:#}")))?
+    async fn validate_settings(&self, engine: &PolicyEngine) -> Result<(), EngineError> {
+        let (mut store, bindings) = self.instantiate(engine).await?;
+        self.within_deadline(bindings.call_validate_settings(&mut store, &self.settings))
+            .await
+            .map_err(|e| self.failed(format!("validate-settings: {e}")))?
             .map_err(|reason| self.settings_error(reason))?;
-        let warm = self.fresh(engine)?;
+        // Gone before the next one is made: a load needs room for one instance.
+        drop((store, bindings));
+        let warm = self.fresh(engine).await?;
         self.lock_pool().push(warm);
         Ok(())
     }
 
     /// A new instance that has been given its settings.
-    fn fresh(&self, engine: &PolicyEngine) -> Result<Warm, EngineError> {
-        let (mut store, bindings) = self.instantiate(engine)?;
-        bindings
-            .call_init(&mut store, &self.settings)
-            .map_err(|e| self.failed(format!("init: {e:#}")))?
+    async fn fresh(&self, engine: &PolicyEngine) -> Result<Warm, EngineError> {
+        let (mut store, bindings) = self.instantiate(engine).await?;
+        self.within_deadline(bindings.call_init(&mut store, &self.settings))
+            .await
+            .map_err(|e| self.failed(format!("init: {e}")))?
             .map_err(|reason| self.settings_error(reason))?;
         Ok(Warm {
             store,
@@ -456,51 +560,71 @@ impl PolicyRuntime {
 
     /// Decides one request. Never panics and never returns an error: every
     /// failure is `Outcome::Failed`, which the chain treats as a denial.
-    pub fn evaluate(&self, engine: &PolicyEngine, request: &wit::Request) -> Measured {
+    pub async fn evaluate(&self, engine: &PolicyEngine, request: &wit::Request) -> Measured {
         let pooled = self.lock_pool().pop();
         let mut warm = match pooled {
             Some(w) => w,
-            None => match self.fresh(engine) {
+            None => match self.fresh(engine).await {
                 Ok(w) => w,
-                Err(e) => {
-                    return Measured {
-                        outcome: Outcome::Failed(e.to_string()),
-                        fuel_used: 0,
-                    }
-                }
+                Err(e) => return Measured::failed(e.to_string()),
             },
         };
-        if let Err(e) = warm.store.set_fuel(self.limits.fuel) {
-            return Measured {
-                outcome: Outcome::Failed(e.to_string()),
-                fuel_used: 0,
-            };
+        let fuel = fuel_for(self.limits.fuel, request);
+        if let Err(e) = warm.store.set_fuel(fuel) {
+            return Measured::failed(e.to_string());
         }
-        let result = warm.bindings.call_evaluate(&mut warm.store, request);
-        let fuel_used = self
-            .limits
-            .fuel
-            .saturating_sub(warm.store.get_fuel().unwrap_or(0));
+        let result = self
+            .within_deadline(warm.bindings.call_evaluate(&mut warm.store, request))
+            .await;
+        let fuel_used = fuel.saturating_sub(warm.store.get_fuel().unwrap_or(0));
+        let state = warm.store.data();
+        let (usage, output) = (state.limiter.usage(), state.output.take());
         let outcome = match result {
             Ok(wit::Decision::Allow) => Outcome::Allow,
             Ok(wit::Decision::Deny(reason)) => Outcome::Deny(reason),
-            Err(e) => {
-                // The instance is dropped here: a trapped store is never reused.
-                return Measured {
-                    outcome: Outcome::Failed(describe_trap(&e)),
-                    fuel_used,
-                };
-            }
+            // The instance is dropped here: a failed store is never reused.
+            Err(reason) => Outcome::Failed(reason),
         };
-        warm.uses += 1;
-        if warm.uses < self.limits.recycle_after {
-            let mut pool = self.lock_pool();
-            if pool.len() < MAX_WARM {
-                pool.push(warm);
+        if !matches!(outcome, Outcome::Failed(_)) {
+            warm.uses += 1;
+            // Under memory pressure the instance goes, making room for others.
+            if warm.uses < self.limits.recycle_after && !self.budget.under_pressure() {
+                let mut pool = self.lock_pool();
+                if pool.len() < MAX_WARM {
+                    pool.push(warm);
+                }
             }
         }
-        Measured { outcome, fuel_used }
+        Measured {
+            outcome,
+            fuel_used,
+            usage,
+            output,
+        }
     }
+}
+
+/// Drives a guest call to completion from synchronous code (loading a chain,
+/// `portcullis policy test`), whether or not the caller is inside a tokio
+/// runtime: on a scoped thread with a current-thread runtime of its own, for
+/// the timers of the deadline and of a guest's sleeps.
+pub fn block_on_guest<F>(call: F) -> Result<F::Output, String>
+where
+    F: Future + Send,
+    F::Output: Send,
+{
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                    .map_err(|e| format!("cannot start a runtime for the policy: {e}"))?;
+                Ok(runtime.block_on(call))
+            })
+            .join()
+            .unwrap_or_else(|_| Err("the thread running the policy panicked".into()))
+    })
 }
 
 fn describe_trap(e: &wasmtime::Error) -> String {
@@ -510,7 +634,8 @@ fn describe_trap(e: &wasmtime::Error) -> String {
         Some(trap) => format!("trapped: {trap}"),
         None => {
             let text = format!("{e:#}");
-            if text.contains("memory") {
+            // The limiter's own messages (`sandbox`) say what was exceeded.
+            if text.contains("memory") && !text.contains("exceeded") {
                 format!("exceeded its memory limit: {text}")
             } else {
                 text

@@ -127,8 +127,23 @@ impl Storage {
         on_backend!(self, s => s.delete_blob(name, digest).await)
     }
 
-    pub async fn start_upload(&self, name: &RepositoryName) -> Result<UploadId> {
-        on_backend!(self, s => s.start_upload(name).await)
+    /// Starts an upload session belonging to `owner` (a user name; `None`
+    /// for an anonymous caller).
+    pub async fn start_upload(
+        &self,
+        name: &RepositoryName,
+        owner: Option<&str>,
+    ) -> Result<UploadId> {
+        on_backend!(self, s => s.start_upload(name, owner).await)
+    }
+
+    /// Who started the session (`UploadUnknown` if there is none).
+    pub async fn upload_owner(
+        &self,
+        name: &RepositoryName,
+        id: UploadId,
+    ) -> Result<Option<String>> {
+        on_backend!(self, s => s.upload_owner(name, id).await)
     }
 
     pub async fn upload_status(&self, name: &RepositoryName, id: UploadId) -> Result<UploadStatus> {
@@ -228,8 +243,18 @@ impl Storage {
         on_backend!(self, s => s.tags_pointing_to(name, digest).await)
     }
 
-    pub async fn delete_manifest(&self, name: &RepositoryName, digest: &Digest) -> Result<()> {
-        on_backend!(self, s => s.delete_manifest(name, digest).await)
+    /// Deletes a manifest and the tags naming it, if those are still
+    /// `expected_tags` (sorted, what the policies were shown); otherwise
+    /// `DigestTagsChanged`, and the caller decides again. A push racing the
+    /// delete leaves either the manifest deleted or the push standing whole
+    /// (its tag naming a manifest that is there), never a tag naming nothing.
+    pub async fn delete_manifest(
+        &self,
+        name: &RepositoryName,
+        digest: &Digest,
+        expected_tags: &[String],
+    ) -> Result<()> {
+        on_backend!(self, s => s.delete_manifest(name, digest, expected_tags).await)
     }
 
     pub async fn delete_tag(&self, name: &RepositoryName, tag: &Tag) -> Result<()> {

@@ -316,6 +316,9 @@ impl FsStorage {
                 links.push(paths::tag_index_link(&name, tag, &digest));
                 links.push(paths::tag_current_link(&name, tag));
             }
+            // No delete of a manifest of this repository runs while the links
+            // are written (`delete_manifest`).
+            let _repository_guard = tag_locks.share_repository(&name);
             // The tag moves only if it still names what the caller checked
             // (the policy's `current-digest`): one writer per tag at a time
             // in this process, which is every writer of this directory.
@@ -374,16 +377,12 @@ impl FsStorage {
         .await
     }
 
-    /// The digest a tag points to now, if it exists.
+    /// The digest a tag points to now, if it exists: the tag's own link,
+    /// whether or not that manifest is still there (a tag that exists is
+    /// never shown to the policies as absent; an immutable tag stays so).
     pub async fn tag_target(&self, name: &RepositoryName, tag: &Tag) -> Result<Option<Digest>> {
-        let reference = Reference::Tag(tag.clone());
-        let name = name.clone();
-        self.blocking(move |root| match resolve(root, &name, &reference) {
-            Ok(d) => Ok(Some(d)),
-            Err(StorageError::ManifestUnknown(_)) => Ok(None),
-            Err(e) => Err(e),
-        })
-        .await
+        let path = paths::tag_current_link(name, tag);
+        self.blocking(move |root| Ok(read_link(root, &path)?)).await
     }
 
     /// The tags that point to `digest` now, sorted.
@@ -404,17 +403,35 @@ impl FsStorage {
         .await
     }
 
-    /// Deletes a manifest by digest: its revision, every tag naming it, and its
-    /// referrers entry. Content goes with the next `gc`.
-    pub async fn delete_manifest(&self, name: &RepositoryName, digest: &Digest) -> Result<()> {
+    /// Deletes a manifest by digest: its revision, every tag naming it (if
+    /// they are still `expected_tags`), and its referrers entry. Content goes
+    /// with the next `gc`. No push of this repository writes links meanwhile.
+    pub async fn delete_manifest(
+        &self,
+        name: &RepositoryName,
+        digest: &Digest,
+        expected_tags: &[String],
+    ) -> Result<()> {
         let (name, digest) = (name.clone(), digest.clone());
+        let expected_tags = expected_tags.to_vec();
+        let tag_locks = std::sync::Arc::clone(&self.tag_locks);
         self.blocking(move |root| {
+            let _repository_guard = tag_locks.own_repository(&name);
             resolve(root, &name, &Reference::Digest(digest.clone()))?;
             let subject = read_blob(root, &digest, STORED_MANIFEST_LIMIT)
                 .ok()
                 .and_then(|b| ParsedManifest::parse(&b, None).ok())
                 .and_then(|m| m.subject);
-            for tag in tags_naming(root, &name, &digest)? {
+            let mut tags = tags_naming(root, &name, &digest)?;
+            tags.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+            if !tags
+                .iter()
+                .map(Tag::as_str)
+                .eq(expected_tags.iter().map(String::as_str))
+            {
+                return Err(StorageError::DigestTagsChanged(digest.clone()));
+            }
+            for tag in tags {
                 remove_tree(root, &paths::tag_dir(&name, &tag))?;
             }
             if let Some(subject) = subject {

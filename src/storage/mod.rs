@@ -63,6 +63,8 @@ pub enum StorageError {
     Body(String),
     #[error("tag {0} was changed by another push while this one was checked; try again")]
     TagChanged(crate::reference::Tag),
+    #[error("the tags naming {0} changed while its delete was checked; try again")]
+    DigestTagsChanged(Digest),
     #[error("tag now names {now:?}, written by another push just after this one's {ours}")]
     TagSuperseded { ours: Digest, now: Option<Digest> },
     #[error("storage backend unavailable: {0}")]
@@ -72,12 +74,21 @@ pub enum StorageError {
 }
 
 /// Striped locks serialising tag updates within one process: a tag's check
-/// (what it names now) and its move happen under the same lock.
-pub(crate) struct TagLocks([std::sync::Mutex<()>; 64]);
+/// (what it names now) and its move happen under the same lock; and a
+/// manifest delete with every manifest push of its repository (pushes share
+/// the repository's lock, a delete owns it), so that no push can point a tag
+/// at a manifest whose revision a delete is removing.
+pub(crate) struct TagLocks {
+    tags: [std::sync::Mutex<()>; 64],
+    repositories: [std::sync::RwLock<()>; 64],
+}
 
 impl Default for TagLocks {
     fn default() -> Self {
-        Self(std::array::from_fn(|_| std::sync::Mutex::new(())))
+        Self {
+            tags: std::array::from_fn(|_| std::sync::Mutex::new(())),
+            repositories: std::array::from_fn(|_| std::sync::RwLock::new(())),
+        }
     }
 }
 
@@ -87,10 +98,38 @@ impl TagLocks {
         name: &RepositoryName,
         tag: &crate::reference::Tag,
     ) -> std::sync::MutexGuard<'_, ()> {
-        self.0[tag_stripe(name, tag, self.0.len())]
+        self.tags[tag_stripe(name, tag, self.tags.len())]
             .lock()
             .unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Held by a manifest push while it writes its links (before a tag lock).
+    pub(crate) fn share_repository(
+        &self,
+        name: &RepositoryName,
+    ) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.repositories[repository_stripe(name, self.repositories.len())]
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Held by a manifest delete from its check to its last removal.
+    pub(crate) fn own_repository(
+        &self,
+        name: &RepositoryName,
+    ) -> std::sync::RwLockWriteGuard<'_, ()> {
+        self.repositories[repository_stripe(name, self.repositories.len())]
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Which of `stripes` locks guards a repository.
+pub(crate) fn repository_stripe(name: &RepositoryName, stripes: usize) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    name.as_str().hash(&mut hasher);
+    (hasher.finish() % stripes as u64) as usize
 }
 
 /// Which of `stripes` locks guards a tag.

@@ -114,6 +114,12 @@ pub fn upload_started_at(name: &RepositoryName, id: UploadId) -> PathBuf {
     upload_dir(name, id).join("startedat")
 }
 
+/// Ours, beside Distribution's files: the user who started the session
+/// (absent for an anonymous one); only they may continue it.
+pub fn upload_owner(name: &RepositoryName, id: UploadId) -> PathBuf {
+    upload_dir(name, id).join("owner")
+}
+
 /// `_referrers/<alg>/<subject hex>`: one link directory per referrer below it.
 pub fn referrers_dir(name: &RepositoryName, subject: &Digest) -> PathBuf {
     digest_dir(repository_dir(name).join("_referrers"), subject)

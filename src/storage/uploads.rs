@@ -135,17 +135,46 @@ where
 }
 
 impl FsStorage {
-    /// Creates an empty upload session in `name`.
-    pub async fn start_upload(&self, name: &RepositoryName) -> Result<UploadId> {
+    /// Creates an empty upload session in `name`, belonging to `owner`.
+    pub async fn start_upload(
+        &self,
+        name: &RepositoryName,
+        owner: Option<&str>,
+    ) -> Result<UploadId> {
         let name = name.clone();
+        let owner = owner.map(str::to_owned);
         self.blocking(move |root| {
             let id = UploadId::new();
             root.create_dirs(&paths::upload_dir(&name, id))?;
+            // The owner before the data file: a session is usable (and so
+            // claimable) only once its data file exists.
+            if let Some(owner) = &owner {
+                root.create_file(&paths::upload_owner(&name, id))?
+                    .write_all(owner.as_bytes())?;
+            }
             root.create_file(&paths::upload_data(&name, id))?;
             let started = humantime::format_rfc3339_nanos(SystemTime::now()).to_string();
             root.create_file(&paths::upload_started_at(&name, id))?
                 .write_all(started.as_bytes())?;
             Ok(id)
+        })
+        .await
+    }
+
+    /// Who started the session: `None` for an anonymous caller.
+    pub async fn upload_owner(
+        &self,
+        name: &RepositoryName,
+        id: UploadId,
+    ) -> Result<Option<String>> {
+        let name = name.clone();
+        self.blocking(move |root| {
+            session_size(root, &name, id)?;
+            match root.read_to_string(paths::upload_owner(&name, id)) {
+                Ok(owner) => Ok(Some(owner)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e.into()),
+            }
         })
         .await
     }

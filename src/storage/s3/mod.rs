@@ -33,7 +33,9 @@ use object_store::{
 use super::manifests::{
     manifest_digest, stored_media_type, Descriptor, ParsedManifest, StoredManifest,
 };
-use super::{paths, tag_stripe, BlobInfo, Result, StorageError, StorageSettings};
+use super::{
+    paths, repository_stripe, tag_stripe, BlobInfo, Result, StorageError, StorageSettings,
+};
 use crate::config::{ConditionalWrites, StorageConfig};
 use crate::reference::{Algorithm, Digest, Reference, RepositoryName, Tag};
 
@@ -78,6 +80,11 @@ pub struct S3Storage {
     redirect: bool,
     description: String,
     tag_locks: Vec<tokio::sync::Mutex<()>>,
+    /// Within this replica, a manifest delete owns its repository's lock and
+    /// pushes share it, as on the filesystem; across replicas, each side
+    /// reads back what the other may have undone (`store_manifest`,
+    /// `delete_manifest`).
+    repository_locks: Vec<tokio::sync::RwLock<()>>,
 }
 
 impl std::fmt::Debug for S3Storage {
@@ -226,6 +233,7 @@ impl S3Storage {
             redirect: config.redirect,
             description,
             tag_locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
+            repository_locks: (0..64).map(|_| tokio::sync::RwLock::new(())).collect(),
         };
         storage.probe_writable().await?;
         if config.conditional_writes == ConditionalWrites::Auto {
@@ -602,6 +610,7 @@ impl S3Storage {
             }
             Reference::Digest(_) => None,
         };
+        let _repository_guard = self.repository_lock(name).read().await;
         for link in &links {
             self.write_link(link, &digest).await?;
         }
@@ -609,6 +618,18 @@ impl S3Storage {
             return Ok(digest);
         };
         match self.move_tag(name, tag, &digest, expected_tag).await {
+            Ok(()) => {
+                // A delete of this manifest on another replica may have
+                // removed the revision between its write and the tag's: the
+                // tag stands (it was acknowledged), so the revision comes
+                // back. (That delete reads the tags after its removal and
+                // restores it too; one of the two always sees the other.)
+                if self.read_link(&links[0]).await?.is_none() {
+                    self.restore_links(name, &digest, manifest.subject.as_ref())
+                        .await?;
+                }
+                Ok(digest)
+            }
             Err(StorageError::TagChanged(t)) => {
                 // The push lost a race for the tag: what it made visible goes.
                 if !had_revision {
@@ -621,8 +642,28 @@ impl S3Storage {
                 }
                 Err(StorageError::TagChanged(t))
             }
-            other => other.map(|()| digest),
+            Err(e) => Err(e),
         }
+    }
+
+    fn repository_lock(&self, name: &RepositoryName) -> &tokio::sync::RwLock<()> {
+        &self.repository_locks[repository_stripe(name, self.repository_locks.len())]
+    }
+
+    /// Writes the revision link of `digest` (and its referrers entry) again.
+    async fn restore_links(
+        &self,
+        name: &RepositoryName,
+        digest: &Digest,
+        subject: Option<&Descriptor>,
+    ) -> Result<()> {
+        self.write_link(paths::revision_link(name, digest), digest)
+            .await?;
+        if let Some(subject) = subject {
+            self.write_link(paths::referrer_link(name, &subject.digest, digest), digest)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Points `tag` at `digest` if it still names `expected` (when given).
@@ -745,12 +786,10 @@ impl S3Storage {
         }
     }
 
+    /// The tag's own link, whether or not its manifest is still there (a tag
+    /// that exists is never shown to the policies as absent).
     pub async fn tag_target(&self, name: &RepositoryName, tag: &Tag) -> Result<Option<Digest>> {
-        match self.resolve(name, &Reference::Tag(tag.clone())).await {
-            Ok(d) => Ok(Some(d)),
-            Err(StorageError::ManifestUnknown(_)) => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.read_link(paths::tag_current_link(name, tag)).await
     }
 
     /// The tags of `name` and what each names now.
@@ -784,7 +823,13 @@ impl S3Storage {
         Ok(tags)
     }
 
-    pub async fn delete_manifest(&self, name: &RepositoryName, digest: &Digest) -> Result<()> {
+    pub async fn delete_manifest(
+        &self,
+        name: &RepositoryName,
+        digest: &Digest,
+        expected_tags: &[String],
+    ) -> Result<()> {
+        let _repository_guard = self.repository_lock(name).write().await;
         self.resolve(name, &Reference::Digest(digest.clone()))
             .await?;
         let subject = self
@@ -794,17 +839,40 @@ impl S3Storage {
             .flatten()
             .and_then(|b| ParsedManifest::parse(&b, None).ok())
             .and_then(|m| m.subject);
-        for (tag, target) in self.tag_links(name).await? {
-            if &target == digest {
-                self.delete_tree(paths::tag_dir(name, &tag)).await?;
-            }
+        let mut tags: Vec<Tag> = self
+            .tag_links(name)
+            .await?
+            .into_iter()
+            .filter(|(_, target)| target == digest)
+            .map(|(tag, _)| tag)
+            .collect();
+        tags.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        if !tags
+            .iter()
+            .map(Tag::as_str)
+            .eq(expected_tags.iter().map(String::as_str))
+        {
+            return Err(StorageError::DigestTagsChanged(digest.clone()));
         }
-        if let Some(subject) = subject {
+        for tag in &tags {
+            self.delete_tree(paths::tag_dir(name, tag)).await?;
+        }
+        if let Some(subject) = &subject {
             self.delete_tree(paths::referrer_link_dir(name, &subject.digest, digest))
                 .await?;
         }
         self.delete_tree(paths::revision_link_dir(name, digest))
             .await?;
+        // A push on another replica may have pointed a tag at this manifest
+        // meanwhile: that push stands, so its manifest stays.
+        if self
+            .tag_links(name)
+            .await?
+            .iter()
+            .any(|(_, target)| target == digest)
+        {
+            self.restore_links(name, digest, subject.as_ref()).await?;
+        }
         Ok(())
     }
 

@@ -52,6 +52,10 @@ pub(super) struct Session {
     sha256_state: String,
     /// Unix seconds when the session was started.
     started: u64,
+    /// The user who started it (`None`: an anonymous caller); only they may
+    /// continue it. Absent in sessions written before owners were kept.
+    #[serde(default)]
+    owner: Option<String>,
 }
 
 /// An upload in progress in this request.
@@ -94,7 +98,11 @@ fn tail_key(storage: &S3Storage, name: &RepositoryName, id: UploadId, end: u64) 
 }
 
 impl S3Storage {
-    pub async fn start_upload(&self, name: &RepositoryName) -> Result<UploadId> {
+    pub async fn start_upload(
+        &self,
+        name: &RepositoryName,
+        owner: Option<&str>,
+    ) -> Result<UploadId> {
         let id = UploadId::new();
         let session = Session {
             repository: name.to_string(),
@@ -104,9 +112,19 @@ impl S3Storage {
             tail: 0,
             sha256_state: save_state(&Sha256::new()),
             started: unix_now(),
+            owner: owner.map(str::to_owned),
         };
         self.save_session(name, id, &session, None).await?;
         Ok(id)
+    }
+
+    pub async fn upload_owner(
+        &self,
+        name: &RepositoryName,
+        id: UploadId,
+    ) -> Result<Option<String>> {
+        let (session, _) = self.load_session(name, id).await?;
+        Ok(session.owner)
     }
 
     pub(super) async fn load_session(
@@ -450,6 +468,7 @@ impl S3Storage {
             tail: tail_len,
             sha256_state: save_state(&ingest.hasher),
             started: session.started,
+            owner: session.owner.clone(),
         };
         self.save_session(name, id, &updated, Some(e_tag)).await?;
         if session.tail > 0 && session.size != ingest.size {

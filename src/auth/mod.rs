@@ -6,9 +6,13 @@
 //! async workers, and a verified credential is remembered for `cache_ttl`
 //! under a salted SHA-256 of user and password (compared in constant time).
 //! Unknown users are checked against a dummy hash so their timing matches.
+//! How much bcrypt work clients can cause is bounded by `throttle`.
 //! This module decides identity only; what an identity may do is the policies'.
 
+pub mod throttle;
+
 use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,6 +22,7 @@ use sha2::Digest as _;
 use subtle::ConstantTimeEq;
 
 use crate::config::Config;
+use throttle::{LoginThrottle, ThrottleLimits};
 
 /// The caller, as policies see it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -44,6 +49,8 @@ pub enum AuthError {
     Malformed,
     #[error("wrong user name or password")]
     BadCredentials,
+    #[error("too many failed logins or logins at once; retry in {} s", retry_after.as_secs())]
+    Throttled { retry_after: Duration },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +86,7 @@ pub struct Authenticator {
     ttl: Duration,
     salt: [u8; 32],
     cache: Mutex<HashMap<String, Cached>>,
+    throttle: LoginThrottle,
 }
 
 impl Authenticator {
@@ -106,6 +114,11 @@ impl Authenticator {
             ttl: config.auth.cache_ttl,
             salt: rand_salt(),
             cache: Mutex::new(HashMap::new()),
+            throttle: LoginThrottle::new(ThrottleLimits {
+                concurrent: config.auth.max_verifications,
+                per_user: config.auth.failed_logins_per_user,
+                per_address: config.auth.failed_logins_per_address,
+            }),
         })
     }
 
@@ -126,10 +139,12 @@ impl Authenticator {
         }
     }
 
-    /// The caller behind an `Authorization` header value (or its absence).
+    /// The caller behind an `Authorization` header value (or its absence),
+    /// from the client address `peer`.
     pub async fn identify(
         self: &Arc<Self>,
         authorization: Option<&str>,
+        peer: IpAddr,
     ) -> Result<Identity, AuthError> {
         let Some(header) = authorization else {
             return Ok(Identity::anonymous());
@@ -143,6 +158,13 @@ impl Authenticator {
         if let Some(identity) = self.cached(&user, &key) {
             return Ok(identity);
         }
+        let slot = self
+            .throttle
+            .admit(&user, peer)
+            .await
+            .map_err(|t| AuthError::Throttled {
+                retry_after: t.retry_after,
+            })?;
         let hash = users.get(&user).cloned();
         let known = hash.is_some();
         let hash = hash.unwrap_or_else(|| self.dummy_hash.clone());
@@ -150,7 +172,9 @@ impl Authenticator {
             tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
                 .await
                 .unwrap_or(false);
+        drop(slot);
         if !(verified && known) {
+            self.throttle.failed(&user, peer);
             return Err(AuthError::BadCredentials);
         }
         let identity = self.identity_for(&user);
@@ -263,6 +287,8 @@ fn read_htpasswd(path: &Path) -> Result<HashMap<String, String>, AuthConfigError
 mod tests {
     use super::*;
 
+    const PEER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7));
+
     fn authenticator(htpasswd: &str) -> (tempfile::TempDir, Arc<Authenticator>) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("htpasswd");
@@ -287,31 +313,31 @@ mod tests {
         let hash = bcrypt::hash("s3cret", 4).unwrap();
         let (_dir, auth) = authenticator(&format!("# users\nalice:{hash}\n"));
         let who = auth
-            .identify(Some(&basic("alice", "s3cret")))
+            .identify(Some(&basic("alice", "s3cret")), PEER)
             .await
             .unwrap();
         assert_eq!(who.subject.as_deref(), Some("alice"));
         assert_eq!(who.groups, vec!["devs".to_string()]);
         // Second time from the cache, same answer.
         assert_eq!(
-            auth.identify(Some(&basic("alice", "s3cret")))
+            auth.identify(Some(&basic("alice", "s3cret")), PEER)
                 .await
                 .unwrap(),
             who
         );
         assert!(matches!(
-            auth.identify(Some(&basic("alice", "wrong"))).await,
+            auth.identify(Some(&basic("alice", "wrong")), PEER).await,
             Err(AuthError::BadCredentials)
         ));
         assert!(matches!(
-            auth.identify(Some(&basic("mallory", "s3cret"))).await,
+            auth.identify(Some(&basic("mallory", "s3cret")), PEER).await,
             Err(AuthError::BadCredentials)
         ));
         assert!(matches!(
-            auth.identify(Some("Basic !!!")).await,
+            auth.identify(Some("Basic !!!"), PEER).await,
             Err(AuthError::Malformed)
         ));
-        assert!(auth.identify(None).await.unwrap().is_anonymous());
+        assert!(auth.identify(None, PEER).await.unwrap().is_anonymous());
     }
 
     #[test]

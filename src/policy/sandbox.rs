@@ -1,0 +1,359 @@
+//! What one policy instance may take from the host, and the accounting that
+//! holds it to that: memory summed over all its linear memories and tables,
+//! counts of instances, memories and tables, and a budget shared by every
+//! instance of every policy; plus the bounded buffer a guest's stdout and
+//! stderr go to. The engine (`engine.rs`) installs these in each store; this
+//! module knows nothing of components or requests.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+
+// What the bundled policies and the examples take, measured with `portcullis
+// policy test` (its `memory:` line) and, for instances, by counting the
+// instantiations in each component (`wasm-tools print`):
+//
+// | component              | instances | memories | tables | elements | bytes held |
+// |------------------------|----------:|---------:|-------:|---------:|-----------:|
+// | bundled (Rust)         |         3 |        1 |      2 |  107-110 |     130 KB |
+// | c-max-size (C)         |         2 |        1 |      1 |        1 |     128 KB |
+// | js-deny-latest (JS)    |         1 |        1 |      1 |    7,688 |     9.6 MB |
+// | python-annotations     |        14 |        1 |      2 |    5,757 |    13.0 MB |
+
+/// Core instances one policy instance may create (Python needs 14).
+pub const MAX_INSTANCES: usize = 24;
+/// Linear memories per policy instance, all core instances together (every
+/// component above has 1).
+pub const MAX_MEMORIES: usize = 4;
+/// Tables per policy instance (at most 2 above).
+pub const MAX_TABLES: usize = 8;
+/// Table elements per policy instance, all tables together (at most 7,688
+/// above: 13 times that).
+pub const MAX_TABLE_ELEMENTS: usize = 100_000;
+/// What one table element costs the host, counted against the memory caps
+/// (a function reference is a pointer, plus wasmtime's lazy-init bit).
+const TABLE_ELEMENT_BYTES: usize = 16;
+/// Bytes of stdout and of stderr kept per evaluation; the rest is dropped.
+pub const OUTPUT_CAP: usize = 4096;
+
+/// Memory every policy instance together may hold (`policy.total_memory`).
+/// Reservations are made as memories and tables grow and given back when the
+/// instance's store is dropped.
+#[derive(Debug)]
+pub struct MemoryBudget {
+    cap: usize,
+    used: AtomicUsize,
+}
+
+impl MemoryBudget {
+    pub fn new(cap: usize) -> Arc<Self> {
+        Arc::new(Self {
+            cap,
+            used: AtomicUsize::new(0),
+        })
+    }
+
+    fn reserve(&self, bytes: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|total| *total <= self.cap)
+            })
+            .is_ok()
+    }
+
+    fn release(&self, bytes: usize) {
+        self.used.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    /// Bytes reserved now, by all instances.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+
+    pub fn cap(&self) -> usize {
+        self.cap
+    }
+
+    /// Past three quarters of the budget, warm instances are dropped after
+    /// use instead of being pooled, so that new instances find room.
+    pub fn under_pressure(&self) -> bool {
+        self.used() > self.cap / 4 * 3
+    }
+}
+
+/// The `ResourceLimiter` of one store (one policy instance).
+pub struct GuestLimiter {
+    /// `policy.memory`: linear memories and tables of this instance together.
+    memory_cap: usize,
+    budget: Arc<MemoryBudget>,
+    /// Bytes this instance holds (all memories, and tables at
+    /// `TABLE_ELEMENT_BYTES` an element), all of it reserved in `budget`.
+    held: usize,
+    table_elements: usize,
+    memories: usize,
+    tables: usize,
+}
+
+/// What an instance held at its largest, for `portcullis policy test`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub bytes: usize,
+    pub memories: usize,
+    pub tables: usize,
+    pub table_elements: usize,
+}
+
+impl GuestLimiter {
+    pub fn new(memory_cap: usize, budget: Arc<MemoryBudget>) -> Self {
+        Self {
+            memory_cap,
+            budget,
+            held: 0,
+            table_elements: 0,
+            memories: 0,
+            tables: 0,
+        }
+    }
+
+    pub fn usage(&self) -> Usage {
+        Usage {
+            bytes: self.held,
+            memories: self.memories,
+            tables: self.tables,
+            table_elements: self.table_elements,
+        }
+    }
+
+    /// Takes `bytes` more for this instance, or says why not (the guest traps).
+    fn take(&mut self, bytes: usize, what: &str) -> wasmtime::Result<bool> {
+        let total = self.held.saturating_add(bytes);
+        if total > self.memory_cap {
+            wasmtime::bail!(
+                "exceeded its memory limit: {what} would bring it to {total} bytes \
+                 in all its memories and tables, over policy.memory ({} bytes)",
+                self.memory_cap
+            );
+        }
+        if !self.budget.reserve(bytes) {
+            wasmtime::bail!(
+                "exceeded the memory limit of all policies together: {what} would pass \
+                 policy.total_memory ({} bytes)",
+                self.budget.cap()
+            );
+        }
+        self.held = total;
+        Ok(true)
+    }
+}
+
+impl wasmtime::ResourceLimiter for GuestLimiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        // Wasmtime asks with `current` 0 when it creates a memory.
+        self.take(desired.saturating_sub(current), "growing a memory")?;
+        if current == 0 {
+            self.memories += 1;
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let added = desired.saturating_sub(current);
+        let elements = self.table_elements.saturating_add(added);
+        if elements > MAX_TABLE_ELEMENTS {
+            wasmtime::bail!(
+                "exceeded its table limit: {elements} elements in all its tables, \
+                 over {MAX_TABLE_ELEMENTS}"
+            );
+        }
+        self.take(added.saturating_mul(TABLE_ELEMENT_BYTES), "growing a table")?;
+        self.table_elements = elements;
+        if current == 0 {
+            self.tables += 1;
+        }
+        Ok(true)
+    }
+
+    fn instances(&self) -> usize {
+        MAX_INSTANCES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
+    }
+}
+
+impl Drop for GuestLimiter {
+    fn drop(&mut self) {
+        self.budget.release(self.held);
+    }
+}
+
+/// A guest's stdout or stderr: the first `OUTPUT_CAP` bytes written since the
+/// last [`take`](Self::take) are kept, the rest dropped. Writes never block
+/// and never fail, so printing cannot stall or break an evaluation.
+#[derive(Clone, Default)]
+pub struct CapturedOutput {
+    buffer: Arc<Mutex<Captured>>,
+}
+
+#[derive(Default)]
+struct Captured {
+    bytes: Vec<u8>,
+    dropped: usize,
+}
+
+impl CapturedOutput {
+    fn append(&self, bytes: &[u8]) {
+        let mut captured = self.buffer.lock().unwrap_or_else(|p| p.into_inner());
+        let room = OUTPUT_CAP.saturating_sub(captured.bytes.len());
+        let kept = bytes.len().min(room);
+        captured.bytes.extend_from_slice(&bytes[..kept]);
+        captured.dropped = captured.dropped.saturating_add(bytes.len() - kept);
+    }
+
+    /// What was written since the last call (lossy UTF-8, with a note of how
+    /// much was dropped), or `None` if nothing was.
+    pub fn take(&self) -> Option<String> {
+        let mut captured = self.buffer.lock().unwrap_or_else(|p| p.into_inner());
+        if captured.bytes.is_empty() && captured.dropped == 0 {
+            return None;
+        }
+        let mut text = String::from_utf8_lossy(&captured.bytes).into_owned();
+        if captured.dropped > 0 {
+            text.push_str(&format!(" [{} more bytes dropped]", captured.dropped));
+        }
+        *captured = Captured::default();
+        Some(text)
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for CapturedOutput {
+    async fn ready(&mut self) {}
+}
+
+impl OutputStream for CapturedOutput {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        self.append(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(64 * 1024)
+    }
+}
+
+impl tokio::io::AsyncWrite for CapturedOutput {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.append(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl IsTerminal for CapturedOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for CapturedOutput {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmtime::ResourceLimiter;
+
+    #[test]
+    fn memories_and_tables_count_together_against_the_instance_cap() {
+        let budget = MemoryBudget::new(1 << 30);
+        let mut limiter = GuestLimiter::new(1 << 20, Arc::clone(&budget));
+        assert!(limiter.memory_growing(0, 512 << 10, None).unwrap());
+        // A second memory of the same size fits exactly; a third does not.
+        assert!(limiter.memory_growing(0, 512 << 10, None).unwrap());
+        assert!(limiter.memory_growing(0, 64 << 10, None).is_err());
+        assert!(limiter.table_growing(0, 10, None).is_err());
+        assert_eq!(budget.used(), 1 << 20);
+        drop(limiter);
+        assert_eq!(budget.used(), 0, "a dropped instance gives its memory back");
+    }
+
+    #[test]
+    fn table_elements_are_capped_and_cost_memory() {
+        let budget = MemoryBudget::new(1 << 30);
+        let mut limiter = GuestLimiter::new(64 << 20, Arc::clone(&budget));
+        assert!(limiter.table_growing(0, 1000, None).unwrap());
+        assert_eq!(budget.used(), 1000 * TABLE_ELEMENT_BYTES);
+        assert!(limiter
+            .table_growing(1000, MAX_TABLE_ELEMENTS + 1, None)
+            .is_err());
+        assert_eq!(limiter.usage().table_elements, 1000);
+    }
+
+    #[test]
+    fn the_shared_budget_stops_growth_across_instances() {
+        let budget = MemoryBudget::new(3 << 20);
+        let mut a = GuestLimiter::new(4 << 20, Arc::clone(&budget));
+        let mut b = GuestLimiter::new(4 << 20, Arc::clone(&budget));
+        assert!(a.memory_growing(0, 5 << 19, None).unwrap());
+        assert!(budget.under_pressure(), "2.5 of 3 MiB held");
+        assert!(b.memory_growing(0, 1 << 20, None).is_err());
+        assert!(b.memory_growing(0, 1 << 19, None).unwrap());
+        drop(a);
+        assert_eq!(budget.used(), 1 << 19);
+    }
+
+    #[test]
+    fn output_is_kept_up_to_the_cap_and_reset_by_take() {
+        let out = CapturedOutput::default();
+        assert_eq!(out.take(), None);
+        out.append(b"hello ");
+        out.append(&vec![b'x'; OUTPUT_CAP]);
+        let text = out.take().unwrap();
+        assert!(text.starts_with("hello xx"));
+        assert!(text.ends_with(" [6 more bytes dropped]"), "{text}");
+        assert_eq!(out.take(), None);
+    }
+}
