@@ -52,7 +52,11 @@ async fn registry_with(
 #[tokio::test]
 async fn a_user_name_that_keeps_failing_is_refused_with_429_and_retry_after() {
     // The per-address limit off: this is the per-name one.
-    let (registry, _secrets) = registry_with(&[("alice", "alice-pw"), ("bob", "bob-pw")], 0).await;
+    let (mut registry, _secrets) =
+        registry_with(&[("alice", "alice-pw"), ("bob", "bob-pw")], 0).await;
+    // Failure counts are a replica's own (README, "Scale-out"): on the S3
+    // backend, one of the two replicas.
+    registry.single_replica();
     assert_eq!(
         login(&registry, "alice", "alice-pw").await.status(),
         StatusCode::OK
@@ -88,7 +92,10 @@ async fn a_user_name_that_keeps_failing_is_refused_with_429_and_retry_after() {
 
 #[tokio::test]
 async fn an_address_that_keeps_failing_is_refused_whatever_the_names() {
-    let (registry, _secrets) = registry_with(&[("alice", "alice-pw")], 30).await;
+    let (mut registry, _secrets) = registry_with(&[("alice", "alice-pw")], 30).await;
+    // Failure counts are a replica's own (README, "Scale-out"): on the S3
+    // backend, one of the two replicas.
+    registry.single_replica();
     for attempt in 0..30 {
         let wrong = login(&registry, &format!("user{attempt}"), "x").await;
         assert_eq!(
@@ -104,7 +111,11 @@ async fn an_address_that_keeps_failing_is_refused_whatever_the_names() {
 
 #[tokio::test]
 async fn a_flood_of_wrong_passwords_leaves_logged_in_users_served() {
-    let (registry, _secrets) = registry_with(&[("alice", "alice-pw"), ("bob", "bob-pw")], 30).await;
+    let (mut registry, _secrets) =
+        registry_with(&[("alice", "alice-pw"), ("bob", "bob-pw")], 30).await;
+    // Failure counts are a replica's own (README, "Scale-out"): on the S3
+    // backend, one of the two replicas.
+    registry.single_replica();
     let image = Image::random();
     let (status, _) = registry
         .push_image_as(Some(("alice", "alice-pw")), "app", "1", &image)
@@ -162,7 +173,11 @@ async fn a_flood_of_wrong_passwords_leaves_logged_in_users_served() {
 
 #[tokio::test]
 async fn an_upload_session_belongs_to_the_user_who_started_it() {
-    let (registry, _secrets) = registry_with(&[("alice", "alice-pw"), ("bob", "bob-pw")], 30).await;
+    let (mut registry, _secrets) =
+        registry_with(&[("alice", "alice-pw"), ("bob", "bob-pw")], 30).await;
+    // Failure counts are a replica's own (README, "Scale-out"): on the S3
+    // backend, one of the two replicas.
+    registry.single_replica();
     let started = registry
         .request(Method::POST, "/v2/shared/app/blobs/uploads/")
         .basic_auth("alice", Some("alice-pw"))

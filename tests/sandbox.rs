@@ -174,13 +174,15 @@ async fn table_elements_piling_up_in_a_warm_instance_are_capped_and_the_instance
             "(drop (table.grow $t (ref.null func) (i32.const 40000)))",
         ),
     );
-    let registry = TestRegistry::start_with(|c| {
+    let mut registry = TestRegistry::start_with(|c| {
         c.policy.chain = vec![PolicyEntry {
             actions: Some(vec![portcullis::config::Action::Pull]),
             ..policy("tables", &tables, json!({}))
         }];
     })
     .await;
+    // Warm instances are a replica's own: on the S3 backend, one of the two.
+    registry.single_replica();
     registry.push_image("app", "1", &Image::random()).await;
     // One request at a time: one warm instance, 40,000 elements more a call.
     for call in 0..2 {
