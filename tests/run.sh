@@ -36,7 +36,10 @@ stage "policies: fmt and unit tests" bash -c 'cd policies && cargo fmt --all -- 
 # same wrapper and arguments on the test build lint every target of this
 # crate (lib, bin, tests, benches: --all-targets) with the same lints, and
 # every later `cargo test` gets them too, so that nothing is rebuilt.
-CLIPPY_DRIVER=$(rustup which clippy-driver 2>/dev/null || command -v clippy-driver)
+CLIPPY_DRIVER=$(rustup which clippy-driver 2>/dev/null || command -v clippy-driver) || {
+    echo "tests/run.sh: no clippy-driver (rustup component add clippy)" >&2
+    exit 1
+}
 LINTED=(env RUSTC_WORKSPACE_WRAPPER="$CLIPPY_DRIVER" CLIPPY_ARGS=-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__)
 # `cargo test` builds the binary for the integration tests. Dev-dependencies
 # widen two crates' features in that build (figment gets `test`, getrandom

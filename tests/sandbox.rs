@@ -108,16 +108,80 @@ fn write_component(dir: &Path, name: &str, wasm: &[u8]) -> String {
     path.display().to_string()
 }
 
-/// This process's resident memory (the server runs in it).
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS in /proc/self/status");
-    kib * 1024
+/// The real binary serving `config` (TOML) in a process of its own, so that
+/// its memory is measured alone.
+struct Served {
+    child: std::process::Child,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Served {
+    async fn start(config: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let file = dir.path().join("portcullis.toml");
+        let root = dir.path().join("data");
+        std::fs::write(
+            &file,
+            format!("listen = \"127.0.0.1:{port}\"\n[storage]\nroot = {root:?}\n{config}"),
+        )
+        .unwrap();
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"));
+        for (key, _) in std::env::vars() {
+            if key.starts_with("PORTCULLIS_") {
+                command.env_remove(key);
+            }
+        }
+        let child = command
+            .args(["serve", "--config"])
+            .arg(&file)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Killed and waited for by `Drop`, whatever happens next.
+        let served = Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+        };
+        let http = reqwest::Client::new();
+        for _ in 0..200 {
+            if http
+                .get(format!("{}/healthz", served.base))
+                .send()
+                .await
+                .is_ok()
+            {
+                return served;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the server did not come up on {}", served.base);
+    }
+
+    fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("VmRSS in /proc/<pid>/status");
+        kib * 1024
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// GET of a manifest: the status and the error message, if any.
@@ -144,22 +208,27 @@ async fn a_policy_growing_its_table_by_millions_is_stopped_and_the_host_stays_fl
             "(drop (table.grow $t (ref.null func) (i32.const 1000000)))",
         ),
     );
-    let registry = TestRegistry::start_with(|c| {
-        c.policy.chain = vec![scoped("tables", &tables, json!({}))];
-    })
+    let served = Served::start(&format!(
+        "[[policy.chain]]\nname = \"tables\"\nmodule = {tables:?}\nsettings = {{}}\n"
+    ))
     .await;
-    let image = Image::random();
-    registry.push_image("fine/app", "1", &image).await;
-    let before = rss_bytes();
+    let http = reqwest::Client::new();
+    let before = served.rss_bytes();
     for _ in 0..40 {
-        let (status, message) = pull(&registry, "tables/app").await;
-        assert_eq!(status, StatusCode::FORBIDDEN, "{message}");
-        assert!(message.starts_with("policy tables failed"), "{message}");
-        assert_eq!(pull(&registry, "fine/app").await.0, StatusCode::OK);
+        let response = http
+            .get(format!("{}/v2/tables/app/manifests/1", served.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        let body: Value = response.json().await.unwrap();
+        let message = body["errors"][0]["message"].as_str().unwrap_or_default();
+        assert!(message.starts_with("policy tables failed"), "{body}");
     }
-    let grown = rss_bytes().saturating_sub(before);
-    // Unbounded, 40 calls held 2.7 GB: now every call is refused its growth.
-    assert!(grown < 64 << 20, "the process grew by {grown} bytes");
+    let grown = served.rss_bytes().saturating_sub(before);
+    // Unbounded, 40 calls made the server hold 2.7 GB: now every call is
+    // refused its growth, and the server stays where it was.
+    assert!(grown < 32 << 20, "the server grew by {grown} bytes");
 }
 
 #[tokio::test]
@@ -199,8 +268,8 @@ async fn table_elements_piling_up_in_a_warm_instance_are_capped_and_the_instance
     assert_eq!(pull(&registry, "app").await.0, StatusCode::OK);
 }
 
-#[tokio::test]
-async fn memories_and_tables_count_together_against_policy_memory() {
+#[test]
+fn memories_and_tables_count_together_against_policy_memory() {
     let dir = tempfile::tempdir().unwrap();
     // 15 MiB of memory (2 pages declared, 238 grown), then 100,000 table
     // elements (1.6 MB): each fits under 16 MiB alone, not together.
@@ -213,14 +282,30 @@ async fn memories_and_tables_count_together_against_policy_memory() {
              (drop (table.grow $t (ref.null func) (i32.const 100000)))",
         ),
     );
-    let registry = TestRegistry::start_with(|c| {
-        c.policy.memory = bytesize::ByteSize::mib(16);
-        c.policy.chain = vec![policy("both", &both, json!({}))];
-    })
-    .await;
-    let (status, message) = pull(&registry, "app").await;
-    assert_eq!(status, StatusCode::FORBIDDEN, "{message}");
-    assert!(message.starts_with("policy both failed"), "{message}");
+    let (stdout, _) = policy_test(&both, "{}");
+    let first = stdout.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("failed: exceeded its memory limit: growing a table would bring it to ")
+            && first.ends_with("over policy.memory (16777216 bytes)"),
+        "{stdout}"
+    );
+}
+
+/// `portcullis policy test` of `module` with `settings` on a pull request:
+/// its stdout and stderr.
+fn policy_test(module: &str, settings: &str) -> (String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["policy", "test", "--policy", module, "--settings", settings])
+        .args([
+            "--request",
+            r#"{"action":"pull","resource":"manifest","repository":"a","identity":{"subject":null,"groups":[]}}"#,
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "{stdout}{stderr}");
+    (stdout, stderr)
 }
 
 #[test]
@@ -320,18 +405,7 @@ async fn guests_that_print_panic_sleep_read_stdin_or_connect_end_in_a_decision()
 
 #[test]
 fn policy_test_shows_what_a_guest_printed_bounded_and_what_it_held() {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["policy", "test", "--policy", &misbehave()])
-        .args(["--settings", r#"{"mode": "print"}"#])
-        .args([
-            "--request",
-            r#"{"action":"pull","resource":"manifest","repository":"a","identity":{"subject":null,"groups":[]}}"#,
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stdout}{stderr}");
+    let (stdout, stderr) = policy_test(&misbehave(), r#"{"mode": "print"}"#);
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines[0], "allow", "{stdout}");
     assert!(lines[1].starts_with("fuel used: "), "{stdout}");

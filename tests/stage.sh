@@ -93,7 +93,7 @@ stage_wait() {
     local name=$1 status=0
     wait "${STAGE_PIDS[$name]}" || status=$?
     # The background stage printed its own figures into its log.
-    grep -E "^stage: $name: " "${STAGE_LOGS[$name]}" || true
+    grep -F "stage: $name: " "${STAGE_LOGS[$name]}" || true
     if [[ $status != 0 ]]; then
         echo "stage: $name failed; the end of its log (${STAGE_LOGS[$name]}):"
         tail -n 40 "${STAGE_LOGS[$name]}" | sed 's/^/#   /'
@@ -115,7 +115,15 @@ stage_table() {
 
 stage_at_exit() { STAGE_EXIT_HOOKS+=("$1"); }
 _stage_exit() {
-    local hook
+    local hook pid
+    # A background stage still running when the script ends (a foreground
+    # one failed) is stopped, not left holding apt's lock.
+    for pid in "${STAGE_PIDS[@]}"; do
+        if kill -0 "$pid" 2>/dev/null; then
+            kill -- -"$pid" 2>/dev/null || kill "$pid" 2>/dev/null || true
+            wait "$pid" 2>/dev/null || true
+        fi
+    done
     for hook in "${STAGE_EXIT_HOOKS[@]}"; do
         eval "$hook" || true
     done

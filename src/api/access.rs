@@ -86,6 +86,14 @@ pub async fn authorize(state: &SharedState, caller: &Caller, access: &Access) ->
                 Err(ApiError::new(ErrorCode::Denied, message))
             }
         }
+        Verdict::Unavailable { policy } => Err(ApiError::new(
+            ErrorCode::Unavailable,
+            format!(
+                "policy {policy} cannot run now: the policies' memory \
+                 (policy.total_memory) is in use; retry"
+            ),
+        )
+        .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))),
         Verdict::Failed { policy, .. } => Err(ApiError::new(
             ErrorCode::Denied,
             format!(

@@ -231,10 +231,19 @@ pub async fn delete(
                     .delete_manifest(name, digest, &access.digest_tags)
                     .await
             }
-            Reference::Tag(tag) => state.storage.delete_tag(name, tag).await,
+            Reference::Tag(tag) => {
+                state
+                    .storage
+                    .delete_tag(name, tag, access.current_digest.as_ref())
+                    .await
+            }
         };
         match deleted {
-            Err(StorageError::DigestTagsChanged(_)) if attempt < TAG_ATTEMPTS => continue,
+            Err(StorageError::DigestTagsChanged(_) | StorageError::TagChanged(_))
+                if attempt < TAG_ATTEMPTS =>
+            {
+                continue
+            }
             result => break result?,
         }
     }

@@ -66,7 +66,13 @@ pub async fn refresh_manifest(
             if proxy.tag_is_fresh(name, tag) {
                 return Ok(());
             }
-            let local = storage.tag_target(name, tag).await?;
+            // What the tag serves now: a tag naming a manifest that is gone
+            // counts as absent here, so that it is fetched again.
+            let local = match storage.get_manifest(name, reference).await {
+                Ok(stored) => Some(stored.digest),
+                Err(StorageError::ManifestUnknown(_)) => None,
+                Err(e) => return Err(e.into()),
+            };
             match proxy.tag_digest(&upstream, tag).await {
                 Ok(current) if Some(&current) == local.as_ref() => {
                     proxy.mark_checked(name, tag);

@@ -187,7 +187,8 @@ pub struct Session<'a> {
 impl Session<'_> {
     /// An upload session belongs to the user who started it (anonymous ones
     /// to anonymous callers): anyone else is told it does not exist, even
-    /// with push rights on the repository.
+    /// with push rights on the repository. A session that recorded no owner
+    /// (older, or Distribution's) stays open to anyone allowed to push.
     async fn check_owner(&self) -> ApiResult<()> {
         let result = self
             .state
@@ -196,7 +197,8 @@ impl Session<'_> {
             .await
             .map_err(ApiError::from);
         let owner = self.settle(result).await?;
-        if owner.as_deref() != self.caller.identity.subject.as_deref() {
+        let caller = self.caller.identity.subject.as_deref().unwrap_or_default();
+        if owner.is_some_and(|owner| owner != caller) {
             return Err(ApiError::from(crate::storage::StorageError::UploadUnknown(
                 self.id,
             )));

@@ -174,9 +174,9 @@ impl Authenticator {
                 .unwrap_or(false);
         drop(slot);
         if !(verified && known) {
-            self.throttle.failed(&user, peer);
             return Err(AuthError::BadCredentials);
         }
+        self.throttle.succeeded(&user, peer);
         let identity = self.identity_for(&user);
         self.remember(user, key, identity.clone());
         Ok(identity)
@@ -273,6 +273,9 @@ fn read_htpasswd(path: &Path) -> Result<HashMap<String, String>, AuthConfigError
         let (user, hash) = line
             .split_once(':')
             .ok_or_else(|| entry_error("expected user:hash"))?;
+        if user.is_empty() {
+            return Err(entry_error("the user name is empty"));
+        }
         if !(hash.starts_with("$2y$") || hash.starts_with("$2b$") || hash.starts_with("$2a$")) {
             return Err(entry_error(
                 "only bcrypt entries are supported; create them with `htpasswd -B`",

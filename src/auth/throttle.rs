@@ -6,15 +6,18 @@
 //! answered from the credential cache, never wait for it.
 //!
 //! Failures are counted in token buckets (a bucket holds `limit` failures and
-//! refills at `limit` a minute). Every credential the registry accepts goes
-//! through one [`LoginThrottle`]. Client addresses are the TCP peer's: behind
-//! a reverse proxy every client has the proxy's address, so there the
-//! per-address limit counts all clients together (set it to 0 to turn it off
-//! until trusted proxies are configurable).
+//! refills at `limit` a minute). An attempt takes its token before bcrypt
+//! runs and gets it back if the password was right, so concurrent attempts
+//! cannot all pass on one token. Every credential the registry accepts goes
+//! through one [`LoginThrottle`]. Client addresses are the TCP peer's (IPv6
+//! by /64, what one host is usually given): behind a reverse proxy every
+//! client has the proxy's address, so there the per-address limit counts
+//! all clients together (set it to 0 to turn it off until trusted proxies
+//! are configurable).
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -59,28 +62,51 @@ impl LoginThrottle {
     }
 
     /// Before a password is verified: whether this user name and address may
-    /// try now, and a verification slot if so (held while bcrypt runs).
+    /// try now, and a verification slot if so (held while bcrypt runs). The
+    /// attempt counts as a failure until [`succeeded`](Self::succeeded).
     pub async fn admit(
         &self,
         user: &str,
         address: IpAddr,
     ) -> Result<SemaphorePermit<'_>, Throttled> {
         let now = Instant::now();
-        self.users.admit(user, now)?;
-        self.addresses.admit(&address, now)?;
+        let address = address_key(address);
+        self.users.take(user.to_owned(), now)?;
+        if let Err(refused) = self.addresses.take(address, now) {
+            self.users.give_back(user);
+            return Err(refused);
+        }
         match tokio::time::timeout(SLOT_WAIT, self.slots.acquire()).await {
             Ok(Ok(permit)) => Ok(permit),
-            _ => Err(Throttled {
-                retry_after: Duration::from_secs(1),
-            }),
+            _ => {
+                // Not checked: not a failure either.
+                self.succeeded(user, address);
+                Err(Throttled {
+                    retry_after: Duration::from_secs(1),
+                })
+            }
         }
     }
 
-    /// After a failed verification: one failure for the name and the address.
-    pub fn failed(&self, user: &str, address: IpAddr) {
-        let now = Instant::now();
-        self.users.spend(user.to_owned(), now);
-        self.addresses.spend(address, now);
+    /// After a verification that passed: the attempt's tokens come back.
+    pub fn succeeded(&self, user: &str, address: IpAddr) {
+        self.users.give_back(user);
+        self.addresses.give_back(&address_key(address));
+    }
+}
+
+/// The key an address is counted under: IPv4 as it is, IPv6 by its /64.
+fn address_key(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+            let [a, b, c, d, ..] = v6.segments();
+            IpAddr::V6(Ipv6Addr::new(a, b, c, d, 0, 0, 0, 0))
+        }
+        IpAddr::V6(v6) => IpAddr::V4(
+            v6.to_ipv4_mapped()
+                .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+        ),
+        v4 => v4,
     }
 }
 
@@ -110,54 +136,56 @@ impl<K: Hash + Eq> Buckets<K> {
         bucket.updated = now;
     }
 
-    fn admit<Q>(&self, key: &Q, now: Instant) -> Result<(), Throttled>
-    where
-        K: std::borrow::Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
+    /// Takes one token from `key`'s bucket (made full if new), or says how
+    /// long until one is there.
+    fn take(&self, key: K, now: Instant) -> Result<(), Throttled> {
         if self.limit == 0 {
             return Ok(());
         }
+        let limit = f64::from(self.limit);
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(bucket) = buckets.get_mut(key) else {
-            return Ok(());
-        };
-        self.refill(bucket, now);
-        if bucket.tokens >= 1.0 {
-            return Ok(());
-        }
-        let rate = f64::from(self.limit) / REFILL_PERIOD.as_secs_f64();
-        let wait = ((1.0 - bucket.tokens) / rate).ceil().max(1.0);
-        Err(Throttled {
-            retry_after: Duration::from_secs_f64(wait),
-        })
-    }
-
-    fn spend(&self, key: K, now: Instant) {
-        if self.limit == 0 {
-            return;
-        }
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if buckets.len() >= MAX_BUCKETS {
+        if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(&key) {
             // Forget the buckets that have refilled; if a flood of distinct
             // keys keeps them all busy, forget them all (a fresh bucket is
             // the most lenient state, so this only ever errs towards letting
             // an attempt through to bcrypt, which the slots still bound).
             buckets.retain(|_, b| {
                 self.refill(b, now);
-                b.tokens < f64::from(self.limit)
+                b.tokens < limit
             });
             if buckets.len() >= MAX_BUCKETS {
                 buckets.clear();
             }
         }
-        let limit = f64::from(self.limit);
         let bucket = buckets.entry(key).or_insert(Bucket {
             tokens: limit,
             updated: now,
         });
         self.refill(bucket, now);
-        bucket.tokens = (bucket.tokens - 1.0).max(0.0);
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            return Ok(());
+        }
+        let rate = limit / REFILL_PERIOD.as_secs_f64();
+        let wait = ((1.0 - bucket.tokens) / rate).ceil().max(1.0);
+        Err(Throttled {
+            retry_after: Duration::from_secs_f64(wait),
+        })
+    }
+
+    /// Returns a token taken by an attempt that turned out not to fail.
+    fn give_back<Q>(&self, key: &Q)
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        if self.limit == 0 {
+            return;
+        }
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(bucket) = buckets.get_mut(key) {
+            bucket.tokens = (bucket.tokens + 1.0).min(f64::from(self.limit));
+        }
     }
 }
 
@@ -177,9 +205,11 @@ mod tests {
     async fn a_user_name_is_refused_after_its_failures_and_refills_over_a_minute() {
         let throttle = LoginThrottle::new(limits(3, 0));
         let ip: IpAddr = [192, 0, 2, 1].into();
+        // A right password costs nothing.
+        drop(throttle.admit("alice", ip).await.unwrap());
+        throttle.succeeded("alice", ip);
         for _ in 0..3 {
             drop(throttle.admit("alice", ip).await.unwrap());
-            throttle.failed("alice", ip);
         }
         let refused = throttle.admit("alice", ip).await.unwrap_err();
         assert!(refused.retry_after >= Duration::from_secs(1));
@@ -191,7 +221,7 @@ mod tests {
         assert!(throttle.admit("bob", ip).await.is_ok());
         // A bucket refills at the limit a minute.
         let later = Instant::now() + Duration::from_secs(21);
-        assert!(throttle.users.admit("alice", later).is_ok());
+        assert!(throttle.users.take("alice".into(), later).is_ok());
     }
 
     #[tokio::test]
@@ -200,10 +230,38 @@ mod tests {
         let ip: IpAddr = [192, 0, 2, 1].into();
         for user in ["a", "b"] {
             drop(throttle.admit(user, ip).await.unwrap());
-            throttle.failed(user, ip);
         }
         assert!(throttle.admit("c", ip).await.is_err());
         assert!(throttle.admit("c", [192, 0, 2, 2].into()).await.is_ok());
+        // IPv6 addresses count by /64.
+        let host: IpAddr = "2001:db8:1:2::5".parse().unwrap();
+        let neighbour: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        drop(throttle.admit("a", host).await.unwrap());
+        drop(throttle.admit("b", neighbour).await.unwrap());
+        assert!(throttle.admit("c", host).await.is_err());
+        assert!(throttle
+            .admit("c", "2001:db8:1:3::5".parse().unwrap())
+            .await
+            .is_ok());
+    }
+
+    #[tokio::test]
+    async fn concurrent_attempts_cannot_share_one_token() {
+        let throttle = LoginThrottle::new(ThrottleLimits {
+            concurrent: 64,
+            per_user: 3,
+            per_address: 0,
+        });
+        let ip: IpAddr = [192, 0, 2, 1].into();
+        let mut held = Vec::new();
+        let mut refused = 0;
+        for _ in 0..10 {
+            match throttle.admit("alice", ip).await {
+                Ok(slot) => held.push(slot),
+                Err(_) => refused += 1,
+            }
+        }
+        assert_eq!((held.len(), refused), (3, 7));
     }
 
     #[tokio::test]
@@ -223,7 +281,7 @@ mod tests {
         let buckets: Buckets<String> = Buckets::new(5);
         let now = Instant::now();
         for i in 0..(3 * MAX_BUCKETS) {
-            buckets.spend(format!("user{i}"), now);
+            buckets.take(format!("user{i}"), now).unwrap();
         }
         assert!(buckets.buckets.lock().unwrap().len() <= MAX_BUCKETS);
     }

@@ -48,6 +48,12 @@ pub enum Verdict {
         policy: String,
         reason: String,
     },
+    /// No room for the policy to run in `policy.total_memory`, even after
+    /// every warm instance was dropped: the request is refused (503), not
+    /// decided.
+    Unavailable {
+        policy: String,
+    },
 }
 
 struct Scoped {
@@ -141,11 +147,10 @@ impl PolicyChain {
     /// problem refuses the whole chain.
     pub fn load(engine: Arc<PolicyEngine>, config: &Config) -> Result<Self, PolicyError> {
         let limits = Self::limits(config);
-        // One budget for every instance of this chain's policies (a chain
-        // being replaced keeps its own until its last request ends).
-        let budget = MemoryBudget::new(
-            usize::try_from(config.policy.total_memory.as_u64()).unwrap_or(usize::MAX),
-        );
+        // One budget for every instance of every chain (the one in force and
+        // one being replaced), the engine's.
+        let budget = Arc::clone(engine.budget());
+        budget.set_cap(usize::try_from(config.policy.total_memory.as_u64()).unwrap_or(usize::MAX));
         let mut policies = Vec::with_capacity(config.policy.chain.len());
         for entry in &config.policy.chain {
             let runtime = load_one(&engine, config, entry, limits, &budget)?;
@@ -184,7 +189,22 @@ impl PolicyChain {
         for policy in self.policies.iter().filter(|p| p.applies(access)) {
             let request = request.get_or_insert_with(|| access.to_wit(identity, client));
             let started = Instant::now();
-            let measured = policy.runtime.evaluate(&self.engine, request).await;
+            let mut measured = policy.runtime.evaluate(&self.engine, request).await;
+            if measured.out_of_budget {
+                // Make room: every warm instance of this chain goes, and the
+                // policy gets one more try.
+                for other in &self.policies {
+                    other.runtime.drop_warm_instances();
+                }
+                measured = policy.runtime.evaluate(&self.engine, request).await;
+                if measured.out_of_budget {
+                    let name = policy.runtime.name();
+                    metrics.record_decision(name, "unavailable", started.elapsed());
+                    return Verdict::Unavailable {
+                        policy: name.to_owned(),
+                    };
+                }
+            }
             let name = policy.runtime.name();
             let elapsed = started.elapsed();
             let outcome = match &measured.outcome {
@@ -236,7 +256,7 @@ pub fn test_policy(
         std::fs::read(module).map_err(|e| format!("cannot read {}: {e}", module.display()))?;
     let label = module.display().to_string();
     let pre = engine.compile(&label, &wasm).map_err(|e| e.to_string())?;
-    let budget = MemoryBudget::new(limits.memory);
+    let budget = Arc::clone(engine.budget());
     let runtime = PolicyRuntime::new(&engine, label, settings.to_owned(), pre, limits, budget)
         .map_err(|e| e.to_string())?;
     block_on_guest(runtime.evaluate(&engine, &request.into_wit()))

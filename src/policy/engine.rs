@@ -53,6 +53,14 @@ pub struct Limits {
 /// 0.1-0.3 ms of guest code).
 const YIELD_FUEL: u64 = 100_000;
 
+/// The budget of an engine until a config sets `policy.total_memory`.
+const DEFAULT_TOTAL_MEMORY: usize = 256 << 20;
+/// Resources (streams, pollables, ...) one store may hold at once: a guest
+/// that leaks them traps instead of growing the host's table.
+const MAX_RESOURCES: usize = 1024;
+/// Most bytes one `get-random-bytes` call may ask the host for.
+const MAX_RANDOM_BYTES: u64 = 64 << 10;
+
 /// Fuel added per string and per byte of the request handed to a policy, on
 /// top of `policy.fuel`: lowering the request into the guest (an allocation
 /// per string) and reading it costs the guest fuel in proportion to its size,
@@ -103,6 +111,8 @@ pub enum EngineError {
     Failed { policy: String, reason: String },
     #[error("policy {policy} refused its settings: {reason}")]
     Settings { policy: String, reason: String },
+    #[error("policy {policy}: no room for a new instance within policy.total_memory")]
+    OutOfBudget { policy: String },
 }
 
 /// Per-store state: an empty WASI context, the resource limiter, and the
@@ -153,6 +163,9 @@ pub struct PolicyEngine {
     config: Config,
     linker: Linker<GuestState>,
     cache_dir: Option<PathBuf>,
+    /// `policy.total_memory`, for every instance of every chain this engine
+    /// runs (a chain being replaced and its successor share it).
+    budget: Arc<MemoryBudget>,
 }
 
 impl PolicyEngine {
@@ -169,7 +182,14 @@ impl PolicyEngine {
             config,
             linker,
             cache_dir,
+            budget: MemoryBudget::new(DEFAULT_TOTAL_MEMORY),
         })
+    }
+
+    /// The memory budget of all policy instances (its cap set by each chain
+    /// loaded from a config).
+    pub fn budget(&self) -> &Arc<MemoryBudget> {
+        &self.budget
     }
 
     /// Compiles a component (or loads its cached compilation) and links it.
@@ -317,10 +337,13 @@ impl PolicyEngine {
             .stderr(output.clone())
             .allow_tcp(false)
             .allow_udp(false)
-            .allow_ip_name_lookup(false);
+            .allow_ip_name_lookup(false)
+            .max_random_size(MAX_RANDOM_BYTES);
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_RESOURCES);
         let state = GuestState {
             wasi: wasi.build(),
-            table: ResourceTable::new(),
+            table,
             limiter: GuestLimiter::new(limits.memory, Arc::clone(budget)),
             output,
         };
@@ -439,6 +462,9 @@ pub struct Measured {
     /// The guest's stdout and stderr during this evaluation, at most
     /// `sandbox::OUTPUT_CAP` bytes.
     pub output: Option<String>,
+    /// It failed because all instances together hold `policy.total_memory`:
+    /// a lack of room, which the chain may make by dropping warm instances.
+    pub out_of_budget: bool,
 }
 
 impl Measured {
@@ -448,6 +474,7 @@ impl Measured {
             fuel_used: 0,
             usage: Usage::default(),
             output: None,
+            out_of_budget: false,
         }
     }
 }
@@ -500,8 +527,20 @@ impl PolicyRuntime {
         let bindings = self
             .within_deadline(self.pre.instantiate_async(&mut store))
             .await;
-        let bindings = bindings.map_err(|e| self.failed(format!("instantiation: {e}")))?;
+        let bindings = bindings.map_err(|e| self.call_failed(&store, "instantiation", e))?;
         Ok((store, bindings))
+    }
+
+    /// A failed call into a new instance: for want of room in the budget, or
+    /// the guest's own failure.
+    fn call_failed(&self, store: &Store<GuestState>, call: &str, reason: String) -> EngineError {
+        if store.data().limiter.out_of_budget() {
+            EngineError::OutOfBudget {
+                policy: self.name.clone(),
+            }
+        } else {
+            self.failed(format!("{call}: {reason}"))
+        }
     }
 
     /// Runs one call into the guest under the wall-clock deadline.
@@ -545,7 +584,7 @@ impl PolicyRuntime {
         let (mut store, bindings) = self.instantiate(engine).await?;
         self.within_deadline(bindings.call_init(&mut store, &self.settings))
             .await
-            .map_err(|e| self.failed(format!("init: {e}")))?
+            .map_err(|e| self.call_failed(&store, "init", e))?
             .map_err(|reason| self.settings_error(reason))?;
         Ok(Warm {
             store,
@@ -558,6 +597,12 @@ impl PolicyRuntime {
         self.pool.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Drops every warm instance, giving their memory back to the budget.
+    pub fn drop_warm_instances(&self) {
+        let dropped = std::mem::take(&mut *self.lock_pool());
+        drop(dropped);
+    }
+
     /// Decides one request. Never panics and never returns an error: every
     /// failure is `Outcome::Failed`, which the chain treats as a denial.
     pub async fn evaluate(&self, engine: &PolicyEngine, request: &wit::Request) -> Measured {
@@ -566,7 +611,12 @@ impl PolicyRuntime {
             Some(w) => w,
             None => match self.fresh(engine).await {
                 Ok(w) => w,
-                Err(e) => return Measured::failed(e.to_string()),
+                Err(e) => {
+                    return Measured {
+                        out_of_budget: matches!(e, EngineError::OutOfBudget { .. }),
+                        ..Measured::failed(e.to_string())
+                    }
+                }
             },
         };
         let fuel = fuel_for(self.limits.fuel, request);
@@ -579,6 +629,7 @@ impl PolicyRuntime {
         let fuel_used = fuel.saturating_sub(warm.store.get_fuel().unwrap_or(0));
         let state = warm.store.data();
         let (usage, output) = (state.limiter.usage(), state.output.take());
+        let out_of_budget = state.limiter.out_of_budget();
         let outcome = match result {
             Ok(wit::Decision::Allow) => Outcome::Allow,
             Ok(wit::Decision::Deny(reason)) => Outcome::Deny(reason),
@@ -600,6 +651,7 @@ impl PolicyRuntime {
             fuel_used,
             usage,
             output,
+            out_of_budget,
         }
     }
 }
@@ -634,8 +686,13 @@ fn describe_trap(e: &wasmtime::Error) -> String {
         Some(trap) => format!("trapped: {trap}"),
         None => {
             let text = format!("{e:#}");
-            // The limiter's own messages (`sandbox`) say what was exceeded.
-            if text.contains("memory") && !text.contains("exceeded") {
+            // The limiter's own messages (`sandbox`) say what was exceeded,
+            // behind wasmtime's backtrace context: they alone are the reason.
+            let root = e.root_cause().to_string();
+            if root.starts_with("exceeded ") {
+                return root;
+            }
+            if text.contains("memory") {
                 format!("exceeded its memory limit: {text}")
             } else {
                 text

@@ -46,22 +46,29 @@ pub const OUTPUT_CAP: usize = 4096;
 /// instance's store is dropped.
 #[derive(Debug)]
 pub struct MemoryBudget {
-    cap: usize,
+    cap: AtomicUsize,
     used: AtomicUsize,
 }
 
 impl MemoryBudget {
     pub fn new(cap: usize) -> Arc<Self> {
         Arc::new(Self {
-            cap,
+            cap: AtomicUsize::new(cap),
             used: AtomicUsize::new(0),
         })
     }
 
+    /// A reloaded config's `policy.total_memory`: the budget is the
+    /// engine's, shared by the chain in force and one being replaced.
+    pub fn set_cap(&self, cap: usize) {
+        self.cap.store(cap, Ordering::Release);
+    }
+
     fn reserve(&self, bytes: usize) -> bool {
+        let cap = self.cap();
         self.used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                used.checked_add(bytes).filter(|total| *total <= self.cap)
+                used.checked_add(bytes).filter(|total| *total <= cap)
             })
             .is_ok()
     }
@@ -76,13 +83,13 @@ impl MemoryBudget {
     }
 
     pub fn cap(&self) -> usize {
-        self.cap
+        self.cap.load(Ordering::Acquire)
     }
 
     /// Past three quarters of the budget, warm instances are dropped after
     /// use instead of being pooled, so that new instances find room.
     pub fn under_pressure(&self) -> bool {
-        self.used() > self.cap / 4 * 3
+        self.used() > self.cap() / 4 * 3
     }
 }
 
@@ -97,6 +104,12 @@ pub struct GuestLimiter {
     table_elements: usize,
     memories: usize,
     tables: usize,
+    /// The last growth allowed (bytes, table elements): wasmtime may still
+    /// fail it after asking (`*_grow_failed`), and then it is given back.
+    last_growth: (usize, usize),
+    /// Whether a growth was refused for `policy.total_memory`: the
+    /// evaluation failed for want of room, not through the guest's fault.
+    out_of_budget: bool,
 }
 
 /// What an instance held at its largest, for `portcullis policy test`.
@@ -117,7 +130,22 @@ impl GuestLimiter {
             table_elements: 0,
             memories: 0,
             tables: 0,
+            last_growth: (0, 0),
+            out_of_budget: false,
         }
+    }
+
+    /// Whether a growth was refused because all instances together hold
+    /// `policy.total_memory`.
+    pub fn out_of_budget(&self) -> bool {
+        self.out_of_budget
+    }
+
+    fn give_back_last_growth(&mut self) {
+        let (bytes, elements) = std::mem::take(&mut self.last_growth);
+        self.held -= bytes;
+        self.table_elements -= elements;
+        self.budget.release(bytes);
     }
 
     pub fn usage(&self) -> Usage {
@@ -140,6 +168,7 @@ impl GuestLimiter {
             );
         }
         if !self.budget.reserve(bytes) {
+            self.out_of_budget = true;
             wasmtime::bail!(
                 "exceeded the memory limit of all policies together: {what} would pass \
                  policy.total_memory ({} bytes)",
@@ -147,6 +176,7 @@ impl GuestLimiter {
             );
         }
         self.held = total;
+        self.last_growth = (bytes, 0);
         Ok(true)
     }
 }
@@ -156,8 +186,14 @@ impl wasmtime::ResourceLimiter for GuestLimiter {
         &mut self,
         current: usize,
         desired: usize,
-        _maximum: Option<usize>,
+        maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
+        // Past the memory's own declared maximum the growth fails anyway
+        // (after asking): nothing to reserve, and no trap for a guest that
+        // probes it (an allocator does).
+        if maximum.is_some_and(|max| desired > max) {
+            return Ok(false);
+        }
         // Wasmtime asks with `current` 0 when it creates a memory.
         self.take(desired.saturating_sub(current), "growing a memory")?;
         if current == 0 {
@@ -170,8 +206,11 @@ impl wasmtime::ResourceLimiter for GuestLimiter {
         &mut self,
         current: usize,
         desired: usize,
-        _maximum: Option<usize>,
+        maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
+        if maximum.is_some_and(|max| desired > max) {
+            return Ok(false);
+        }
         let added = desired.saturating_sub(current);
         let elements = self.table_elements.saturating_add(added);
         if elements > MAX_TABLE_ELEMENTS {
@@ -182,10 +221,21 @@ impl wasmtime::ResourceLimiter for GuestLimiter {
         }
         self.take(added.saturating_mul(TABLE_ELEMENT_BYTES), "growing a table")?;
         self.table_elements = elements;
+        self.last_growth.1 = added;
         if current == 0 {
             self.tables += 1;
         }
         Ok(true)
+    }
+
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.give_back_last_growth();
+        Ok(())
+    }
+
+    fn table_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.give_back_last_growth();
+        Ok(())
     }
 
     fn instances(&self) -> usize {
@@ -333,6 +383,26 @@ mod tests {
     }
 
     #[test]
+    fn growth_past_a_declared_maximum_or_failed_later_reserves_nothing() {
+        let budget = MemoryBudget::new(1 << 30);
+        let mut limiter = GuestLimiter::new(64 << 20, Arc::clone(&budget));
+        assert!(limiter.memory_growing(0, 1 << 20, Some(2 << 20)).unwrap());
+        assert!(!limiter
+            .memory_growing(1 << 20, 4 << 20, Some(2 << 20))
+            .unwrap());
+        assert_eq!(budget.used(), 1 << 20);
+        // Allowed by the limiter, then failed by wasmtime: given back.
+        assert!(limiter
+            .memory_growing(1 << 20, 2 << 20, Some(2 << 20))
+            .unwrap());
+        limiter
+            .memory_grow_failed(wasmtime::format_err!("no room"))
+            .unwrap();
+        assert_eq!(budget.used(), 1 << 20);
+        assert_eq!(limiter.usage().bytes, 1 << 20);
+    }
+
+    #[test]
     fn the_shared_budget_stops_growth_across_instances() {
         let budget = MemoryBudget::new(3 << 20);
         let mut a = GuestLimiter::new(4 << 20, Arc::clone(&budget));
@@ -340,6 +410,7 @@ mod tests {
         assert!(a.memory_growing(0, 5 << 19, None).unwrap());
         assert!(budget.under_pressure(), "2.5 of 3 MiB held");
         assert!(b.memory_growing(0, 1 << 20, None).is_err());
+        assert!(b.out_of_budget());
         assert!(b.memory_growing(0, 1 << 19, None).unwrap());
         drop(a);
         assert_eq!(budget.used(), 1 << 19);

@@ -137,7 +137,8 @@ impl Storage {
         on_backend!(self, s => s.start_upload(name, owner).await)
     }
 
-    /// Who started the session (`UploadUnknown` if there is none).
+    /// Who started the session: the user, `""` for an anonymous caller,
+    /// `None` if it recorded no owner (`UploadUnknown` if there is none).
     pub async fn upload_owner(
         &self,
         name: &RepositoryName,
@@ -257,8 +258,15 @@ impl Storage {
         on_backend!(self, s => s.delete_manifest(name, digest, expected_tags).await)
     }
 
-    pub async fn delete_tag(&self, name: &RepositoryName, tag: &Tag) -> Result<()> {
-        on_backend!(self, s => s.delete_tag(name, tag).await)
+    /// Deletes a tag if it still names `expected` (what the policies were
+    /// shown); otherwise `TagChanged`, and the caller decides again.
+    pub async fn delete_tag(
+        &self,
+        name: &RepositoryName,
+        tag: &Tag,
+        expected: Option<&Digest>,
+    ) -> Result<()> {
+        on_backend!(self, s => s.delete_tag(name, tag, expected).await)
     }
 
     pub async fn list_tags(&self, name: &RepositoryName) -> Result<Vec<String>> {

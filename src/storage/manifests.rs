@@ -393,12 +393,10 @@ impl FsStorage {
     ) -> Result<Vec<String>> {
         let (name, digest) = (name.clone(), digest.clone());
         self.blocking(move |root| {
-            let mut tags: Vec<String> = tags_naming(root, &name, &digest)?
+            Ok(sorted_tags_naming(root, &name, &digest)?
                 .into_iter()
                 .map(|t| t.to_string())
-                .collect();
-            tags.sort();
-            Ok(tags)
+                .collect())
         })
         .await
     }
@@ -422,8 +420,7 @@ impl FsStorage {
                 .ok()
                 .and_then(|b| ParsedManifest::parse(&b, None).ok())
                 .and_then(|m| m.subject);
-            let mut tags = tags_naming(root, &name, &digest)?;
-            tags.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+            let tags = sorted_tags_naming(root, &name, &digest)?;
             if !tags
                 .iter()
                 .map(Tag::as_str)
@@ -446,12 +443,24 @@ impl FsStorage {
         .await
     }
 
-    /// Deletes a tag; the manifest it named stays, reachable by digest.
-    pub async fn delete_tag(&self, name: &RepositoryName, tag: &Tag) -> Result<()> {
-        let (name, tag) = (name.clone(), tag.clone());
+    /// Deletes a tag if it still names `expected`, under the tag's lock (so
+    /// no push moves it in between); the manifest stays, reachable by digest.
+    pub async fn delete_tag(
+        &self,
+        name: &RepositoryName,
+        tag: &Tag,
+        expected: Option<&Digest>,
+    ) -> Result<()> {
+        let (name, tag, expected) = (name.clone(), tag.clone(), expected.cloned());
+        let tag_locks = std::sync::Arc::clone(&self.tag_locks);
         self.blocking(move |root| {
-            if read_link(root, &paths::tag_current_link(&name, &tag))?.is_none() {
+            let _tag_guard = tag_locks.lock(&name, &tag);
+            let now = read_link(root, &paths::tag_current_link(&name, &tag))?;
+            if now.is_none() {
                 return Err(StorageError::ManifestUnknown(tag.to_string()));
+            }
+            if now != expected {
+                return Err(StorageError::TagChanged(tag));
             }
             remove_tree(root, &paths::tag_dir(&name, &tag))?;
             Ok(())
@@ -535,6 +544,13 @@ impl FsStorage {
         })
         .await
     }
+}
+
+/// The tags naming `digest`, sorted by name.
+fn sorted_tags_naming(root: &Dir, name: &RepositoryName, digest: &Digest) -> io::Result<Vec<Tag>> {
+    let mut tags = tags_naming(root, name, digest)?;
+    tags.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    Ok(tags)
 }
 
 fn tags_naming(root: &Dir, name: &RepositoryName, digest: &Digest) -> io::Result<Vec<Tag>> {

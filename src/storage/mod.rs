@@ -98,7 +98,7 @@ impl TagLocks {
         name: &RepositoryName,
         tag: &crate::reference::Tag,
     ) -> std::sync::MutexGuard<'_, ()> {
-        self.tags[tag_stripe(name, tag, self.tags.len())]
+        self.tags[stripe((name.as_str(), tag.as_str()), self.tags.len())]
             .lock()
             .unwrap_or_else(|p| p.into_inner())
     }
@@ -108,7 +108,7 @@ impl TagLocks {
         &self,
         name: &RepositoryName,
     ) -> std::sync::RwLockReadGuard<'_, ()> {
-        self.repositories[repository_stripe(name, self.repositories.len())]
+        self.repositories[stripe(name.as_str(), self.repositories.len())]
             .read()
             .unwrap_or_else(|p| p.into_inner())
     }
@@ -118,29 +118,17 @@ impl TagLocks {
         &self,
         name: &RepositoryName,
     ) -> std::sync::RwLockWriteGuard<'_, ()> {
-        self.repositories[repository_stripe(name, self.repositories.len())]
+        self.repositories[stripe(name.as_str(), self.repositories.len())]
             .write()
             .unwrap_or_else(|p| p.into_inner())
     }
 }
 
-/// Which of `stripes` locks guards a repository.
-pub(crate) fn repository_stripe(name: &RepositoryName, stripes: usize) -> usize {
-    use std::hash::{Hash, Hasher};
+/// Which of `stripes` locks guards `key` (a repository, or a repository and a tag).
+pub(crate) fn stripe(key: impl std::hash::Hash, stripes: usize) -> usize {
+    use std::hash::Hasher;
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    name.as_str().hash(&mut hasher);
-    (hasher.finish() % stripes as u64) as usize
-}
-
-/// Which of `stripes` locks guards a tag.
-pub(crate) fn tag_stripe(
-    name: &RepositoryName,
-    tag: &crate::reference::Tag,
-    stripes: usize,
-) -> usize {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    (name.as_str(), tag.as_str()).hash(&mut hasher);
+    key.hash(&mut hasher);
     (hasher.finish() % stripes as u64) as usize
 }
 

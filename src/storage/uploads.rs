@@ -147,11 +147,9 @@ impl FsStorage {
             let id = UploadId::new();
             root.create_dirs(&paths::upload_dir(&name, id))?;
             // The owner before the data file: a session is usable (and so
-            // claimable) only once its data file exists.
-            if let Some(owner) = &owner {
-                root.create_file(&paths::upload_owner(&name, id))?
-                    .write_all(owner.as_bytes())?;
-            }
+            // claimable) only once its data file exists. Empty: anonymous.
+            root.create_file(&paths::upload_owner(&name, id))?
+                .write_all(owner.as_deref().unwrap_or_default().as_bytes())?;
             root.create_file(&paths::upload_data(&name, id))?;
             let started = humantime::format_rfc3339_nanos(SystemTime::now()).to_string();
             root.create_file(&paths::upload_started_at(&name, id))?
@@ -161,7 +159,9 @@ impl FsStorage {
         .await
     }
 
-    /// Who started the session: `None` for an anonymous caller.
+    /// Who started the session: the user, `""` for an anonymous caller,
+    /// `None` for a session that recorded no owner (made before owners were
+    /// kept, or by Distribution).
     pub async fn upload_owner(
         &self,
         name: &RepositoryName,

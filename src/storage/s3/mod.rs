@@ -33,9 +33,7 @@ use object_store::{
 use super::manifests::{
     manifest_digest, stored_media_type, Descriptor, ParsedManifest, StoredManifest,
 };
-use super::{
-    paths, repository_stripe, tag_stripe, BlobInfo, Result, StorageError, StorageSettings,
-};
+use super::{paths, stripe, BlobInfo, Result, StorageError, StorageSettings};
 use crate::config::{ConditionalWrites, StorageConfig};
 use crate::reference::{Algorithm, Digest, Reference, RepositoryName, Tag};
 
@@ -647,7 +645,7 @@ impl S3Storage {
     }
 
     fn repository_lock(&self, name: &RepositoryName) -> &tokio::sync::RwLock<()> {
-        &self.repository_locks[repository_stripe(name, self.repository_locks.len())]
+        &self.repository_locks[stripe(name.as_str(), self.repository_locks.len())]
     }
 
     /// Writes the revision link of `digest` (and its referrers entry) again.
@@ -681,7 +679,7 @@ impl S3Storage {
             return self.write_link(&path, digest).await;
         };
         // One mover per tag in this replica; across replicas, the store decides.
-        let _guard = self.tag_locks[tag_stripe(name, tag, self.tag_locks.len())]
+        let _guard = self.tag_locks[stripe((name.as_str(), tag.as_str()), self.tag_locks.len())]
             .lock()
             .await;
         let current = self.read_link_tagged(&path).await?;
@@ -839,23 +837,12 @@ impl S3Storage {
             .flatten()
             .and_then(|b| ParsedManifest::parse(&b, None).ok())
             .and_then(|m| m.subject);
-        let mut tags: Vec<Tag> = self
-            .tag_links(name)
-            .await?
-            .into_iter()
-            .filter(|(_, target)| target == digest)
-            .map(|(tag, _)| tag)
-            .collect();
-        tags.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-        if !tags
-            .iter()
-            .map(Tag::as_str)
-            .eq(expected_tags.iter().map(String::as_str))
-        {
+        let tags = self.tags_pointing_to(name, digest).await?;
+        if tags != expected_tags {
             return Err(StorageError::DigestTagsChanged(digest.clone()));
         }
-        for tag in &tags {
-            self.delete_tree(paths::tag_dir(name, tag)).await?;
+        for tag in tags.iter().filter_map(|t| Tag::parse(t).ok()) {
+            self.delete_tree(paths::tag_dir(name, &tag)).await?;
         }
         if let Some(subject) = &subject {
             self.delete_tree(paths::referrer_link_dir(name, &subject.digest, digest))
@@ -865,24 +852,30 @@ impl S3Storage {
             .await?;
         // A push on another replica may have pointed a tag at this manifest
         // meanwhile: that push stands, so its manifest stays.
-        if self
-            .tag_links(name)
-            .await?
-            .iter()
-            .any(|(_, target)| target == digest)
-        {
+        if !self.tags_pointing_to(name, digest).await?.is_empty() {
             self.restore_links(name, digest, subject.as_ref()).await?;
         }
         Ok(())
     }
 
-    pub async fn delete_tag(&self, name: &RepositoryName, tag: &Tag) -> Result<()> {
-        if self
-            .read_link(paths::tag_current_link(name, tag))
-            .await?
-            .is_none()
-        {
+    /// Deletes a tag if it still names `expected`: serialised with pushes of
+    /// that tag within this replica; across replicas, a push landing between
+    /// this check and the removal is the one window left (README, "Scale-out").
+    pub async fn delete_tag(
+        &self,
+        name: &RepositoryName,
+        tag: &Tag,
+        expected: Option<&Digest>,
+    ) -> Result<()> {
+        let _guard = self.tag_locks[stripe((name.as_str(), tag.as_str()), self.tag_locks.len())]
+            .lock()
+            .await;
+        let now = self.read_link(paths::tag_current_link(name, tag)).await?;
+        if now.is_none() {
             return Err(StorageError::ManifestUnknown(tag.to_string()));
+        }
+        if now.as_ref() != expected {
+            return Err(StorageError::TagChanged(tag.clone()));
         }
         self.delete_tree(paths::tag_dir(name, tag)).await?;
         Ok(())

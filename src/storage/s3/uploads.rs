@@ -52,8 +52,9 @@ pub(super) struct Session {
     sha256_state: String,
     /// Unix seconds when the session was started.
     started: u64,
-    /// The user who started it (`None`: an anonymous caller); only they may
-    /// continue it. Absent in sessions written before owners were kept.
+    /// The user who started it (`""`: an anonymous caller); only they may
+    /// continue it. Absent in sessions written before owners were kept,
+    /// which anyone allowed to push may continue.
     #[serde(default)]
     owner: Option<String>,
 }
@@ -112,7 +113,7 @@ impl S3Storage {
             tail: 0,
             sha256_state: save_state(&Sha256::new()),
             started: unix_now(),
-            owner: owner.map(str::to_owned),
+            owner: Some(owner.unwrap_or_default().to_owned()),
         };
         self.save_session(name, id, &session, None).await?;
         Ok(id)
