@@ -7,28 +7,10 @@ mod common;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{expect_error, header, Image, TestRegistry, OCI_MANIFEST};
+use common::{expect_error, header, misbehave, policy, Image, TestRegistry, OCI_MANIFEST};
 use portcullis::config::{Config, PolicyEntry};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-
-fn policy(name: &str, module: &str, settings: Value) -> PolicyEntry {
-    PolicyEntry {
-        name: name.into(),
-        module: module.into(),
-        settings,
-        actions: None,
-        repositories: None,
-    }
-}
-
-/// The misbehaving test policy, built by build.rs next to the bundled ones.
-fn misbehave() -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("target/policies/wasm32-wasip2/release/misbehave.wasm")
-        .display()
-        .to_string()
-}
 
 #[tokio::test]
 async fn push_outside_the_allowlist_is_denied_with_the_rule_named() {

@@ -10,23 +10,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Image, TestRegistry};
+use common::{misbehave, policy, Image, TestRegistry};
 use portcullis::config::{Config, PolicyEntry};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-
-fn policy(name: &str, module: &str, settings: Value) -> PolicyEntry {
-    PolicyEntry {
-        name: name.into(),
-        module: module.into(),
-        settings,
-        actions: None,
-        repositories: None,
-    }
-}
 
 /// Scoped to the repositories `<name>/**`, so that each policy misbehaves
 /// only on its own requests.
@@ -35,14 +25,6 @@ fn scoped(name: &str, module: &str, settings: Value) -> PolicyEntry {
         repositories: Some(vec![format!("{name}/**")]),
         ..policy(name, module, settings)
     }
-}
-
-/// The misbehaving test policy, built by build.rs next to the bundled ones.
-fn misbehave() -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("target/policies/wasm32-wasip2/release/misbehave.wasm")
-        .display()
-        .to_string()
 }
 
 /// A policy component whose core module has `fields` (memories, tables,

@@ -635,3 +635,24 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+/// A chain entry for policy `name`: `module` with `settings`, every action
+/// and repository.
+pub fn policy(name: &str, module: &str, settings: Value) -> portcullis::config::PolicyEntry {
+    portcullis::config::PolicyEntry {
+        name: name.into(),
+        module: module.into(),
+        settings,
+        actions: None,
+        repositories: None,
+    }
+}
+
+/// The misbehaving test policy (`policies/misbehave`), built by build.rs next
+/// to the bundled ones.
+pub fn misbehave() -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("target/policies/wasm32-wasip2/release/misbehave.wasm")
+        .display()
+        .to_string()
+}
