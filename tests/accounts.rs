@@ -35,12 +35,7 @@ async fn registry_with(
     per_address: u32,
 ) -> (TestRegistry, tempfile::TempDir) {
     let secrets = tempfile::tempdir().unwrap();
-    let path = secrets.path().join("htpasswd");
-    let text: String = users
-        .iter()
-        .map(|(u, p)| format!("{u}:{}\n", bcrypt::hash(p, 4).unwrap()))
-        .collect();
-    std::fs::write(&path, text).unwrap();
+    let path = common::write_htpasswd(secrets.path(), users);
     let registry = TestRegistry::start_with(move |c| {
         c.auth.htpasswd = Some(path);
         c.auth.failed_logins_per_address = per_address;
@@ -173,11 +168,8 @@ async fn a_flood_of_wrong_passwords_leaves_logged_in_users_served() {
 
 #[tokio::test]
 async fn an_upload_session_belongs_to_the_user_who_started_it() {
-    let (mut registry, _secrets) =
-        registry_with(&[("alice", "alice-pw"), ("bob", "bob-pw")], 30).await;
-    // Failure counts are a replica's own (README, "Scale-out"): on the S3
-    // backend, one of the two replicas.
-    registry.single_replica();
+    let (registry, _secrets) = registry_with(&[("alice", "alice-pw"), ("bob", "bob-pw")], 30).await;
+    // Both replicas on the S3 backend: the owner travels with the session.
     let started = registry
         .request(Method::POST, "/v2/shared/app/blobs/uploads/")
         .basic_auth("alice", Some("alice-pw"))

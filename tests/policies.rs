@@ -7,7 +7,9 @@ mod common;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{expect_error, header, misbehave, policy, Image, TestRegistry, OCI_MANIFEST};
+use common::{
+    expect_error, header, misbehave, policy, write_htpasswd, Image, TestRegistry, OCI_MANIFEST,
+};
 use portcullis::config::{Config, PolicyEntry};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -45,16 +47,6 @@ async fn push_outside_the_allowlist_is_denied_with_the_rule_named() {
         .get(&format!("/v2/team-a/api/manifests/{}", image.digest))
         .await;
     assert_eq!(pulled.status(), StatusCode::OK);
-}
-
-fn write_htpasswd(dir: &std::path::Path, users: &[(&str, &str)]) -> PathBuf {
-    let path = dir.join("htpasswd");
-    let text: String = users
-        .iter()
-        .map(|(u, p)| format!("{u}:{}\n", bcrypt::hash(p, 4).unwrap()))
-        .collect();
-    std::fs::write(&path, text).unwrap();
-    path
 }
 
 #[tokio::test]

@@ -286,9 +286,7 @@ async fn a_delete_racing_a_push_leaves_the_tag_immutable(
     for round in 0..rounds {
         let tag = format!("v7.{round}");
         let image = Image::random();
-        for blob in std::iter::once(&image.config).chain(&image.layers) {
-            a.push_blob("race/app", blob).await;
-        }
+        a.push_blobs("race/app", &image).await;
         let by_digest = a
             .put_manifest(
                 "race/app",
@@ -341,9 +339,7 @@ async fn a_delete_racing_a_push_leaves_the_tag_immutable(
             );
         }
         let other = Image::random();
-        for blob in std::iter::once(&other.config).chain(&other.layers) {
-            b.push_blob("race/app", blob).await;
-        }
+        b.push_blobs("race/app", &other).await;
         let moved = b
             .put_manifest("race/app", &tag, OCI_MANIFEST, other.manifest.clone())
             .await;

@@ -430,9 +430,7 @@ async fn a_large_valid_manifest_passes_the_bundled_policies() {
         .collect();
     let image = Image::with_fields(json!({ "annotations": annotations }));
     assert!(image.manifest.len() > 2_500_000, "{}", image.manifest.len());
-    for blob in std::iter::once(&image.config).chain(&image.layers) {
-        registry.push_blob("big/app", blob).await;
-    }
+    registry.push_blobs("big/app", &image).await;
     let response = registry
         .put_manifest(
             "big/app",

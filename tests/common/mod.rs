@@ -329,6 +329,13 @@ impl TestRegistry {
         .expect("PUT reaches the registry")
     }
 
+    /// Pushes an image's config and layers (monolithic uploads), not its manifest.
+    pub async fn push_blobs(&self, repository: &str, image: &Image) {
+        for blob in std::iter::once(&image.config).chain(&image.layers) {
+            self.push_blob(repository, blob).await;
+        }
+    }
+
     /// Pushes an image's blobs and then its manifest under `reference` (tag or digest).
     pub async fn push_image(&self, repository: &str, reference: &str, image: &Image) {
         self.push_blob(repository, &image.config).await;
@@ -655,4 +662,16 @@ pub fn misbehave() -> String {
         .join("target/policies/wasm32-wasip2/release/misbehave.wasm")
         .display()
         .to_string()
+}
+
+/// An htpasswd file in `dir` with bcrypt (cost 4) entries for `users`
+/// (name, password).
+pub fn write_htpasswd(dir: &Path, users: &[(&str, &str)]) -> PathBuf {
+    let path = dir.join("htpasswd");
+    let text: String = users
+        .iter()
+        .map(|(u, p)| format!("{u}:{}\n", bcrypt::hash(p, 4).expect("bcrypt")))
+        .collect();
+    std::fs::write(&path, text).expect("write htpasswd");
+    path
 }
