@@ -22,3 +22,4 @@ apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
 bash examples/policies/install-toolchains.sh
 bash deploy/install-tools.sh --no-rust
 bash tests/moto.sh install
+bash tests/oidc.sh install

@@ -6,8 +6,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use portcullis::auth::Identity;
 use portcullis::config::{Action, Config, PolicyEntry};
+use portcullis::identity::Identity;
 use portcullis::metrics::Metrics;
 use portcullis::policy::request::Resource;
 use portcullis::policy::{Access, PolicyChain, PolicyEngine, Verdict};

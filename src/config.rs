@@ -28,6 +28,10 @@ pub struct Config {
     /// On SIGTERM, how long requests in flight (uploads) may take to finish.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// The URL clients reach the registry at (`https://cr.example.com`),
+    /// for the token service's `realm`. Unset: taken from each request's
+    /// `Host` header and whether TLS is on.
+    pub external_url: Option<String>,
     pub tls: TlsConfig,
     pub storage: StorageConfig,
     pub limits: LimitsConfig,
@@ -86,7 +90,10 @@ pub struct AuthConfig {
     /// An htpasswd file with bcrypt entries (`htpasswd -B`), as `registry:2` uses.
     /// Without one, every request is anonymous.
     pub htpasswd: Option<PathBuf>,
-    /// The realm named in the Basic challenge.
+    /// Accounts on or off. Unset: on when `htpasswd` or `[[auth.oidc]]` is
+    /// configured; `true` also turns them on with robot tokens as the only source.
+    pub enabled: Option<bool>,
+    /// This registry's name in token challenges and tokens (`service`, `aud`).
     pub realm: String,
     /// How long a verified password is remembered, so bcrypt runs once per
     /// client and not on every request.
@@ -100,6 +107,85 @@ pub struct AuthConfig {
     /// The same per client address (the TCP peer's; behind a proxy, all
     /// clients share the proxy's: raise it or set 0 there).
     pub failed_logins_per_address: u32,
+    /// The token service's signing key (PKCS#8 PEM, Ed25519 or ECDSA
+    /// P-256). Unset on the filesystem backend: generated into the storage
+    /// root on first start. Required on S3, where every replica must share it.
+    pub token_key: Option<PathBuf>,
+    /// How long a token from `/token` is valid.
+    #[serde(with = "humantime_serde")]
+    pub token_ttl: Duration,
+    /// How long a refresh token (`docker login`'s stored credential) is valid.
+    #[serde(with = "humantime_serde")]
+    pub refresh_token_ttl: Duration,
+    /// How often each replica re-reads the robot-token list from the store:
+    /// the bound on how long a revocation made elsewhere takes to hold.
+    #[serde(with = "humantime_serde")]
+    pub robot_token_refresh: Duration,
+    /// OpenID Connect issuers whose JWTs are accepted (people's ID tokens,
+    /// CI jobs' tokens, Kubernetes service-account tokens).
+    pub oidc: Vec<OidcConfig>,
+}
+
+/// One trusted OpenID Connect issuer (`[[auth.oidc]]`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    /// The `iss` of its tokens; discovery is `<issuer>/.well-known/openid-configuration`.
+    pub issuer: String,
+    /// The `aud` its tokens must carry for this registry.
+    pub audience: String,
+    /// The claim that names the user.
+    #[serde(default = "default_user_claim")]
+    pub user_claim: String,
+    /// The claim that lists the user's groups (a list, or one string).
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+    /// Put before every group from the claim (`oidc:` keeps them apart from `[groups]`).
+    #[serde(default)]
+    pub group_prefix: String,
+    /// CA certificates (PEM) for an issuer not under public TLS (a k3s API server).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// The issuer's keys as a JWKS file instead of fetching them.
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// The shortest time between two fetches of the keys, when a token names
+    /// a key not seen yet (a rotation): bounds what a flood of unknown `kid`s costs.
+    #[serde(default = "default_jwks_refetch", with = "humantime_serde")]
+    pub jwks_refetch: Duration,
+}
+
+/// An issuer's keys are only fetched over https, except from this host.
+fn oidc_issuer_allowed(issuer: &str) -> bool {
+    if issuer.starts_with("https://") {
+        return issuer.len() > "https://".len();
+    }
+    let Some(rest) = issuer.strip_prefix("http://") else {
+        return false;
+    };
+    let host = rest.split('/').next().unwrap_or("");
+    let host = match host.rsplit_once(':') {
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => host,
+    };
+    host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+fn default_user_claim() -> String {
+    "sub".into()
+}
+
+fn default_groups_claim() -> String {
+    "groups".into()
+}
+
+fn default_jwks_refetch() -> Duration {
+    Duration::from_secs(10)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -377,11 +463,17 @@ impl Default for Config {
             },
             auth: AuthConfig {
                 htpasswd: None,
+                enabled: None,
                 realm: "portcullis".into(),
                 cache_ttl: Duration::from_secs(300),
                 max_verifications: 2,
                 failed_logins_per_user: 10,
                 failed_logins_per_address: 30,
+                token_key: None,
+                token_ttl: Duration::from_secs(300),
+                refresh_token_ttl: Duration::from_secs(30 * 24 * 3600),
+                robot_token_refresh: Duration::from_secs(10),
+                oidc: Vec::new(),
             },
             groups: BTreeMap::new(),
             policy: PolicyConfig {
@@ -394,6 +486,7 @@ impl Default for Config {
                 cache_dir: None,
                 chain: Vec::new(),
             },
+            external_url: None,
             proxy: ProxyConfig {
                 remote: None,
                 prefix: "mirror".into(),
@@ -546,6 +639,7 @@ impl Config {
                 "auth.max_verifications must be at least 1".into(),
             ));
         }
+        self.validate_identity()?;
         if self.policy.total_memory < self.policy.memory {
             return Err(ConfigError::Invalid(format!(
                 "policy.total_memory ({}) must be at least policy.memory ({}): \
@@ -574,6 +668,80 @@ impl Config {
     }
 
     /// Where compiled policies are cached.
+    /// Whether callers are identified at all (see `auth.enabled`).
+    pub fn accounts_enabled(&self) -> bool {
+        self.auth
+            .enabled
+            .unwrap_or(self.auth.htpasswd.is_some() || !self.auth.oidc.is_empty())
+    }
+
+    fn validate_identity(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        let a = &self.auth;
+        if a.enabled == Some(false) && (a.htpasswd.is_some() || !a.oidc.is_empty()) {
+            return invalid(
+                "auth.enabled = false with auth.htpasswd or [[auth.oidc]] configured: \
+                 remove one or the other"
+                    .into(),
+            );
+        }
+        if a.token_ttl < Duration::from_secs(10) || a.token_ttl > Duration::from_secs(24 * 3600) {
+            return invalid("auth.token_ttl must be between 10s and 24h".into());
+        }
+        if a.refresh_token_ttl < a.token_ttl {
+            return invalid("auth.refresh_token_ttl must be at least auth.token_ttl".into());
+        }
+        if a.robot_token_refresh < Duration::from_secs(1) {
+            return invalid("auth.robot_token_refresh must be at least 1s".into());
+        }
+        if a.realm.is_empty() || a.realm.contains(['"', '\\']) || a.realm.len() > 128 {
+            return invalid(format!(
+                "auth.realm = {:?}: a non-empty name of at most 128 characters without quotes",
+                a.realm
+            ));
+        }
+        if let Some(url) = &self.external_url {
+            let ok = (url.starts_with("https://") || url.starts_with("http://"))
+                && !url.contains(['"', ' ', '\\', '?', '#']);
+            if !ok {
+                return invalid(format!(
+                    "external_url = {url:?}: use the URL clients reach the registry at, \
+                     such as https://cr.example.com"
+                ));
+            }
+        }
+        if self.storage.backend == Backend::S3 && self.accounts_enabled() && a.token_key.is_none() {
+            return invalid(
+                "with accounts on the S3 backend, every replica must sign tokens with the \
+                 same key: set auth.token_key to a PKCS#8 file every replica mounts \
+                 (`openssl genpkey -algorithm ed25519 -out token.key`)"
+                    .into(),
+            );
+        }
+        let mut issuers = std::collections::HashSet::new();
+        for oidc in &a.oidc {
+            if !issuers.insert(oidc.issuer.as_str()) {
+                return invalid(format!(
+                    "[[auth.oidc]]: issuer {:?} is listed twice",
+                    oidc.issuer
+                ));
+            }
+            if !oidc_issuer_allowed(&oidc.issuer) {
+                return invalid(format!(
+                    "[[auth.oidc]] issuer = {:?}: an https:// URL (http:// only on loopback)",
+                    oidc.issuer
+                ));
+            }
+            if oidc.audience.is_empty() || oidc.user_claim.is_empty() {
+                return invalid(format!(
+                    "[[auth.oidc]] {}: audience and user_claim must not be empty",
+                    oidc.issuer
+                ));
+            }
+        }
+        Ok(())
+    }
+
     pub fn policy_cache_dir(&self) -> PathBuf {
         self.policy
             .cache_dir

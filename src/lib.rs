@@ -1,12 +1,12 @@
 //! Portcullis: an OCI Distribution v1.1 registry.
 //!
-//! `reference` parses names at the edge, `api` speaks HTTP, `auth` says who
+//! `reference` parses names at the edge, `api` speaks HTTP, `identity` says who
 //! is asking, `policy` decides what they may do, `storage` owns the on-disk
 //! layout, `config` loads settings, `server` ties them to a listener.
 
 pub mod api;
-pub mod auth;
 pub mod config;
+pub mod identity;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

@@ -1,4 +1,4 @@
-//! The `portcullis` command line: `serve`, `config`, `policy check|test`, `gc`, `fsck`, `tls generate`.
+//! The `portcullis` command line: `serve`, `config`, `policy check|test`, `token create|list|revoke`, `gc`, `fsck`, `tls generate`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -60,6 +60,11 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Robot and personal tokens: long-lived passwords for CI and people.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Remove blobs no manifest references and abandoned uploads.
     Gc {
         #[arg(long, short)]
@@ -86,6 +91,38 @@ enum TlsCommand {
         /// The port clients use, for the instructions printed.
         #[arg(long, default_value_t = 5000)]
         port: u16,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Make a token and print its secret (once; only a hash is stored).
+    Create {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The user the token acts as (policies see it as the subject).
+        #[arg(long)]
+        user: String,
+        /// The groups it acts with (default: the user's, from [groups]).
+        #[arg(long, value_delimiter = ',')]
+        groups: Option<Vec<String>>,
+        /// How long it is valid, e.g. 90d (default: until revoked).
+        #[arg(long)]
+        expires: Option<humantime::Duration>,
+        /// What it is for, shown by `token list`.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List tokens (never their secrets).
+    List {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Revoke a token by its id; every replica refuses it within auth.robot_token_refresh.
+    Revoke {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        id: String,
     },
 }
 
@@ -300,6 +337,7 @@ async fn run(command: Command) -> Result<(), String> {
             print!("{}", config.to_toml());
             Ok(())
         }
+        Command::Token { command } => token_command(command).await,
         Command::Gc { config, dry_run } => {
             let storage = open_storage(config.as_deref()).await?;
             let report = storage
@@ -319,6 +357,89 @@ async fn run(command: Command) -> Result<(), String> {
                 if dry_run { "would be freed" } else { "freed" },
             );
             Ok(())
+        }
+    }
+}
+
+async fn token_command(command: TokenCommand) -> Result<(), String> {
+    use portcullis::identity::robots;
+    let when = |t: i64| {
+        chrono::DateTime::from_timestamp(t, 0)
+            .map(|t| t.format("%Y-%m-%d %H:%M").to_string())
+            .unwrap_or_default()
+    };
+    match command {
+        TokenCommand::Create {
+            config,
+            user,
+            groups,
+            expires,
+            description,
+        } => {
+            let loaded = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
+            if user.is_empty() || user.len() > 256 || user.chars().any(char::is_control) {
+                return Err("--user must be a name of at most 256 characters".into());
+            }
+            let storage = Storage::open(&loaded.storage).await?;
+            let expires = expires.map(|d| {
+                portcullis::identity::jwt::now()
+                    .saturating_add(i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+            });
+            let (record, secret) = robots::create(&storage, &user, groups, expires, &description)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("{secret}");
+            eprintln!(
+                "token {} for {} created{}; it is shown once. Log in with:\n  \
+                 echo \"$TOKEN\" | docker login <registry> -u {} --password-stdin",
+                record.id,
+                record.user,
+                record
+                    .expires
+                    .map(|e| format!(", valid until {}", when(e)))
+                    .unwrap_or_default(),
+                record.user
+            );
+            if !loaded.accounts_enabled() {
+                eprintln!(
+                    "note: accounts are off in this config; set auth.enabled = true \
+                     (or auth.htpasswd) for the registry to accept the token"
+                );
+            }
+            Ok(())
+        }
+        TokenCommand::List { config } => {
+            let storage = open_storage(config.as_deref()).await?;
+            let tokens = robots::list(&storage).await.map_err(|e| e.to_string())?;
+            println!("ID                USER  GROUPS  CREATED  EXPIRES  LAST USED  DESCRIPTION");
+            for t in tokens {
+                let last = robots::last_used(&storage, &t.id).await;
+                println!(
+                    "{}  {}  {}  {}  {}  {}  {}",
+                    t.id,
+                    t.user,
+                    t.groups
+                        .map(|g| g.join(","))
+                        .unwrap_or_else(|| "(the user's)".into()),
+                    when(t.created),
+                    t.expires.map(when).unwrap_or_else(|| "never".into()),
+                    last.map(when).unwrap_or_else(|| "never".into()),
+                    t.description
+                );
+            }
+            Ok(())
+        }
+        TokenCommand::Revoke { config, id } => {
+            let storage = open_storage(config.as_deref()).await?;
+            if robots::revoke(&storage, &id)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                println!("revoked {id}");
+                Ok(())
+            } else {
+                Err(format!("no token {id}"))
+            }
         }
     }
 }

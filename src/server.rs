@@ -13,8 +13,8 @@ use axum_server::accept::{TcpConfigAcceptor, TcpKeepaliveConfig, TcpSocketConfig
 use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 
 use crate::api::{self, AppState};
-use crate::auth::{AuthConfigError, Authenticator};
 use crate::config::Config;
+use crate::identity::{Identities, IdentityError};
 use crate::metrics::Metrics;
 use crate::policy::reload::ChainHolder;
 use crate::policy::{PolicyChain, PolicyEngine, PolicyError};
@@ -31,7 +31,7 @@ pub enum ServerError {
     #[error("{0}")]
     Tls(#[from] crate::tls::TlsError),
     #[error("{0}")]
-    Auth(#[from] AuthConfigError),
+    Auth(#[from] IdentityError),
     #[error("cannot start the policy engine: {0}")]
     Engine(String),
     #[error("{0}")]
@@ -82,7 +82,8 @@ impl Server {
                 storage.location()
             ))
         })?;
-        let auth = Arc::new(Authenticator::from_config(&config)?);
+        let auth = Arc::new(Identities::new(&config, storage.clone())?);
+        auth.start(config.auth.robot_token_refresh);
         let metrics = Arc::new(Metrics::new());
         let engine = Arc::new(
             PolicyEngine::new(Some(config.policy_cache_dir()))
@@ -96,13 +97,14 @@ impl Server {
         };
         tracing::info!(policies = ?chain.names(), "policy chain loaded");
         let config_file = watch.clone().flatten();
-        let policies = Arc::new(ChainHolder::new(
-            chain,
-            engine,
-            config_file,
-            Arc::clone(&metrics),
-        ));
+        let accounts = Arc::clone(&auth);
+        let policies = Arc::new(
+            ChainHolder::new(chain, engine, config_file, Arc::clone(&metrics)).on_reload(Box::new(
+                move |config: &Config| accounts.reload(config).map_err(|e| e.to_string()),
+            )),
+        );
         if watch.is_some() {
+            policies.watch_files(crate::policy::reload::account_files(&config));
             policies.watch(config.policy.dir.clone());
         }
         let tls = match (&config.tls.cert, &config.tls.key) {

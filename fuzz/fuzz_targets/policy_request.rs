@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use portcullis::auth::Identity;
+use portcullis::identity::Identity;
 use portcullis::config::Action;
 use portcullis::policy::bindings::portcullis::policy::types as wit;
 use portcullis::policy::request::{Access, JsonReference, JsonRequest, ManifestFacts, Resource};

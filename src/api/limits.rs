@@ -306,7 +306,7 @@ fn timeout(message: String) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::Identity;
+    use crate::identity::Identity;
 
     fn limits(total: usize, per_client: usize) -> LimitsConfig {
         let mut limits = crate::config::Config::default().limits;

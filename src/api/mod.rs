@@ -16,6 +16,7 @@ pub mod ranges;
 mod referrers;
 pub mod route;
 mod tags;
+mod token;
 mod uploads;
 
 use std::collections::HashMap;
@@ -30,8 +31,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
-use crate::auth::Authenticator;
 use crate::config::{Action, Config};
+use crate::identity::Identities;
 use crate::metrics::Metrics;
 use crate::policy::reload::ChainHolder;
 use crate::policy::request::Resource;
@@ -46,7 +47,7 @@ use route::Route;
 pub struct AppState {
     pub storage: Storage,
     pub config: Config,
-    pub auth: Arc<Authenticator>,
+    pub auth: Arc<Identities>,
     pub policies: Arc<ChainHolder>,
     pub metrics: Arc<Metrics>,
     pub proxy: Option<Arc<crate::proxy::Proxy>>,
@@ -60,6 +61,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/token", get(token::handle).post(token::handle))
         .fallback(dispatch)
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
@@ -360,7 +362,7 @@ async fn access_log(State(state): State<SharedState>, request: Request, next: Ne
         .or_else(|| axum::body::HttpBody::size_hint(response.body()).exact())
         .unwrap_or(0);
     let route = match path.as_str() {
-        "/healthz" | "/readyz" | "/metrics" => path.trim_start_matches('/'),
+        "/healthz" | "/readyz" | "/metrics" | "/token" => path.trim_start_matches('/'),
         _ => Route::parse(&path).map(|r| r.kind()).unwrap_or("invalid"),
     };
     state.metrics.record_request(

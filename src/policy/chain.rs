@@ -13,8 +13,8 @@ use super::builtin;
 use super::engine::{block_on_guest, EngineError, Limits, Outcome, PolicyEngine, PolicyRuntime};
 use super::request::Access;
 use super::sandbox::MemoryBudget;
-use crate::auth::Identity;
 use crate::config::{Action, Config, PolicyEntry};
+use crate::identity::Identity;
 use crate::metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]

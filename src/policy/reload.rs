@@ -13,12 +13,20 @@ use super::engine::PolicyEngine;
 use crate::config::Config;
 use crate::metrics::Metrics;
 
+/// What else a reload re-reads from the new config (the accounts): an
+/// error is logged and leaves that part as it was; the chain still reloads.
+pub type ReloadHook = Box<dyn Fn(&Config) -> Result<(), String> + Send + Sync>;
+
 /// The chain in force. Requests load it once and finish on it, whatever swaps happen meanwhile.
 pub struct ChainHolder {
     current: ArcSwap<PolicyChain>,
     engine: Arc<PolicyEngine>,
     config_file: Option<PathBuf>,
     metrics: Arc<Metrics>,
+    hook: Option<ReloadHook>,
+    /// Files outside the policies directory whose change means a reload
+    /// (the htpasswd file, OIDC JWKS files), as of the last load.
+    extra_files: std::sync::Mutex<Vec<PathBuf>>,
 }
 
 impl ChainHolder {
@@ -33,7 +41,20 @@ impl ChainHolder {
             engine,
             config_file,
             metrics,
+            hook: None,
+            extra_files: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    /// Runs `hook` with each reloaded config.
+    pub fn on_reload(mut self, hook: ReloadHook) -> Self {
+        self.hook = Some(hook);
+        self
+    }
+
+    /// Also reload when one of these files changes.
+    pub fn watch_files(&self, files: Vec<PathBuf>) {
+        *self.extra_files.lock().unwrap_or_else(|p| p.into_inner()) = files;
     }
 
     pub fn current(&self) -> Arc<PolicyChain> {
@@ -49,6 +70,16 @@ impl ChainHolder {
 
     fn rebuild(&self) -> Result<Vec<String>, String> {
         let config = Config::load(self.config_file.as_deref()).map_err(|e| e.to_string())?;
+        self.watch_files(account_files(&config));
+        if let Some(hook) = &self.hook {
+            match hook(&config) {
+                Ok(()) => tracing::info!("accounts reloaded"),
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "accounts reload failed; the previous accounts stay in force"
+                ),
+            }
+        }
         let chain =
             PolicyChain::load(Arc::clone(&self.engine), &config).map_err(|e| e.to_string())?;
         let names = chain.names().iter().map(|s| s.to_string()).collect();
@@ -71,6 +102,13 @@ impl ChainHolder {
             policy_dir: policy_dir
                 .canonicalize()
                 .unwrap_or_else(|_| policy_dir.clone()),
+            extra_files: self
+                .extra_files
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .filter_map(|f| f.file_name().map(Into::into))
+                .collect(),
         };
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             if let Ok(event) = event {
@@ -95,6 +133,21 @@ impl ChainHolder {
                     .map(PathBuf::from)
                     .unwrap_or_else(|| PathBuf::from(".")),
             );
+        }
+        for file in self
+            .extra_files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let dir = file
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("."));
+            if !watched.contains(&dir) {
+                watched.push(dir);
+            }
         }
         for dir in &watched {
             if dir.is_dir() {
@@ -150,6 +203,8 @@ impl ChainHolder {
 struct Relevant {
     config_file: Option<std::ffi::OsString>,
     policy_dir: PathBuf,
+    /// The accounts' files (htpasswd, JWKS), by name.
+    extra_files: Vec<std::ffi::OsString>,
 }
 
 impl Relevant {
@@ -161,8 +216,22 @@ impl Relevant {
         let is_policy = path.parent().is_some_and(|p| {
             p == self.policy_dir || p.canonicalize().is_ok_and(|p| p == self.policy_dir)
         }) && path.extension().is_some_and(|e| e == "wasm");
-        is_config || is_policy
+        let is_account_file = path
+            .file_name()
+            .is_some_and(|name| self.extra_files.iter().any(|f| f == name));
+        is_config || is_policy || is_account_file
     }
+}
+
+/// The files the accounts are read from, whose changes mean a reload.
+pub fn account_files(config: &Config) -> Vec<PathBuf> {
+    config
+        .auth
+        .htpasswd
+        .iter()
+        .chain(config.auth.oidc.iter().filter_map(|o| o.jwks_file.as_ref()))
+        .cloned()
+        .collect()
 }
 
 fn spawn_sighup(tx: tokio::sync::mpsc::UnboundedSender<()>) {

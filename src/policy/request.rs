@@ -3,8 +3,8 @@
 use std::net::IpAddr;
 
 use super::bindings::portcullis::policy::types as wit;
-use crate::auth::Identity;
 use crate::config::Action;
+use crate::identity::Identity;
 use crate::reference::{Digest, Reference, RepositoryName};
 use crate::storage::ParsedManifest;
 

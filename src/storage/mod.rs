@@ -14,6 +14,7 @@ pub mod fsck;
 pub mod gc;
 mod manifests;
 pub mod paths;
+pub mod records;
 pub mod s3;
 pub mod uploads;
 
@@ -418,6 +419,51 @@ impl FsStorage {
     pub async fn repository_exists(&self, name: &RepositoryName) -> Result<bool> {
         let dir = paths::repository_dir(name);
         self.blocking(move |root| Ok(root.is_dir(dir))).await
+    }
+}
+
+/// Small files of the registry's own (`records`), relative to the layout root.
+impl FsStorage {
+    pub(crate) async fn put_small(&self, path: PathBuf, bytes: bytes::Bytes) -> Result<()> {
+        self.blocking(move |root| Ok(write_atomic(root, &path, &bytes)?))
+            .await
+    }
+
+    pub(crate) async fn get_small(
+        &self,
+        path: PathBuf,
+        limit: u64,
+    ) -> Result<Option<bytes::Bytes>> {
+        self.blocking(move |root| {
+            let file = match root.open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            let mut bytes = Vec::new();
+            Read::take(file, limit + 1).read_to_end(&mut bytes)?;
+            if bytes.len() as u64 > limit {
+                return Err(StorageError::Io(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{} is larger than {limit} bytes", path.display()),
+                )));
+            }
+            Ok(Some(bytes.into()))
+        })
+        .await
+    }
+
+    pub(crate) async fn list_small(&self, dir: PathBuf) -> Result<Vec<String>> {
+        self.blocking(move |root| Ok(list_dir(root, &dir)?)).await
+    }
+
+    pub(crate) async fn delete_small(&self, path: PathBuf) -> Result<()> {
+        self.blocking(move |root| match root.remove_file(&path) {
+            Ok(()) => Ok(sync_dir(root, parent_of(&path))?),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        })
+        .await
     }
 }
 

@@ -299,6 +299,31 @@ impl S3Storage {
         }
     }
 
+    // ---- small records of the registry's own (`records`)
+
+    pub(crate) async fn put_small(&self, path: std::path::PathBuf, bytes: Bytes) -> Result<()> {
+        self.put(&self.key(&path), bytes).await
+    }
+
+    pub(crate) async fn get_small_at(
+        &self,
+        path: std::path::PathBuf,
+        limit: u64,
+    ) -> Result<Option<Bytes>> {
+        Ok(self
+            .get_small(&self.key(&path), limit)
+            .await?
+            .map(|(b, _)| b))
+    }
+
+    pub(crate) async fn list_small(&self, dir: std::path::PathBuf) -> Result<Vec<String>> {
+        self.list_dir(&dir).await
+    }
+
+    pub(crate) async fn delete_small(&self, path: std::path::PathBuf) -> Result<()> {
+        self.delete(&self.key(&path)).await
+    }
+
     /// A link object's digest and etag; `None` when it does not exist.
     async fn read_link_tagged(
         &self,

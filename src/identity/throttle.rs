@@ -88,6 +88,33 @@ impl LoginThrottle {
         }
     }
 
+    /// Before a cheap verification (a signature, a hash): the same failure
+    /// buckets as [`admit`](Self::admit), without a bcrypt slot. `user` is
+    /// the name the failures count against, if the credential carries one
+    /// that is not an attacker's free choice of victim.
+    pub fn admit_cheap(&self, user: Option<&str>, address: IpAddr) -> Result<(), Throttled> {
+        let now = Instant::now();
+        let key = address_key(address);
+        if let Some(user) = user {
+            self.users.take(user.to_owned(), now)?;
+        }
+        if let Err(refused) = self.addresses.take(key, now) {
+            if let Some(user) = user {
+                self.users.give_back(user);
+            }
+            return Err(refused);
+        }
+        Ok(())
+    }
+
+    /// After a cheap verification that passed.
+    pub fn succeeded_cheap(&self, user: Option<&str>, address: IpAddr) {
+        if let Some(user) = user {
+            self.users.give_back(user);
+        }
+        self.addresses.give_back(&address_key(address));
+    }
+
     /// After a verification that passed: the attempt's tokens come back.
     pub fn succeeded(&self, user: &str, address: IpAddr) {
         self.users.give_back(user);

@@ -1,0 +1,287 @@
+//! OpenID Connect issuers: JWTs from an identity provider (a person's ID
+//! token from Authentik or Keycloak), a CI system (GitHub Actions, GitLab,
+//! Forgejo) or a Kubernetes API server (a pod's projected service-account
+//! token) are accepted as passwords at `/token` and as Bearer tokens.
+//!
+//! Keys come from the issuer's discovery document and JWKS (or a JWKS file),
+//! fetched once and kept; a token naming a key not seen yet (a rotation)
+//! triggers one refetch, at most every `jwks_refetch`, so a flood of
+//! made-up `kid`s costs one fetch, not one per request. Every claim that
+//! matters is checked: signature (asymmetric algorithms only), `iss`, `aud`,
+//! `exp` and `nbf` with a 30 s leeway.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+
+use super::jwt::{self, JwtError, PublicJwk, Unverified};
+use super::IdentityError;
+use crate::config::OidcConfig;
+
+/// Clock skew tolerated between the issuer and the registry.
+const LEEWAY: i64 = 30;
+/// The largest discovery document or JWKS read.
+const MAX_DOCUMENT: usize = 1 << 20;
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bounds on what a token's claims may bring in.
+const MAX_GROUPS: usize = 256;
+const MAX_NAME: usize = 256;
+
+/// Who an issuer's token names.
+#[derive(Debug, Clone)]
+pub struct OidcLogin {
+    pub user: String,
+    /// From the groups claim, with the prefix.
+    pub groups: Vec<String>,
+    pub expires: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OidcError {
+    #[error("{0}")]
+    Token(#[from] JwtError),
+    #[error("the claim {0} is missing or not a usable name")]
+    Claim(String),
+    #[error("cannot fetch the issuer's keys: {0}")]
+    Fetch(String),
+}
+
+pub struct Issuer {
+    config: OidcConfig,
+    client: reqwest::Client,
+    keys: ArcSwap<Vec<PublicJwk>>,
+    last_fetch: Mutex<Option<Instant>>,
+    fetching: tokio::sync::Mutex<()>,
+}
+
+impl Issuer {
+    fn new(config: OidcConfig) -> Result<Self, IdentityError> {
+        let mut builder = reqwest::Client::builder()
+            .timeout(FETCH_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(path) = &config.ca_file {
+            let pem = std::fs::read(path).map_err(|source| IdentityError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| IdentityError::Oidc(format!("{}: ca_file: {e}", config.issuer)))?;
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let client = builder
+            .build()
+            .map_err(|e| IdentityError::Oidc(format!("{}: {e}", config.issuer)))?;
+        let keys = match &config.jwks_file {
+            Some(path) => {
+                let bytes = std::fs::read(path).map_err(|source| IdentityError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                jwt::JwkSet::parse(&bytes).map_err(|e| {
+                    IdentityError::Oidc(format!("{}: jwks_file: {e}", path.display()))
+                })?
+            }
+            None => Vec::new(),
+        };
+        Ok(Self {
+            config,
+            client,
+            keys: ArcSwap::from_pointee(keys),
+            last_fetch: Mutex::new(None),
+            fetching: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.config.issuer
+    }
+
+    fn key(&self, kid: Option<&str>) -> Option<PublicJwk> {
+        let keys = self.keys.load();
+        match kid {
+            Some(kid) => keys.iter().find(|k| k.kid.as_deref() == Some(kid)).cloned(),
+            // No kid: only unambiguous with one key.
+            None if keys.len() == 1 => keys.first().cloned(),
+            None => None,
+        }
+    }
+
+    /// Fetches the keys unless a fetch happened within `jwks_refetch`.
+    async fn refetch(&self) -> Result<(), OidcError> {
+        if self.config.jwks_file.is_some() {
+            return Ok(());
+        }
+        let _one = self.fetching.lock().await;
+        {
+            let last = self.last_fetch.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|t| t.elapsed() < self.config.jwks_refetch) {
+                return Ok(());
+            }
+        }
+        let result = self.fetch().await;
+        *self.last_fetch.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        match result {
+            Ok(keys) => {
+                tracing::info!(issuer = %self.config.issuer, keys = keys.len(), "fetched the issuer's signing keys");
+                self.keys.store(Arc::new(keys));
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(issuer = %self.config.issuer, error = %e, "cannot fetch the issuer's signing keys");
+                Err(e)
+            }
+        }
+    }
+
+    async fn get_json(&self, url: &str) -> Result<serde_json::Value, OidcError> {
+        let fetch = |e: reqwest::Error| OidcError::Fetch(format!("{url}: {e}"));
+        let mut response = self.client.get(url).send().await.map_err(fetch)?;
+        if !response.status().is_success() {
+            return Err(OidcError::Fetch(format!("{url}: {}", response.status())));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(fetch)? {
+            if body.len() + chunk.len() > MAX_DOCUMENT {
+                return Err(OidcError::Fetch(format!("{url}: larger than 1 MiB")));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        serde_json::from_slice(&body).map_err(|e| OidcError::Fetch(format!("{url}: {e}")))
+    }
+
+    async fn fetch(&self) -> Result<Vec<PublicJwk>, OidcError> {
+        let base = self.config.issuer.trim_end_matches('/');
+        let discovery = self
+            .get_json(&format!("{base}/.well-known/openid-configuration"))
+            .await?;
+        if discovery.get("issuer").and_then(|v| v.as_str()) != Some(self.config.issuer.as_str()) {
+            return Err(OidcError::Fetch(
+                "the discovery document names another issuer".into(),
+            ));
+        }
+        let jwks_uri = discovery
+            .get("jwks_uri")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| OidcError::Fetch("the discovery document has no jwks_uri".into()))?;
+        // Keys only over https, or plain http where the issuer itself is.
+        let scheme_ok = jwks_uri.starts_with("https://")
+            || (base.starts_with("http://") && jwks_uri.starts_with("http://"));
+        if !scheme_ok {
+            return Err(OidcError::Fetch(format!(
+                "jwks_uri {jwks_uri} is not https"
+            )));
+        }
+        let jwks = self.get_json(jwks_uri).await?;
+        jwt::JwkSet::parse(jwks.to_string().as_bytes())
+            .map_err(|e| OidcError::Fetch(format!("{jwks_uri}: {e}")))
+    }
+
+    /// Verifies an issuer's token and says whom it names.
+    pub async fn verify(&self, token: Unverified) -> Result<OidcLogin, OidcError> {
+        let kid = token.kid.clone();
+        let key = match self.key(kid.as_deref()) {
+            Some(key) => key,
+            None => {
+                // Unknown yet: maybe rotated, or never fetched.
+                let _ = self.refetch().await;
+                self.key(kid.as_deref())
+                    .ok_or(OidcError::Token(JwtError::UnknownKey(kid)))?
+            }
+        };
+        let claims = token.verify(&key)?;
+        if claims.get("iss").and_then(|v| v.as_str()) != Some(self.config.issuer.as_str()) {
+            return Err(JwtError::Issuer.into());
+        }
+        if !jwt::has_audience(&claims, &self.config.audience) {
+            return Err(JwtError::Audience.into());
+        }
+        let expires = jwt::check_times(&claims, LEEWAY)?;
+        let user = match claims.get(&self.config.user_claim) {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(serde_json::Value::Number(n)) => n.to_string(),
+            _ => String::new(),
+        };
+        if !usable_name(&user) {
+            return Err(OidcError::Claim(self.config.user_claim.clone()));
+        }
+        let listed: Vec<&str> = match claims.get(&self.config.groups_claim) {
+            Some(serde_json::Value::Array(list)) => {
+                list.iter().filter_map(|g| g.as_str()).collect()
+            }
+            Some(serde_json::Value::String(one)) => vec![one.as_str()],
+            _ => Vec::new(),
+        };
+        let groups = listed
+            .into_iter()
+            .filter(|g| usable_name(g))
+            .take(MAX_GROUPS)
+            .map(|g| format!("{}{g}", self.config.group_prefix))
+            .collect();
+        Ok(OidcLogin {
+            user,
+            groups,
+            expires,
+        })
+    }
+
+    /// Fetches the keys once in the background, so the first login does not wait.
+    pub fn warm(self: &Arc<Self>) {
+        if self.config.jwks_file.is_some() {
+            return;
+        }
+        let issuer = Arc::clone(self);
+        tokio::spawn(async move {
+            let _ = issuer.refetch().await;
+        });
+    }
+}
+
+fn usable_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= MAX_NAME && !name.chars().any(char::is_control)
+}
+
+/// The issuers of one config, by `iss`.
+#[derive(Default)]
+pub struct Issuers {
+    by_issuer: HashMap<String, Arc<Issuer>>,
+}
+
+impl Issuers {
+    /// The configured issuers; one whose settings did not change keeps its
+    /// keys from `previous` (a reload does not refetch every JWKS).
+    pub fn from_config(
+        list: &[OidcConfig],
+        previous: Option<&Issuers>,
+    ) -> Result<Self, IdentityError> {
+        let mut by_issuer = HashMap::new();
+        for config in list {
+            let kept = previous
+                .and_then(|p| p.by_issuer.get(&config.issuer))
+                .filter(|i| i.config == *config && config.jwks_file.is_none());
+            let issuer = match kept {
+                Some(issuer) => Arc::clone(issuer),
+                None => Arc::new(Issuer::new(config.clone())?),
+            };
+            by_issuer.insert(config.issuer.clone(), issuer);
+        }
+        Ok(Self { by_issuer })
+    }
+
+    pub fn get(&self, issuer: &str) -> Option<&Arc<Issuer>> {
+        self.by_issuer.get(issuer)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_issuer.is_empty()
+    }
+
+    pub fn warm(&self) {
+        for issuer in self.by_issuer.values() {
+            issuer.warm();
+        }
+    }
+}
