@@ -319,6 +319,8 @@ mod tests {
         Caller {
             identity: Identity::anonymous(),
             ip: std::net::IpAddr::from(ip),
+            credentials: false,
+            realm: String::new(),
         }
     }
 

@@ -10,6 +10,7 @@
 
 pub mod garage;
 pub mod moto;
+pub mod oidc;
 pub use garage::{unique_prefix, Garage, GarageFacts};
 
 use std::net::SocketAddr;
