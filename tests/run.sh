@@ -61,7 +61,7 @@ stage "deploy: offline checks" env PORTCULLIS_BIN="$TEST_BIN" bash deploy/check.
 
 # Garage 2.5.0 (kept in ~/.cache/portcullis-garage; an installed 2.5.0 is
 # reused at once) and moto's S3 server.
-stage "install: Garage and moto, unless there" bash -c 'tests/garage.sh build && tests/moto.sh install'
+stage "install: Garage, moto and the OpenID provider, unless there" bash -c 'tests/garage.sh build && tests/moto.sh install && tests/oidc.sh install'
 
 # The suite's S3 store: its connection facts in PCTEST_S3_*, which the tests
 # read (each registry takes a key prefix of its own).

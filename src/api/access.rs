@@ -8,7 +8,7 @@
 
 use std::net::IpAddr;
 
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 
 use super::error::{ApiError, ApiResult, ErrorCode};
 use super::{header_str, header_value, SharedState};
@@ -29,8 +29,9 @@ pub struct Caller {
 }
 
 /// The token endpoint's URL: `external_url`, or what the client called
-/// (its `Host` header, if it is a plain host name or address).
-pub fn realm(state: &SharedState, headers: &HeaderMap) -> String {
+/// (its `Host` header, or the `:authority` of HTTP/2, if it is a plain host
+/// name or address).
+pub fn realm(state: &SharedState, headers: &HeaderMap, uri: &Uri) -> String {
     if let Some(url) = &state.config.external_url {
         return format!("{}/token", url.trim_end_matches('/'));
     }
@@ -40,6 +41,7 @@ pub fn realm(state: &SharedState, headers: &HeaderMap) -> String {
         "http"
     };
     let host = header_str(headers, header::HOST)
+        .or_else(|| uri.authority().map(|a| a.as_str()))
         .filter(|h| {
             !h.is_empty()
                 && h.len() <= 255
@@ -99,9 +101,14 @@ fn scope_of(access: &Access) -> String {
 }
 
 /// Reads the caller's identity; bad credentials or tokens are a 401 with a challenge.
-pub async fn identify(state: &SharedState, headers: &HeaderMap, ip: IpAddr) -> ApiResult<Caller> {
+pub async fn identify(
+    state: &SharedState,
+    headers: &HeaderMap,
+    uri: &Uri,
+    ip: IpAddr,
+) -> ApiResult<Caller> {
     let realm = if state.auth.enabled() {
-        realm(state, headers)
+        realm(state, headers, uri)
     } else {
         String::new()
     };

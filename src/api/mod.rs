@@ -124,7 +124,7 @@ async fn route(state: SharedState, request: Request) -> ApiResult {
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip())
         .unwrap_or(IpAddr::from([0, 0, 0, 0]));
-    let caller = access::identify(&state, headers, ip).await?;
+    let caller = access::identify(&state, headers, &parts.uri, ip).await?;
     // Routes whose access is known from the URL alone are authorised here;
     // manifest PUT/DELETE, uploads with a mount and the catalog need more
     // context and authorise in their handlers.

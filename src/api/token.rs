@@ -52,7 +52,7 @@ async fn token(state: SharedState, request: Request) -> ApiResult {
         )
         .with_status(StatusCode::NOT_FOUND));
     }
-    let realm = access::realm(&state, &parts.headers);
+    let realm = access::realm(&state, &parts.headers, &parts.uri);
     match parts.method {
         Method::GET => {
             let params = pairs(parts.uri.query().unwrap_or(""));

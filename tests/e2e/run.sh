@@ -6,11 +6,15 @@
 #   bash tests/e2e/run.sh skopeo docker   # only test_skopeo.sh and test_docker.sh
 #   bash tests/e2e/run.sh container       # only test_container.sh: the image of deploy/container
 #   bash tests/e2e/run.sh tls             # only test_tls.sh: docker login/push/pull over TLS
+#   bash tests/e2e/run.sh identity        # only test_identity.sh: accounts, robot and OIDC tokens
+#                                         # with docker, podman, skopeo and containerd's ctr
 #
 # Needs root (dockerd and rootful podman) and, on Debian 12, these packages:
 #
 #   apt-get install -y docker.io skopeo podman docker-registry python3 curl openssl apache2-utils
 #
+# the identity test's OpenID provider needs nodejs and npm, and its package
+# installed once (`bash tests/oidc.sh install`, which uses the network);
 # and, for the container test's static binary, musl-tools and
 # `rustup target add x86_64-unknown-linux-musl` (deploy/install-tools.sh does both).
 #
