@@ -117,7 +117,7 @@ impl Unverified {
         Ok(Self {
             alg,
             kid: header.kid,
-            signing_input: token[..h.len() + 1 + p.len()].as_bytes().to_vec(),
+            signing_input: token.as_bytes()[..h.len() + 1 + p.len()].to_vec(),
             signature,
             payload,
         })

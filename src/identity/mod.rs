@@ -182,8 +182,11 @@ enum CachedToken {
 /// Verified tokens by the SHA-256 of their text (a signature check costs
 /// 50-100 µs, more than a manifest GET), until they expire.
 struct TokenCache {
-    entries: Mutex<HashMap<[u8; 32], (i64, Arc<CachedToken>)>>,
+    /// Token hash -> (expiry, what it verified as).
+    entries: Mutex<HashMap<TokenHash, (i64, Arc<CachedToken>)>>,
 }
+
+type TokenHash = [u8; 32];
 
 const TOKEN_CACHE_ENTRIES: usize = 10_000;
 
