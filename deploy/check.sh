@@ -14,8 +14,9 @@
 #     exceptions are listed in PSS_KNOWN and printed);
 #   - the S3 overlays keep their promises (replicas without data volumes, a
 #     PodDisruptionBudget, a gc CronJob that never overlaps, one Secret for
-#     the credentials) and, with Garage, agree across files (replication
-#     factor and replicas, region, endpoint, bucket, node count);
+#     the credentials, the token signing key from a mounted Secret) and, with
+#     Garage, agree across files (replication factor and replicas, region,
+#     endpoint, bucket, node count);
 #   - components/garage/bootstrap.py passes its tests against a fake Garage;
 #   - the systemd unit passes `systemd-analyze verify` and its offline
 #     `systemd-analyze security` exposure stays at 2.0 ("OK") or below;
@@ -89,14 +90,15 @@ fi
 echo "# rendering with: ${KUSTOMIZE[*]:-nothing}"
 
 # A copy of the tree with placeholder Secret sources: the real TLS key,
-# htpasswd, S3 credentials and Garage secrets (git-ignored, maybe present in a
-# user's checkout) are never read.
+# htpasswd, token signing key, S3 credentials and Garage secrets (git-ignored,
+# maybe present in a user's checkout) are never read.
 cp -r "$DEPLOY/kubernetes" "$WORK/kubernetes"
 find "$WORK/kubernetes" -path '*/secrets/*' -type f ! -name .gitignore -delete
 SECRETS=$WORK/kubernetes/base/secrets
 printf 'placeholder certificate\n' >"$SECRETS/tls.crt"
 printf 'placeholder key\n' >"$SECRETS/tls.key"
 printf 'alice:$2y$05$placeholder\n' >"$SECRETS/htpasswd"
+printf 'placeholder key\n' >"$WORK/kubernetes/components/s3/secrets/token.key"
 for secrets in "$WORK"/kubernetes/overlays/*/secrets; do
     # An overlay's own example (s3.env.example) when it ships one, so the
     # example is checked too; else keys in Garage's format.
@@ -295,6 +297,19 @@ env_secrets = [e["secretRef"]["name"] for e in container.get("envFrom", []) if "
 if len(env_secrets) != 1 or env_secrets[0] not in secrets:
     problems.append(f"the registry's envFrom Secrets {env_secrets} are not one rendered Secret")
 
+# The token signing key every replica shares (auth.token_key, required on
+# S3): a file of a rendered Secret, mounted read-only in the registry.
+token_key = config.get("auth", {}).get("token_key")
+if not token_key:
+    problems.append("auth.token_key is unset: the replicas would not share a signing key")
+else:
+    directory, _, file = token_key.rpartition("/")
+    mount = next((m for m in container.get("volumeMounts", []) if m["mountPath"] == directory), None)
+    volume = mount and next((v for v in pod["volumes"] if v["name"] == mount["name"]), None)
+    secret = volume and secrets.get(volume.get("secret", {}).get("secretName"))
+    if not (mount and mount.get("readOnly") and secret and file in secret.get("data", {})):
+        problems.append(f"auth.token_key {token_key} is not a file of a rendered Secret mounted read-only at {directory}")
+
 # gc: a CronJob that never overlaps, with the registry's image, config and Secret.
 cron = one("CronJob", "portcullis-gc")
 expect("gc concurrencyPolicy", cron["spec"].get("concurrencyPolicy"), "Forbid")
@@ -390,7 +405,7 @@ for overlay_dir in "$WORK"/kubernetes/overlays/*/; do
     fi
     cat "$WORK/pss-known.log"
     if grep -q 'backend = "s3"' "$out/all.yaml"; then
-        check "overlay $overlay: replicas on S3 without data volumes, a PodDisruptionBudget, a gc CronJob that never overlaps, consistent settings" \
+        check "overlay $overlay: replicas on S3 without data volumes, a PodDisruptionBudget, a gc CronJob that never overlaps, a shared token key, consistent settings" \
             check_s3 "$out/all.yaml"
     fi
 done
