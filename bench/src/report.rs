@@ -15,6 +15,13 @@ pub enum Target {
     RatioMax(f64),
     AbsMax(f64),
     AbsBelow(f64),
+    /// Portcullis against another portcullis figure of the same unit (`of`
+    /// names it): portcullis / `base` ≥ `min`.
+    BaseRatioMin {
+        base: Option<f64>,
+        min: f64,
+        of: &'static str,
+    },
 }
 
 pub struct Row {
@@ -41,6 +48,12 @@ impl Row {
             Target::RatioMax(x) => format!("≤ {x}×"),
             Target::AbsMax(x) => format!("≤ {x} {}", self.unit),
             Target::AbsBelow(x) => format!("< {x} {}", self.unit),
+            Target::BaseRatioMin { base, min, of } => match (self.p, base) {
+                (Some(p), Some(b)) if b != 0.0 => {
+                    format!("≥ {min}× {of} ({}: {:.2}×)", fmt(Some(b), self.unit), p / b)
+                }
+                _ => format!("≥ {min}× {of}"),
+            },
         }
     }
 
@@ -51,6 +64,10 @@ impl Row {
             Target::RatioMax(x) => self.ratio().map(|r| r <= x),
             Target::AbsMax(x) => self.p.map(|p| p <= x),
             Target::AbsBelow(x) => self.p.map(|p| p < x),
+            Target::BaseRatioMin { base, min, .. } => match (self.p, base) {
+                (Some(p), Some(b)) if b != 0.0 => Some(p / b >= min),
+                _ => None,
+            },
         };
         match ok {
             Some(true) => "met",

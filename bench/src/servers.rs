@@ -21,6 +21,23 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Accounts on (htpasswd with the user `bench`): the 3-policies server,
+    /// whose anonymous callers the chain allows as before.
+    pub fn accounts(self) -> bool {
+        self == Kind::PortcullisPolicies
+    }
+
+    /// What start-up waits for a 200 on: with accounts on, `GET /v2/`
+    /// without credentials answers 401, so `/healthz` (same router, served
+    /// from the same moment).
+    pub fn ready_path(self) -> &'static str {
+        if self.accounts() {
+            "/healthz"
+        } else {
+            "/v2/"
+        }
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             Kind::PortcullisBare => "portcullis (no policies)",
@@ -31,8 +48,9 @@ impl Kind {
 }
 
 /// The three bundled policies, set up so every request of the benchmark
-/// (anonymous, repositories under `team-a/`, tag `latest`) is evaluated by
-/// all three and allowed. The same chain as benches/policy.rs.
+/// (anonymous, or the user `bench` of group `devs` with a Bearer token;
+/// repositories under `team-a/`, tag `latest`) is evaluated by all three and
+/// allowed. The same chain as benches/policy.rs.
 const POLICY_CHAIN: &str = r#"
 [[policy.chain]]
 name = "repo-allowlist"
@@ -49,6 +67,53 @@ name = "immutable-releases"
 module = "builtin:tag-immutability"
 settings = { tags = ["v[0-9]*", "!*-rc*"] }
 "#;
+
+/// The account of the accounts-on server (`Kind::accounts`): user `bench`,
+/// password `bench-pw`, in group `devs` (which group-access lets push, pull
+/// and list `team-a/**`). Made with `htpasswd -nbB -C 4 bench bench-pw`.
+const HTPASSWD: &str = "bench:$2y$04$hEL3GB6NjSW4lgFnfmmnQuz4LmKlCl5frVD21gp7RJysCcvz/lcRO\n";
+const USER_PASSWORD: &[u8] = b"bench:bench-pw";
+
+/// `Authorization` value with the user `bench`'s credentials.
+pub fn basic_auth() -> String {
+    format!("Basic {}", base64(USER_PASSWORD))
+}
+
+/// Standard base64 with padding.
+fn base64(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// A new Ed25519 signing key as PKCS#8 PEM (v1: the fixed prefix, then the
+/// 32-byte seed), for `auth.token_key`, which the S3 backend requires.
+fn token_key_pem() -> String {
+    use rand::RngCore;
+    let mut der = hex::decode("302e020100300506032b657004220420").expect("hex");
+    let mut seed = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut seed);
+    der.extend_from_slice(&seed);
+    format!(
+        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+        base64(&der)
+    )
+}
 
 pub struct Binaries {
     pub portcullis: PathBuf,
@@ -99,7 +164,7 @@ pub struct Server {
     child: Child,
 }
 
-/// A spawned server and how long it took to answer 200 on /v2/.
+/// A spawned server and how long it took to answer 200 on `Kind::ready_path`.
 pub struct Started {
     pub server: Server,
     pub startup: Duration,
@@ -144,8 +209,27 @@ pub async fn start(
                     s3.part_size
                 ),
             };
+            // Accounts: tokens valid for an hour (one is fetched per run of
+            // workload 4); on S3 the token key must be a file.
+            let auth = if kind.accounts() {
+                let htpasswd = dir.join("htpasswd");
+                fs::write(&htpasswd, HTPASSWD)?;
+                let key = match storage_kind {
+                    Storage::Filesystem => String::new(),
+                    Storage::S3(_) => {
+                        let key = dir.join("token.key");
+                        fs::write(&key, token_key_pem())?;
+                        format!("token_key = {key:?}\n")
+                    }
+                };
+                format!(
+                    "[auth]\nhtpasswd = {htpasswd:?}\ntoken_ttl = \"1h\"\n{key}\n[groups]\ndevs = [\"bench\"]\n\n"
+                )
+            } else {
+                String::new()
+            };
             let mut config = format!(
-                "listen = \"{addr}\"\n\n[storage]\n{s3}root = {:?}\n\n[policy]\ndir = {:?}\ncache_dir = {:?}\n",
+                "listen = \"{addr}\"\n\n[storage]\n{s3}root = {:?}\n\n{auth}[policy]\ndir = {:?}\ncache_dir = {:?}\n",
                 storage, policy_dir, cache
             );
             if kind == Kind::PortcullisBare {
@@ -232,7 +316,7 @@ pub async fn start(
     Ok(Started { server, startup })
 }
 
-/// Polls GET /v2/ (a new connection each time, every 2 ms) until 200.
+/// Polls GET `Kind::ready_path` (a new connection each time, every 2 ms) until 200.
 async fn wait_ready(server: &mut Server, t0: Instant, limit: Duration) -> Result<Duration> {
     loop {
         if let Some(status) = server.child.try_wait()? {
@@ -243,7 +327,10 @@ async fn wait_ready(server: &mut Server, t0: Instant, limit: Duration) -> Result
             );
         }
         let mut conn = Conn::new(server.addr);
-        if let Ok(resp) = conn.send(Method::GET, "/v2/", &[], client::empty()).await {
+        if let Ok(resp) = conn
+            .send(Method::GET, server.kind.ready_path(), &[], client::empty())
+            .await
+        {
             let ok = resp.status().as_u16() == 200;
             let _ = client::drain(resp).await;
             if ok {
@@ -510,5 +597,26 @@ impl Garage {
             }
         }
         used
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_and_basic_auth() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(basic_auth(), "Basic YmVuY2g6YmVuY2gtcHc=");
+    }
+
+    #[test]
+    fn token_key_is_pkcs8() {
+        let pem = token_key_pem();
+        assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEI"));
+        assert_eq!(pem.lines().nth(1).map(str::len), Some(64));
     }
 }

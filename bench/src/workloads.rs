@@ -353,12 +353,34 @@ impl RateResult {
     }
 }
 
+/// A token for `scope` from `GET /token`, with `authorization` (Basic
+/// credentials) as the caller.
+pub async fn token(addr: SocketAddr, authorization: &str, scope: &str) -> Result<String> {
+    let mut conn = Conn::new(addr);
+    let resp = conn
+        .send(
+            Method::GET,
+            &format!("/token?service=portcullis&scope={scope}"),
+            &[("authorization", authorization)],
+            client::empty(),
+        )
+        .await?;
+    let body = client::bytes(client::expect(resp, 200, "GET /token").await?).await?;
+    let json: serde_json::Value = serde_json::from_slice(&body)?;
+    json["token"]
+        .as_str()
+        .map(str::to_owned)
+        .context("GET /token: no \"token\" in the answer")
+}
+
 /// `conc` keep-alive connections each sending `method path` back to back for
-/// `secs` (after a warm-up of `warmup`, not counted).
+/// `secs` (after a warm-up of `warmup`, not counted), with `authorization`
+/// (a Bearer token) on every request if given.
 pub async fn rate(
     addr: SocketAddr,
     method: Method,
     path: &str,
+    authorization: Option<&str>,
     conc: usize,
     warmup: Duration,
     secs: Duration,
@@ -369,7 +391,12 @@ pub async fn rate(
     let mut tasks = Vec::new();
     for _ in 0..conc {
         let (method, path) = (method.clone(), path.to_string());
+        let authorization = authorization.map(str::to_owned);
         tasks.push(tokio::spawn(async move {
+            let mut headers = vec![("accept", OCI_MANIFEST)];
+            if let Some(a) = &authorization {
+                headers.push(("authorization", a));
+            }
             let mut conn = Conn::new(addr);
             let mut lat = Vec::with_capacity(1 << 16);
             let mut errors = 0u64;
@@ -380,12 +407,7 @@ pub async fn rate(
                     break;
                 }
                 let resp = conn
-                    .send(
-                        method.clone(),
-                        &path,
-                        &[("accept", OCI_MANIFEST)],
-                        client::empty(),
-                    )
+                    .send(method.clone(), &path, &headers, client::empty())
                     .await?;
                 let ok = resp.status().as_u16() == 200;
                 client::drain(resp).await?;

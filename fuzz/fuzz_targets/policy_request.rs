@@ -12,8 +12,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use portcullis::identity::Identity;
 use portcullis::config::Action;
+use portcullis::identity::Identity;
 use portcullis::policy::bindings::portcullis::policy::types as wit;
 use portcullis::policy::request::{Access, JsonReference, JsonRequest, ManifestFacts, Resource};
 use portcullis::reference::{Algorithm, Digest, Reference, RepositoryName, Tag};

@@ -299,9 +299,13 @@ impl Identities {
             // No accounts: credentials mean nothing, the caller is anonymous.
             return Ok(anonymous);
         }
-        let (scheme, value) = header.trim().split_once(' ').ok_or(AuthError::Malformed)?;
+        let Some((scheme, value)) = header.trim().split_once(' ') else {
+            return Err(self.malformed(peer));
+        };
         let login = if scheme.eq_ignore_ascii_case("basic") {
-            let (user, password) = parse_basic(value).ok_or(AuthError::Malformed)?;
+            let Some((user, password)) = parse_basic(value) else {
+                return Err(self.malformed(peer));
+            };
             if user.is_empty() && password.is_empty() {
                 // podman and skopeo answer a challenge with empty credentials.
                 return Ok(anonymous);
@@ -310,7 +314,7 @@ impl Identities {
         } else if scheme.eq_ignore_ascii_case("bearer") {
             self.bearer(value.trim(), peer).await?
         } else {
-            return Err(AuthError::Malformed);
+            return Err(self.malformed(peer));
         };
         Ok(Presented {
             identity: login.identity,
@@ -596,6 +600,16 @@ impl Identities {
     fn failed(&self, user: &str, peer: IpAddr, reason: &str) -> AuthError {
         tracing::warn!(target: "portcullis::auth", user, client = %peer, reason, "login failed");
         AuthError::BadCredentials
+    }
+
+    fn malformed(&self, peer: IpAddr) -> AuthError {
+        tracing::warn!(
+            target: "portcullis::auth",
+            client = %peer,
+            reason = "the Authorization header is neither Basic credentials nor a Bearer token",
+            "login failed"
+        );
+        AuthError::Malformed
     }
 
     fn bad_token(&self, peer: IpAddr, reason: String) -> AuthError {

@@ -186,9 +186,12 @@ impl Robots {
             Some(record) => record,
             None => {
                 let record = read(&self.storage, id).await.ok()??;
-                let mut map = HashMap::clone(&self.known.load());
-                map.insert(id.to_owned(), record.clone());
-                self.known.store(Arc::new(map));
+                // rcu: a refresh that lands meanwhile is not undone.
+                self.known.rcu(|map| {
+                    let mut map = HashMap::clone(map);
+                    map.insert(id.to_owned(), record.clone());
+                    map
+                });
                 record
             }
         };
