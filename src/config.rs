@@ -137,10 +137,16 @@ pub struct OidcConfig {
     /// The claim that names the user.
     #[serde(default = "default_user_claim")]
     pub user_claim: String,
+    /// Put before every user name from this issuer (`github:`): set it for
+    /// an issuer anyone can get tokens from, so its users cannot take the
+    /// names of others. A name equal to an htpasswd account is refused.
+    #[serde(default)]
+    pub user_prefix: String,
     /// The claim that lists the user's groups (a list, or one string).
     #[serde(default = "default_groups_claim")]
     pub groups_claim: String,
-    /// Put before every group from the claim (`oidc:` keeps them apart from `[groups]`).
+    /// Put before every group from the claim (`github:`): set it for an
+    /// issuer whose groups its users choose, so they cannot claim yours.
     #[serde(default)]
     pub group_prefix: String,
     /// CA certificates (PEM) for an issuer not under public TLS (a k3s API server).
@@ -729,6 +735,12 @@ impl Config {
             if !oidc_issuer_allowed(&oidc.issuer) {
                 return invalid(format!(
                     "[[auth.oidc]] issuer = {:?}: an https:// URL (http:// only on loopback)",
+                    oidc.issuer
+                ));
+            }
+            if oidc.jwks_refetch < Duration::from_secs(1) {
+                return invalid(format!(
+                    "[[auth.oidc]] {}: jwks_refetch must be at least 1s",
                     oidc.issuer
                 ));
             }

@@ -100,7 +100,11 @@ impl Server {
         let accounts = Arc::clone(&auth);
         let policies = Arc::new(
             ChainHolder::new(chain, engine, config_file, Arc::clone(&metrics)).on_reload(Box::new(
-                move |config: &Config| accounts.reload(config).map_err(|e| e.to_string()),
+                move |config: &Config| {
+                    let prepared = accounts.prepare(config).map_err(|e| e.to_string())?;
+                    let accounts = Arc::clone(&accounts);
+                    Ok(Box::new(move || accounts.commit(prepared)) as Box<dyn FnOnce() + Send>)
+                },
             )),
         );
         if watch.is_some() {

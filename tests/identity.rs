@@ -19,6 +19,9 @@
 //! | a revoked robot token, and tokens minted from it      | 401 within `auth.robot_token_refresh`      |
 //! | a refresh token after its robot token was revoked     | 401 at `/token`                            |
 //! | a refresh token as a Bearer token; an access token as a refresh token | 401                    |
+//! | the registry's own access token as a password (to stretch an ID token) | 401 at `/token`       |
+//! | an ID token whose subject is an htpasswd user's name  | 401 (set `user_prefix` for that issuer)    |
+//! | an ID token that ends within a minute                 | 401 at `/token`: log in again              |
 //! | garbage, `Bearer` with nothing, another scheme        | 401                                        |
 
 mod common;
@@ -58,6 +61,7 @@ fn oidc(issuer: &str) -> OidcConfig {
         issuer: issuer.into(),
         audience: "portcullis".into(),
         user_claim: "sub".into(),
+        user_prefix: String::new(),
         groups_claim: "groups".into(),
         group_prefix: String::new(),
         ca_file: None,
@@ -581,6 +585,23 @@ async fn id_tokens_log_in_push_where_their_group_may_and_key_rotation_is_followe
     .await;
     expect_error(elsewhere, 403, "DENIED").await;
 
+    // Our own access token is not a password: an ID token cannot be
+    // stretched into a 30-day refresh token that way.
+    let stretched = get_token(&registry, Some(("anything", access)), "offline_token=true").await;
+    assert_eq!(stretched.status(), StatusCode::UNAUTHORIZED);
+    // A subject that is an htpasswd account's name is not that account.
+    let impostor = provider
+        .mint(json!({ "sub": "alice", "aud": "portcullis", "groups": ["ops"] }))
+        .await;
+    let impostor = get_token(&registry, Some(("alice", &impostor)), "").await;
+    assert_eq!(impostor.status(), StatusCode::UNAUTHORIZED);
+    // An ID token about to end gets no token (docker would hold on to it).
+    let ending = provider
+        .mint(json!({ "sub": "ci-job", "aud": "portcullis", "exp_in": 30 }))
+        .await;
+    let ending = get_token(&registry, Some(("anything", &ending)), "").await;
+    assert_eq!(ending.status(), StatusCode::UNAUTHORIZED);
+
     // The provider rotates its key: the next token is verified without a restart.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let kid = provider.rotate().await;
@@ -844,6 +865,19 @@ async fn groups_and_htpasswd_changes_hold_within_3s_under_load() {
 
     // A broken htpasswd file keeps the accounts in force.
     std::fs::write(&htpasswd, "this line is not an entry\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        push("alice", "alice-pw", "team-b/app").await,
+        StatusCode::ACCEPTED
+    );
+    std::fs::write(&htpasswd, &text).unwrap();
+    // Accounts and chain change together: alice leaves ops in a config whose
+    // chain does not load, and stays in ops with the chain in force.
+    std::fs::write(
+        &config_path,
+        reload_config(&data, &htpasswd, &["bob"]).replace("builtin:group-access", "builtin:nope"),
+    )
+    .unwrap();
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(
         push("alice", "alice-pw", "team-b/app").await,

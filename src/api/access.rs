@@ -134,6 +134,7 @@ pub async fn identify(
             e.to_string(),
         )),
         Err(e @ AuthError::Throttled { .. }) => Err(throttled(e)),
+        Err(e @ AuthError::Signing(_)) => Err(ApiError::new(ErrorCode::Unknown, e.to_string())),
     }
 }
 

@@ -27,8 +27,10 @@ use crate::policy::request::Resource;
 use crate::policy::Access;
 use crate::reference::RepositoryName;
 
-/// Scopes looked at per request, and the form body's size.
+/// Scopes looked at per request, policy evaluations they may cost, and the
+/// form body's size.
 const MAX_SCOPES: usize = 32;
+const MAX_EVALUATIONS: usize = 16;
 const MAX_FORM: usize = 64 * 1024;
 
 pub async fn handle(State(state): State<SharedState>, request: Request) -> Response {
@@ -68,7 +70,17 @@ async fn token(state: SharedState, request: Request) -> ApiResult {
             respond(issued, false)
         }
         Method::POST => {
-            let form = read_form(body).await?;
+            let idle = state.config.limits.body_idle_timeout;
+            let form = match tokio::time::timeout(idle, read_form(body)).await {
+                Ok(form) => form?,
+                Err(_) => {
+                    return Err(ApiError::new(
+                        ErrorCode::Unsupported,
+                        "the form did not arrive in time",
+                    )
+                    .with_status(StatusCode::REQUEST_TIMEOUT))
+                }
+            };
             let params = pairs(&form);
             check_service(&state, &params)?;
             let login = match first(&params, "grant_type") {
@@ -184,7 +196,9 @@ async fn grant(
     scopes: &[&str],
     offline: bool,
 ) -> ApiResult<(String, crate::identity::Issued)> {
-    let scopes: Vec<&str> = scopes.iter().copied().filter(|s| !s.is_empty()).collect();
+    let mut scopes: Vec<&str> = scopes.iter().copied().filter(|s| !s.is_empty()).collect();
+    scopes.sort_unstable();
+    scopes.dedup();
     if scopes.len() > MAX_SCOPES {
         return Err(ApiError::new(
             ErrorCode::Unsupported,
@@ -199,8 +213,11 @@ async fn grant(
         realm: realm.to_owned(),
     };
     let mut access = Vec::new();
+    // A hint only: past the budget, scopes are listed with nothing granted
+    // (the requests themselves are still decided one by one).
+    let mut budget = MAX_EVALUATIONS;
     for scope in scopes {
-        if let Some(entry) = decide(state, &caller, scope).await {
+        if let Some(entry) = decide(state, &caller, scope, &mut budget).await {
             access.push(entry);
         }
     }
@@ -212,7 +229,10 @@ async fn grant(
     let issued = state
         .auth
         .issue(login, access, offline)
-        .map_err(|e| ApiError::new(ErrorCode::Unknown, e.to_string()))?;
+        .map_err(|e| match e {
+            AuthError::Signing(_) => ApiError::new(ErrorCode::Unknown, e.to_string()),
+            refusal => refused(realm, refusal),
+        })?;
     tracing::info!(
         target: "portcullis::auth",
         user = login.identity.subject.as_deref().unwrap_or("anonymous"),
@@ -226,7 +246,12 @@ async fn grant(
 
 /// One scope (`repository:<name>:<actions>`, `registry:catalog:*`): the
 /// actions the chain allows, or `None` for a scope it cannot mean.
-async fn decide(state: &SharedState, caller: &Caller, scope: &str) -> Option<AccessEntry> {
+async fn decide(
+    state: &SharedState,
+    caller: &Caller,
+    scope: &str,
+    budget: &mut usize,
+) -> Option<AccessEntry> {
     let (kind, rest) = scope.split_once(':')?;
     let (name, actions) = rest.rsplit_once(':')?;
     // `repository(plugin)`: the class does not matter here.
@@ -260,6 +285,10 @@ async fn decide(state: &SharedState, caller: &Caller, scope: &str) -> Option<Acc
             "push" => Action::Push,
             _ => Action::Delete,
         };
+        if *budget == 0 {
+            break;
+        }
+        *budget -= 1;
         let access = Access::new(a, Resource::Manifest, repository.clone());
         if access::allows(state, caller, &access).await {
             granted.push(action.to_owned());

@@ -62,6 +62,8 @@ pub enum AuthError {
     BadToken(String),
     #[error("too many failed logins or logins at once; retry in {} s", retry_after.as_secs())]
     Throttled { retry_after: Duration },
+    #[error("cannot sign the token: {0}")]
+    Signing(String),
 }
 
 impl From<Throttled> for AuthError {
@@ -124,6 +126,23 @@ impl Accounts {
         groups.dedup();
         groups
     }
+}
+
+/// Accounts read from a new config, not yet in force.
+pub struct PreparedAccounts(Accounts);
+
+/// The longest user name looked at (longer ones are refused unverified).
+const MAX_USER: usize = 256;
+
+/// Which tokens a place accepts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Accept {
+    /// The registry's own (access or refresh) and issuers' ID tokens.
+    Any,
+    /// Only an OIDC issuer's token (a password at `/token`).
+    Issuer,
+    /// Only the registry's own (a refresh token).
+    Ours,
 }
 
 /// A caller who proved who they are (or chose not to), and how.
@@ -258,14 +277,26 @@ impl Identities {
         self.accounts.load().oidc.warm();
     }
 
-    /// Swaps in the accounts of `config`; on error the previous ones stay.
-    pub fn reload(&self, config: &Config) -> Result<(), IdentityError> {
+    /// Reads the accounts of `config` without putting them in force: the
+    /// first half of a reload, whose second half ([`commit`](Self::commit))
+    /// runs only if the policy chain loaded too.
+    pub fn prepare(&self, config: &Config) -> Result<PreparedAccounts, IdentityError> {
         let previous = self.accounts.load_full();
-        let accounts = Accounts::load(config, Some(&previous))?;
+        Ok(PreparedAccounts(Accounts::load(config, Some(&previous))?))
+    }
+
+    /// Puts prepared accounts in force; remembered password checks and
+    /// verified tokens they no longer vouch for are dropped.
+    pub fn commit(&self, prepared: PreparedAccounts) {
+        let accounts = prepared.0;
         self.passwords.retain_valid(accounts.passwords.as_ref());
         accounts.oidc.warm();
         self.accounts.store(Arc::new(accounts));
-        Ok(())
+        self.verified
+            .entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
     /// Whether callers are identified at all.
@@ -330,6 +361,9 @@ impl Identities {
         password: &str,
         peer: IpAddr,
     ) -> Result<Login, AuthError> {
+        if user.len() > MAX_USER {
+            return Err(self.failed("(too long)", peer, "the user name is too long"));
+        }
         if let Some((id, secret)) = robots::parse(password) {
             return self.robot_login(id, secret, peer).await;
         }
@@ -379,12 +413,14 @@ impl Identities {
     }
 
     async fn robot_login(&self, id: &str, secret: &str, peer: IpAddr) -> Result<Login, AuthError> {
-        let bucket = format!("robot:{id}");
-        self.throttle.admit_cheap(Some(&bucket), peer)?;
+        // Counted against the address only: a made-up id is the attacker's
+        // choice, and would let them fill the table of user names.
+        self.throttle.admit_cheap(None, peer)?;
         let Some(robot) = self.robots.verify(id, secret).await else {
-            return Err(self.failed(&bucket, peer, "unknown, revoked or expired robot token"));
+            let who = format!("robot:{id}");
+            return Err(self.failed(&who, peer, "unknown, revoked or expired robot token"));
         };
-        self.throttle.succeeded_cheap(Some(&bucket), peer);
+        self.throttle.succeeded_cheap(None, peer);
         let accounts = self.accounts.load();
         Ok(Login {
             identity: Identity {
@@ -399,9 +435,10 @@ impl Identities {
     }
 
     async fn oidc_login(&self, token: &str, peer: IpAddr) -> Result<Login, AuthError> {
-        match self.verify_token(token, peer).await? {
-            (login, TokenUse::Access) if login.source.starts_with("oidc:") => Ok(login),
-            _ => Err(self.failed("", peer, "not an ID token of a trusted issuer")),
+        match self.verify_token(token, peer, Accept::Issuer).await {
+            Ok((login, TokenUse::Access)) => Ok(login),
+            Err(e @ AuthError::Throttled { .. }) => Err(e),
+            _ => Err(self.failed("", peer, "not a valid token of a trusted issuer")),
         }
     }
 
@@ -411,7 +448,7 @@ impl Identities {
         if let Some((id, secret)) = robots::parse(token) {
             return self.robot_login(id, secret, peer).await;
         }
-        match self.verify_token(token, peer).await? {
+        match self.verify_token(token, peer, Accept::Any).await? {
             (login, TokenUse::Access) => Ok(login),
             (_, TokenUse::Refresh) => Err(AuthError::BadToken(
                 "a refresh token is only good at /token".into(),
@@ -421,7 +458,7 @@ impl Identities {
 
     /// `POST /token` with `grant_type=refresh_token`.
     pub async fn refresh(&self, token: &str, peer: IpAddr) -> Result<Login, AuthError> {
-        match self.verify_token(token, peer).await? {
+        match self.verify_token(token, peer, Accept::Ours).await? {
             (login, TokenUse::Refresh) => Ok(login),
             _ => Err(AuthError::BadToken("not a refresh token".into())),
         }
@@ -433,6 +470,7 @@ impl Identities {
         &self,
         token: &str,
         peer: IpAddr,
+        accept: Accept,
     ) -> Result<(Login, TokenUse), AuthError> {
         let key: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
         let entry = match self.verified.get(&key) {
@@ -449,17 +487,38 @@ impl Identities {
                 entry
             }
         };
-        let accounts = self.accounts.load();
+        let accounts = self.accounts.load_full();
         match &*entry {
+            CachedToken::Ours(_) if accept == Accept::Issuer => {
+                Err(self.bad_token(peer, "the registry's own token is not a password".into()))
+            }
+            CachedToken::Oidc { .. } if accept == Accept::Ours => {
+                Err(self.bad_token(peer, "not one of the registry's tokens".into()))
+            }
             CachedToken::Ours(claims) => {
                 let login = self
                     .still_valid(&accounts, claims)
+                    .await
                     .map_err(|reason| self.bad_token(peer, reason.to_owned()))?;
                 Ok((login, claims.token_use))
             }
             CachedToken::Oidc { issuer, login } => {
                 if accounts.oidc.get(issuer).is_none() {
                     return Err(self.bad_token(peer, "the issuer is no longer trusted".into()));
+                }
+                if accounts
+                    .passwords
+                    .as_ref()
+                    .is_some_and(|p| p.has_user(&login.user))
+                {
+                    return Err(self.bad_token(
+                        peer,
+                        format!(
+                            "the issuer's user {:?} is also an htpasswd account; \
+                             set user_prefix for this issuer",
+                            login.user
+                        ),
+                    ));
                 }
                 Ok((
                     Login {
@@ -505,7 +564,7 @@ impl Identities {
     }
 
     /// Whether the source of one of our tokens still vouches for it.
-    fn still_valid(
+    async fn still_valid(
         &self,
         accounts: &Accounts,
         claims: &TokenClaims,
@@ -525,7 +584,7 @@ impl Identities {
                 return Err("the password changed");
             }
         } else if let Some(id) = src.strip_prefix("robot:") {
-            if !self.robots.active(id) {
+            if !self.robots.active(id).await {
                 return Err("the robot token was revoked or expired");
             }
         } else if let Some(issuer) = src.strip_prefix("oidc:") {
@@ -543,7 +602,11 @@ impl Identities {
             },
             source: src.to_owned(),
             asserted_groups: claims.groups.clone(),
-            not_after: None,
+            // A refresh token's own end bounds what is minted from it.
+            not_after: match claims.token_use {
+                TokenUse::Refresh => Some(claims.nat.map_or(claims.exp, |n| n.min(claims.exp))),
+                TokenUse::Access => claims.nat,
+            },
             version: claims.ver.clone(),
         })
     }
@@ -562,18 +625,29 @@ impl Identities {
         offline: bool,
     ) -> Result<Issued, AuthError> {
         let sub = login.identity.subject.as_deref().unwrap_or("");
-        let failed = |e: jwt::KeyError| AuthError::BadToken(format!("cannot sign: {e}"));
+        let failed = |e: jwt::KeyError| AuthError::Signing(e.to_string());
         let now = jwt::now();
         let bounded = |lifetime: i64| match login.not_after {
             Some(end) => lifetime.min(end.saturating_sub(now)).max(1),
             None => lifetime,
         };
+        if login
+            .not_after
+            .is_some_and(|end| end.saturating_sub(now) < 60)
+        {
+            // docker takes any expiry under a minute as a minute, and would
+            // keep sending a token already refused: log in again instead.
+            return Err(AuthError::BadToken(
+                "the credential expires within a minute; get a new one".into(),
+            ));
+        }
         let lifetime = bounded(self.token_ttl);
         let mut claims = self
             .tokens
             .claims(TokenUse::Access, sub, &login.source, lifetime);
         claims.access = access;
         claims.groups = login.asserted_groups.clone();
+        claims.nat = login.not_after;
         let token = self.tokens.sign(&claims).map_err(failed)?;
         let refresh_token = if offline && !login.identity.is_anonymous() {
             let mut refresh = self.tokens.claims(
@@ -584,6 +658,7 @@ impl Identities {
             );
             refresh.groups = login.asserted_groups.clone();
             refresh.ver = login.version.clone();
+            refresh.nat = login.not_after;
             Some(self.tokens.sign(&refresh).map_err(failed)?)
         } else {
             None

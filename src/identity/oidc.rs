@@ -115,7 +115,11 @@ impl Issuer {
         if self.config.jwks_file.is_some() {
             return Ok(());
         }
-        let _one = self.fetching.lock().await;
+        // One fetch at a time; callers arriving meanwhile do not queue
+        // behind a slow issuer (their token names a key not known yet).
+        let Ok(_one) = self.fetching.try_lock() else {
+            return Ok(());
+        };
         {
             let last = self.last_fetch.lock().unwrap_or_else(|p| p.into_inner());
             if last.is_some_and(|t| t.elapsed() < self.config.jwks_refetch) {
@@ -188,8 +192,11 @@ impl Issuer {
             None => {
                 // Unknown yet: maybe rotated, or never fetched.
                 let _ = self.refetch().await;
-                self.key(kid.as_deref())
-                    .ok_or(OidcError::Token(JwtError::UnknownKey(kid)))?
+                self.key(kid.as_deref()).ok_or_else(|| {
+                    OidcError::Token(JwtError::UnknownKey(
+                        kid.map(|k| k.chars().take(32).collect()),
+                    ))
+                })?
             }
         };
         let claims = token.verify(&key)?;
@@ -208,6 +215,7 @@ impl Issuer {
         if !usable_name(&user) {
             return Err(OidcError::Claim(self.config.user_claim.clone()));
         }
+        let user = format!("{}{user}", self.config.user_prefix);
         let listed: Vec<&str> = match claims.get(&self.config.groups_claim) {
             Some(serde_json::Value::Array(list)) => {
                 list.iter().filter_map(|g| g.as_str()).collect()

@@ -95,12 +95,14 @@ pub async fn create(
     Ok((record, format!("{PREFIX}{id}_{secret}")))
 }
 
-/// Every stored token.
+/// Every stored token (one that cannot be read is skipped, with a warning).
 pub async fn list(storage: &Storage) -> Result<Vec<RobotToken>, StorageError> {
     let mut tokens = Vec::new();
     for id in storage.list_records(RecordKind::Tokens).await? {
-        if let Some(record) = read(storage, &id).await? {
-            tokens.push(record);
+        match read(storage, &id).await {
+            Ok(Some(record)) => tokens.push(record),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(id, error = %e, "cannot read a robot token; skipped"),
         }
     }
     Ok(tokens)
@@ -133,11 +135,19 @@ pub async fn revoke(storage: &Storage, id: &str) -> Result<bool, StorageError> {
     Ok(existed)
 }
 
+/// Unknown ids remembered as unknown, so a flood of made-up ones costs one
+/// store read each per refresh period, not one per request.
+const MISSES: usize = 10_000;
+
 /// The tokens one replica knows, kept current from the store.
 pub struct Robots {
     storage: Storage,
     known: ArcSwap<HashMap<String, RobotToken>>,
     uses: Mutex<HashMap<String, Instant>>,
+    misses: Mutex<HashMap<String, Instant>>,
+    /// When the list was last read whole, and how often it should be.
+    refreshed: Mutex<Option<Instant>>,
+    every: Mutex<Duration>,
 }
 
 impl Robots {
@@ -146,6 +156,9 @@ impl Robots {
             storage,
             known: ArcSwap::from_pointee(HashMap::new()),
             uses: Mutex::new(HashMap::new()),
+            misses: Mutex::new(HashMap::new()),
+            refreshed: Mutex::new(None),
+            every: Mutex::new(Duration::from_secs(10)),
         }
     }
 
@@ -155,11 +168,17 @@ impl Robots {
         let map: HashMap<_, _> = tokens.into_iter().map(|t| (t.id.clone(), t)).collect();
         let n = map.len();
         self.known.store(Arc::new(map));
+        self.misses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        *self.refreshed.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         Ok(n)
     }
 
     /// Refreshes every `every` until the process ends.
     pub fn spawn_refresh(self: &Arc<Self>, every: Duration) {
+        *self.every.lock().unwrap_or_else(|p| p.into_inner()) = every;
         let robots = Arc::clone(self);
         tokio::spawn(async move {
             loop {
@@ -171,30 +190,64 @@ impl Robots {
         });
     }
 
-    /// Whether the token `id` exists and has not expired.
-    pub fn active(&self, id: &str) -> bool {
-        self.known
-            .load()
-            .get(id)
+    /// Whether the list is current: read within three refresh periods. A
+    /// replica that cannot read the store stops accepting robot tokens
+    /// rather than honour revoked ones indefinitely.
+    fn current(&self) -> bool {
+        let every = *self.every.lock().unwrap_or_else(|p| p.into_inner());
+        self.refreshed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|t| t.elapsed() < every * 3)
+    }
+
+    /// The record of `id`: from the list, else from the store (a token made
+    /// since the last refresh, perhaps on another replica).
+    async fn record(&self, id: &str) -> Option<RobotToken> {
+        if !self.current() {
+            tracing::warn!(
+                id,
+                "robot tokens refused: the list could not be re-read from the store"
+            );
+            return None;
+        }
+        if let Some(record) = self.known.load().get(id) {
+            return Some(record.clone());
+        }
+        {
+            let misses = self.misses.lock().unwrap_or_else(|p| p.into_inner());
+            if misses.contains_key(id) {
+                return None;
+            }
+        }
+        let Ok(Some(record)) = read(&self.storage, id).await else {
+            let mut misses = self.misses.lock().unwrap_or_else(|p| p.into_inner());
+            if misses.len() >= MISSES {
+                misses.clear();
+            }
+            misses.insert(id.to_owned(), Instant::now());
+            return None;
+        };
+        // rcu: a refresh that lands meanwhile is not undone.
+        self.known.rcu(|map| {
+            let mut map = HashMap::clone(map);
+            map.insert(id.to_owned(), record.clone());
+            map
+        });
+        Some(record)
+    }
+
+    /// Whether the token `id` exists and has not expired (checked on every
+    /// use of a token minted from it).
+    pub async fn active(&self, id: &str) -> bool {
+        self.record(id)
+            .await
             .is_some_and(|t| !t.expired(jwt::now()))
     }
 
     /// The token a `pcr_` credential is, if its secret matches.
     pub async fn verify(&self, id: &str, secret: &str) -> Option<RobotToken> {
-        let known = self.known.load().get(id).cloned();
-        let record = match known {
-            Some(record) => record,
-            None => {
-                let record = read(&self.storage, id).await.ok()??;
-                // rcu: a refresh that lands meanwhile is not undone.
-                self.known.rcu(|map| {
-                    let mut map = HashMap::clone(map);
-                    map.insert(id.to_owned(), record.clone());
-                    map
-                });
-                record
-            }
-        };
+        let record = self.record(id).await?;
         let same: bool = hash(secret)
             .as_bytes()
             .ct_eq(record.secret_sha256.as_bytes())

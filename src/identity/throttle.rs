@@ -71,9 +71,10 @@ impl LoginThrottle {
     ) -> Result<SemaphorePermit<'_>, Throttled> {
         let now = Instant::now();
         let address = address_key(address);
-        self.users.take(user.to_owned(), now)?;
-        if let Err(refused) = self.addresses.take(address, now) {
-            self.users.give_back(user);
+        // The address first: a client already refused adds no user bucket.
+        self.addresses.take(address, now)?;
+        if let Err(refused) = self.users.take(user.to_owned(), now) {
+            self.addresses.give_back(&address);
             return Err(refused);
         }
         match tokio::time::timeout(SLOT_WAIT, self.slots.acquire()).await {
@@ -95,14 +96,12 @@ impl LoginThrottle {
     pub fn admit_cheap(&self, user: Option<&str>, address: IpAddr) -> Result<(), Throttled> {
         let now = Instant::now();
         let key = address_key(address);
+        self.addresses.take(key, now)?;
         if let Some(user) = user {
-            self.users.take(user.to_owned(), now)?;
-        }
-        if let Err(refused) = self.addresses.take(key, now) {
-            if let Some(user) = user {
-                self.users.give_back(user);
+            if let Err(refused) = self.users.take(user.to_owned(), now) {
+                self.addresses.give_back(&key);
+                return Err(refused);
             }
-            return Err(refused);
         }
         Ok(())
     }

@@ -59,6 +59,11 @@ pub struct TokenClaims {
     /// change of password ends it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ver: Option<String>,
+    /// When the credential the token came from ends (an ID token's `exp`,
+    /// a robot token's expiry): no token minted from it, nor any minted
+    /// from those, outlives it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat: Option<i64>,
 }
 
 pub struct TokenService {
@@ -125,13 +130,16 @@ impl TokenService {
             src: src.to_owned(),
             groups: None,
             ver: None,
+            nat: None,
         }
     }
 
     /// Verifies one of our tokens: our key, issuer and audience, in its time.
     pub fn verify(&self, token: Unverified) -> Result<TokenClaims, JwtError> {
         if token.kid.as_deref() != Some(self.kid.as_str()) {
-            return Err(JwtError::UnknownKey(token.kid.clone()));
+            return Err(JwtError::UnknownKey(
+                token.kid.as_deref().map(|k| k.chars().take(32).collect()),
+            ));
         }
         let claims = token.verify(&self.jwk)?;
         if claims.get("iss").and_then(|v| v.as_str()) != Some(self.issuer.as_str()) {
@@ -145,11 +153,24 @@ impl TokenService {
     }
 }
 
+/// Reads a private key, refusing one that everyone on the host can read.
 fn read_key(path: &Path) -> Result<Vec<u8>, IdentityError> {
-    std::fs::read(path).map_err(|source| IdentityError::Read {
+    use std::os::unix::fs::PermissionsExt as _;
+    let read_error = |source| IdentityError::Read {
         path: path.display().to_string(),
         source,
-    })
+    };
+    let mode = std::fs::metadata(path)
+        .map_err(read_error)?
+        .permissions()
+        .mode();
+    if mode & 0o004 != 0 {
+        return Err(IdentityError::Key(format!(
+            "{} is readable by every user of this host; chmod o-r it (0600, or 0640 for a group)",
+            path.display()
+        )));
+    }
+    std::fs::read(path).map_err(read_error)
 }
 
 /// The generated key: read if there, else made with mode 0600 (created
@@ -158,8 +179,8 @@ fn generated_key(path: &Path) -> Result<Vec<u8>, IdentityError> {
     use std::io::Write as _;
     use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
     if let Ok(meta) = std::fs::metadata(path) {
-        if meta.permissions().mode() & 0o077 != 0 {
-            tracing::warn!(key = %path.display(), "the token-signing key is readable by others; chmod 600 it");
+        if meta.permissions().mode() & 0o070 != 0 {
+            tracing::warn!(key = %path.display(), "the token-signing key is readable by its group; chmod 600 it");
         }
         return read_key(path);
     }

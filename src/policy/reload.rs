@@ -13,9 +13,12 @@ use super::engine::PolicyEngine;
 use crate::config::Config;
 use crate::metrics::Metrics;
 
-/// What else a reload re-reads from the new config (the accounts): an
-/// error is logged and leaves that part as it was; the chain still reloads.
-pub type ReloadHook = Box<dyn Fn(&Config) -> Result<(), String> + Send + Sync>;
+/// What else a reload re-reads from the new config (the accounts), in two
+/// halves: the hook reads and checks (an error fails the whole reload), and
+/// the closure it returns puts the result in force, called only once the
+/// chain loaded too, so accounts and chain always change together.
+pub type ReloadHook =
+    Box<dyn Fn(&Config) -> Result<Box<dyn FnOnce() + Send>, String> + Send + Sync>;
 
 /// The chain in force. Requests load it once and finish on it, whatever swaps happen meanwhile.
 pub struct ChainHolder {
@@ -71,18 +74,16 @@ impl ChainHolder {
     fn rebuild(&self) -> Result<Vec<String>, String> {
         let config = Config::load(self.config_file.as_deref()).map_err(|e| e.to_string())?;
         self.watch_files(account_files(&config));
-        if let Some(hook) = &self.hook {
-            match hook(&config) {
-                Ok(()) => tracing::info!("accounts reloaded"),
-                Err(e) => tracing::error!(
-                    error = %e,
-                    "accounts reload failed; the previous accounts stay in force"
-                ),
-            }
-        }
+        let commit = match &self.hook {
+            Some(hook) => Some(hook(&config).map_err(|e| format!("accounts: {e}"))?),
+            None => None,
+        };
         let chain =
             PolicyChain::load(Arc::clone(&self.engine), &config).map_err(|e| e.to_string())?;
         let names = chain.names().iter().map(|s| s.to_string()).collect();
+        if let Some(commit) = commit {
+            commit();
+        }
         self.current.store(Arc::new(chain));
         Ok(names)
     }
@@ -187,11 +188,13 @@ impl ChainHolder {
         let holder = Arc::clone(self);
         let result = tokio::task::spawn_blocking(move || holder.reload()).await;
         match result {
-            Ok(Ok(names)) => tracing::info!(policies = ?names, "policy chain reloaded"),
+            Ok(Ok(names)) => {
+                tracing::info!(policies = ?names, "policy chain and accounts reloaded")
+            }
             Ok(Err(e)) => tracing::error!(
                 config = ?self.config_file,
                 error = %e,
-                "policy reload failed; the previous chain stays in force"
+                "reload failed; the previous policy chain and accounts stay in force"
             ),
             Err(e) => tracing::error!(error = %e, "policy reload task failed"),
         }
@@ -216,9 +219,12 @@ impl Relevant {
         let is_policy = path.parent().is_some_and(|p| {
             p == self.policy_dir || p.canonicalize().is_ok_and(|p| p == self.policy_dir)
         }) && path.extension().is_some_and(|e| e == "wasm");
-        let is_account_file = path
-            .file_name()
-            .is_some_and(|name| self.extra_files.iter().any(|f| f == name));
+        // A Kubernetes Secret or ConfigMap volume changes by swapping its
+        // `..data` link: no event names the file itself.
+        let is_account_file = path.file_name().is_some_and(|name| {
+            self.extra_files.iter().any(|f| f == name)
+                || (!self.extra_files.is_empty() && name.to_string_lossy().starts_with("..data"))
+        });
         is_config || is_policy || is_account_file
     }
 }
