@@ -125,11 +125,17 @@ for target in "${targets[@]}"; do
         verdict="CRASHED (exit $status)"
         {
             echo "fuzz: $target crashed:"
-            grep -E -A4 "panicked at|ERROR: libFuzzer|ERROR: AddressSanitizer|SUMMARY:" \
-                "$work/$target.log" | cut -c1-500 | head -n 40
+            # Whatever ended the run: the sanitizer's or libFuzzer's words,
+            # else the log's last lines (a binary that did not start).
+            if grep -qE "panicked at|ERROR: libFuzzer|ERROR: AddressSanitizer|SUMMARY:" "$work/$target.log"; then
+                grep -E -A4 "panicked at|ERROR: libFuzzer|ERROR: AddressSanitizer|SUMMARY:" \
+                    "$work/$target.log" | cut -c1-500 | head -n 40
+            else
+                tail -n 20 "$work/$target.log" | cut -c1-500
+            fi
             grep -E -A2 "^Reproduce with:" "$work/$target.log" || true
             echo "fuzz: reproducers in fuzz/artifacts/$target/:"
-            ls -1 "artifacts/$target"
+            ls -1 "artifacts/$target" || true
         } >&2
     fi
     summary+=("$(printf '%-16s %12s execs %8s/s  cov %6s  %4d s  %s' "$target" "$execs" \
