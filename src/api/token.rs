@@ -61,11 +61,7 @@ async fn token(state: SharedState, request: Request) -> ApiResult {
             check_service(&state, &params)?;
             let login = basic_login(&state, &parts.headers, ip, &realm).await?;
             let offline = first(&params, "offline_token") == Some("true");
-            let scopes: Vec<&str> = params
-                .iter()
-                .filter(|(k, _)| k == "scope")
-                .flat_map(|(_, v)| v.split(' '))
-                .collect();
+            let scopes = scopes_of(&params);
             let issued = grant(&state, &login, ip, &realm, &scopes, offline).await?;
             respond(issued, false)
         }
@@ -113,11 +109,7 @@ async fn token(state: SharedState, request: Request) -> ApiResult {
                 }
             };
             let offline = first(&params, "access_type") == Some("offline");
-            let scopes: Vec<&str> = params
-                .iter()
-                .filter(|(k, _)| k == "scope")
-                .flat_map(|(_, v)| v.split(' '))
-                .collect();
+            let scopes = scopes_of(&params);
             let mut issued = grant(&state, &login, ip, &realm, &scopes, offline).await?;
             if first(&params, "grant_type") == Some("refresh_token") {
                 // The stored refresh token stays the client's credential.
@@ -368,6 +360,15 @@ fn pairs(raw: &str) -> Vec<(String, String)> {
             };
             (decode(k), decode(v))
         })
+        .collect()
+}
+
+/// Every `scope` value (repeated, as docker sends them, or space-separated, as OAuth2 does).
+fn scopes_of(params: &[(String, String)]) -> Vec<&str> {
+    params
+        .iter()
+        .filter(|(k, _)| k == "scope")
+        .flat_map(|(_, v)| v.split(' '))
         .collect()
 }
 

@@ -66,6 +66,28 @@ check() {
     fi
 }
 
+# output_has DESCRIPTION ERE FILE: FILE (a client's output) matches ERE,
+# ignoring case; the matching line is shown.
+output_has() {
+    if grep -qiE "$2" "$3"; then
+        ok "$1"
+        grep -m1 -iE "$2" "$3" | cut -c1-240 | sed 's/^/#   /'
+    else
+        not_ok "$1" "$3"
+    fi
+}
+
+# refused DESCRIPTION ERE COMMAND...: COMMAND (run bounded) fails, and says ERE.
+refused() {
+    local description=$1 ere=$2
+    shift 2
+    if bounded "$@" >"$WORK/last.log" 2>&1; then
+        not_ok "$description" "$WORK/last.log"
+    else
+        output_has "$description" "$ere" "$WORK/last.log"
+    fi
+}
+
 # expect_eq DESCRIPTION EXPECTED ACTUAL
 expect_eq() {
     if [[ -n $2 && $2 == "$3" ]]; then

@@ -13,26 +13,6 @@ done
 REPO=$(cd "$E2E_DIR/../.." && pwd)
 PASSWORD=change-me # examples/htpasswd's alice and bob
 
-# output_has DESCRIPTION ERE FILE: FILE (a client's output) matches ERE.
-output_has() {
-    if grep -qE "$2" "$3"; then
-        ok "$1"
-        grep -m1 -E "$2" "$3" | cut -c1-240 | sed 's/^/#   /'
-    else
-        not_ok "$1" "$3"
-    fi
-}
-# refused DESCRIPTION ERE COMMAND...: COMMAND fails, and says ERE.
-refused() {
-    local description=$1 ere=$2
-    shift 2
-    if bounded "$@" >"$WORK/last.log" 2>&1; then
-        not_ok "$description" "$WORK/last.log"
-    else
-        output_has "$description" "$ere" "$WORK/last.log"
-    fi
-}
-
 # --- a real OpenID provider (oauth2-mock-server)
 
 check "the OpenID provider is installed (tests/oidc.sh install)" bash "$REPO/tests/oidc.sh" install ||

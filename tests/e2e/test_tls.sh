@@ -36,15 +36,6 @@ CERTS_D=/etc/docker/certs.d/$REG
 expect_eq "the printed instructions put the CA in /etc/docker/certs.d/$REG/ca.crt" \
     "cp $TLS/ca.crt $CERTS_D/ca.crt" \
     "$(grep -oE 'cp [^ ]+/ca\.crt /etc/docker/certs\.d/[^ ]+' "$WORK/generate.log")"
-# output_has DESCRIPTION ERE FILE: FILE (a command's output) matches ERE, ignoring case.
-output_has() {
-    if grep -qiE "$2" "$3"; then
-        ok "$1"
-        grep -m1 -iE "$2" "$3" | cut -c1-240 | sed 's/^/#   /'
-    else
-        not_ok "$1" "$3"
-    fi
-}
 serial_of() { openssl x509 -noout -serial -in "$1" | cut -d= -f2; }
 FIRST_SERIAL=$(serial_of "$TLS/tls.crt")
 CA_SUM=$(sha256_of "$TLS/ca.crt")
