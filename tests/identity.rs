@@ -141,6 +141,32 @@ async fn with_bearer(
         .unwrap()
 }
 
+/// `POST /token` with an OAuth2 form body, as containerd sends it.
+async fn post_form(registry: &TestRegistry, body: String) -> reqwest::Response {
+    registry
+        .request(Method::POST, "/token")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// An API request with Basic credentials (curl, scripts).
+async fn with_basic(
+    registry: &TestRegistry,
+    method: Method,
+    path: &str,
+    (user, password): (&str, &str),
+) -> reqwest::Response {
+    registry
+        .request(method, path)
+        .basic_auth(user, Some(password))
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn the_token_service_serves_anonymous_callers_users_and_containerd() {
     let secrets = tempfile::tempdir().unwrap();
@@ -250,28 +276,21 @@ async fn the_token_service_serves_anonymous_callers_users_and_containerd() {
     .await;
     expect_error(refused, 403, "DENIED").await;
     // Basic credentials on API requests keep working (curl, scripts).
-    let basic = registry
-        .request(Method::POST, "/v2/team-a/app/blobs/uploads/")
-        .basic_auth("alice", Some("alice-pw"))
-        .send()
-        .await
-        .unwrap();
+    let basic = with_basic(
+        &registry,
+        Method::POST,
+        "/v2/team-a/app/blobs/uploads/",
+        ("alice", "alice-pw"),
+    )
+    .await;
     assert_eq!(basic.status(), StatusCode::ACCEPTED);
 
     // containerd: the OAuth2 form, password and refresh grants.
-    let form = |body: String| {
-        registry
-            .request(Method::POST, "/token")
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(body)
-    };
-    let password = form(
+    let password = post_form(
+        &registry,
         "grant_type=password&username=bob&password=bob-pw&service=portcullis&client_id=containerd-client&scope=repository%3Ateam-b%2Fapp%3Apull%2Cpush"
             .into(),
-    )
-    .send()
-    .await
-    .unwrap();
+    ).await;
     let password: Value = token_of(password).await;
     assert_eq!(password["scope"], "repository:team-b/app:pull,push");
     let bob = password["access_token"].as_str().unwrap();
@@ -286,21 +305,20 @@ async fn the_token_service_serves_anonymous_callers_users_and_containerd() {
         .status(),
         StatusCode::ACCEPTED
     );
-    let refreshed = form(format!(
+    let refreshed = post_form(&registry, format!(
         "grant_type=refresh_token&refresh_token={refresh}&service=portcullis&scope=repository%3Ateam-a%2Fapp%3Apush"
     ))
-    .send()
-    .await
-    .unwrap();
+    .await;
     let refreshed: Value = token_of(refreshed).await;
     assert_eq!(
         claims(refreshed["access_token"].as_str().unwrap())["sub"],
         "alice"
     );
-    let unknown_grant = form("grant_type=client_credentials&service=portcullis".into())
-        .send()
-        .await
-        .unwrap();
+    let unknown_grant = post_form(
+        &registry,
+        "grant_type=client_credentials&service=portcullis".into(),
+    )
+    .await;
     assert_eq!(unknown_grant.status(), StatusCode::BAD_REQUEST);
     let wrong_service = registry.get("/token?service=elsewhere").await;
     assert_eq!(wrong_service.status(), StatusCode::BAD_REQUEST);
@@ -491,13 +509,11 @@ async fn hostile_tokens_are_refused_with_a_challenge_and_quickly() {
         // hyper may close the connection after its 431, before reqwest reads it.
         Err(e) => eprintln!("1 MB header: connection ended ({e})"),
     }
-    let in_form = registry
-        .request(Method::POST, "/token")
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!("grant_type=password&username=x&password={huge}"))
-        .send()
-        .await
-        .unwrap();
+    let in_form = post_form(
+        &registry,
+        format!("grant_type=password&username=x&password={huge}"),
+    )
+    .await;
     assert_eq!(in_form.status(), StatusCode::PAYLOAD_TOO_LARGE);
 
     // A token of another registry: its own key and service name.
@@ -646,12 +662,13 @@ async fn robot_tokens_log_in_and_a_revocation_ends_them_and_their_tokens() {
         .contains(&secret[21..]));
 
     // As the password on API requests, and for docker login (with a refresh token).
-    let basic = registry
-        .request(Method::POST, "/v2/anything/app/blobs/uploads/")
-        .basic_auth("ci-bot", Some(&secret))
-        .send()
-        .await
-        .unwrap();
+    let basic = with_basic(
+        &registry,
+        Method::POST,
+        "/v2/anything/app/blobs/uploads/",
+        ("ci-bot", &secret),
+    )
+    .await;
     assert_eq!(basic.status(), StatusCode::ACCEPTED);
     let login = token_of(
         get_token(
@@ -666,13 +683,11 @@ async fn robot_tokens_log_in_and_a_revocation_ends_them_and_their_tokens() {
     let refresh = login["refresh_token"].as_str().unwrap().to_owned();
     // A refresh token is not an access token, nor the other way round.
     expect_invalid_token(&registry, "refresh as bearer", &refresh).await;
-    let swapped = registry
-        .request(Method::POST, "/token")
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!("grant_type=refresh_token&refresh_token={access}"))
-        .send()
-        .await
-        .unwrap();
+    let swapped = post_form(
+        &registry,
+        format!("grant_type=refresh_token&refresh_token={access}"),
+    )
+    .await;
     assert_eq!(swapped.status(), StatusCode::UNAUTHORIZED);
     // Its use is recorded.
     let mut used = None;
@@ -698,12 +713,13 @@ async fn robot_tokens_log_in_and_a_revocation_ends_them_and_their_tokens() {
             refused += usize::from(r.status() == StatusCode::UNAUTHORIZED);
         }
         for _ in 0..2 {
-            let r = registry
-                .request(Method::POST, "/v2/anything/app/blobs/uploads/")
-                .basic_auth("ci-bot", Some(&secret))
-                .send()
-                .await
-                .unwrap();
+            let r = with_basic(
+                &registry,
+                Method::POST,
+                "/v2/anything/app/blobs/uploads/",
+                ("ci-bot", &secret),
+            )
+            .await;
             refused += usize::from(r.status() == StatusCode::UNAUTHORIZED);
         }
         if refused == 4 {
@@ -715,20 +731,19 @@ async fn robot_tokens_log_in_and_a_revocation_ends_them_and_their_tokens() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let again = registry
-        .request(Method::POST, "/v2/anything/app/blobs/uploads/")
-        .basic_auth("ci-bot", Some(&secret))
-        .send()
-        .await
-        .unwrap();
+    let again = with_basic(
+        &registry,
+        Method::POST,
+        "/v2/anything/app/blobs/uploads/",
+        ("ci-bot", &secret),
+    )
+    .await;
     assert_eq!(again.status(), StatusCode::UNAUTHORIZED);
-    let refreshed = registry
-        .request(Method::POST, "/token")
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!("grant_type=refresh_token&refresh_token={refresh}"))
-        .send()
-        .await
-        .unwrap();
+    let refreshed = post_form(
+        &registry,
+        format!("grant_type=refresh_token&refresh_token={refresh}"),
+    )
+    .await;
     assert_eq!(refreshed.status(), StatusCode::UNAUTHORIZED);
     let login = get_token(&registry, Some(("ci-bot", &secret)), "").await;
     assert_eq!(login.status(), StatusCode::UNAUTHORIZED);
