@@ -7,7 +7,12 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const POLICIES: [&str; 3] = ["repo-allowlist", "group-access", "tag-immutability"];
+const POLICIES: [&str; 4] = [
+    "repo-allowlist",
+    "group-access",
+    "tag-immutability",
+    "signature",
+];
 
 fn main() {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));

@@ -214,8 +214,52 @@ pub struct PolicyConfig {
     pub recycle_after: u32,
     /// Compiled policies are cached here (default: `<storage.root>/portcullis/policy-cache`).
     pub cache_dir: Option<PathBuf>,
+    /// Lookups (referrers, manifests, blobs) one evaluation may make.
+    pub lookup_calls: u32,
+    /// Bytes all lookups of one evaluation may hand to the policy.
+    pub lookup_bytes: bytesize::ByteSize,
+    /// Largest blob a policy may look up.
+    pub lookup_blob_bytes: bytesize::ByteSize,
+    /// Where decisions are written, besides the in-memory ring.
+    pub decision_log: DecisionLogConfig,
     /// The ordered chain: every policy that applies must allow.
     pub chain: Vec<PolicyEntry>,
+}
+
+/// The decision log: one JSON line per decision (`policy::decisions`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionLogConfig {
+    /// Which decisions: `off`, `denials` (denials, failures and what audit
+    /// policies would deny) or `all`.
+    pub record: DecisionRecord,
+    /// A file to append to, or `-` for stderr; none keeps the ring only.
+    pub path: Option<PathBuf>,
+    /// Most recent decisions kept in memory per replica (for the web page).
+    pub ring: usize,
+    /// Longest line written; larger facts (annotations, labels, env) are
+    /// replaced by their digest to fit.
+    pub max_line_bytes: bytesize::ByteSize,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DecisionRecord {
+    Off,
+    Denials,
+    All,
+}
+
+/// What a chain entry's denials do.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyMode {
+    /// Denials refuse the request.
+    #[default]
+    Enforce,
+    /// Denials are logged and counted (outcome `audit-deny`); the request
+    /// goes on to the next policy. For rolling out a policy.
+    Audit,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -232,6 +276,9 @@ pub struct PolicyEntry {
     pub actions: Option<Vec<Action>>,
     /// Only requests for matching repositories are sent to it (globs, `!` excludes).
     pub repositories: Option<Vec<String>>,
+    /// `enforce` (the default) or `audit`.
+    #[serde(default)]
+    pub mode: PolicyMode,
 }
 
 fn empty_settings() -> serde_json::Value {
@@ -490,6 +537,15 @@ impl Default for Config {
                 timeout: Duration::from_secs(2),
                 recycle_after: 10_000,
                 cache_dir: None,
+                lookup_calls: 16,
+                lookup_bytes: bytesize::ByteSize::mib(1),
+                lookup_blob_bytes: bytesize::ByteSize::kib(64),
+                decision_log: DecisionLogConfig {
+                    record: DecisionRecord::Denials,
+                    path: None,
+                    ring: 1000,
+                    max_line_bytes: bytesize::ByteSize::kib(16),
+                },
                 chain: Vec::new(),
             },
             external_url: None,

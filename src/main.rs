@@ -8,9 +8,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tracing_subscriber::EnvFilter;
 
 use portcullis::config::Config;
-use portcullis::policy::chain::test_policy;
-use portcullis::policy::request::JsonRequest;
-use portcullis::policy::{Limits, Outcome, PolicyChain, PolicyEngine};
+use portcullis::policy::{authoring, scaffold};
+use portcullis::policy::{PolicyChain, PolicyEngine};
 use portcullis::server::{shutdown_signal, Server};
 use portcullis::storage::Storage;
 
@@ -128,6 +127,19 @@ enum TokenCommand {
 
 #[derive(Subcommand)]
 enum PolicyCommand {
+    /// Write a new policy project (a starter policy, the contract's WIT,
+    /// build.sh, test.sh, cases.json and a README) into DIR/NAME.
+    New {
+        /// The project's name: its directory and package, and the component
+        /// `build/NAME.wasm` (lowercase letters, digits and `-`).
+        name: String,
+        /// The language to write the policy in.
+        #[arg(long, value_enum)]
+        lang: scaffold::Lang,
+        /// Where the project's directory is created.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
     /// Load the config's policy chain (compile, validate settings) and report.
     Check {
         #[arg(long, short)]
@@ -140,20 +152,66 @@ enum PolicyCommand {
         #[arg(long)]
         output: PathBuf,
     },
-    /// Decide one request with one policy, and print the decision and fuel used.
+    /// Decide requests with one policy: one `--request` (exit 0 allowed, 1
+    /// denied or failed), or a table of `--cases` with their expected
+    /// decisions (exit 0 when every case matches, 1 otherwise). Exit 2: the
+    /// policy or the input could not be loaded.
     Test {
         /// The policy component (.wasm).
         #[arg(long)]
         policy: PathBuf,
-        /// The policy's settings as JSON.
+        /// The policy's settings as JSON, or @FILE.
         #[arg(long, default_value = "{}")]
         settings: String,
-        /// The request as JSON (WIT field names), or @FILE.
+        /// One request as JSON (WIT field names), or @FILE.
+        #[arg(long, conflicts_with = "cases", required_unless_present = "cases")]
+        request: Option<String>,
+        /// A JSON file of cases: `[{"name": ..., "request": {...}, "expect":
+        /// "allow" | "deny" | "failed", "reason": "substring"}]`.
         #[arg(long)]
-        request: String,
-        /// Fuel for the evaluation.
+        cases: Option<PathBuf>,
+        /// Fuel for each evaluation.
         #[arg(long, default_value_t = 10_000_000)]
         fuel: u64,
+        /// Where compiled components are cached (default: the user's cache
+        /// directory, `$XDG_CACHE_HOME/portcullis`); `--no-cache` compiles anew.
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+        #[arg(long)]
+        no_cache: bool,
+    },
+    /// Decide the requests of a decision log again under another config's
+    /// chain, and print every decision that would change (exit 1 if any).
+    Replay {
+        /// A decision log (`policy.decision_log.path`), JSON lines.
+        #[arg(long)]
+        log: PathBuf,
+        /// The config whose chain decides.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Store a policy component as an OCI artifact (one `application/wasm`
+    /// layer), for `module = "oci://HOST/REPOSITORY:TAG"` in a chain entry.
+    Push {
+        /// The component (.wasm).
+        file: PathBuf,
+        /// Where to: `HOST/REPOSITORY:TAG` (plain HTTP for loopback hosts).
+        reference: String,
+        /// Log in as this user; the password is read from
+        /// `PORTCULLIS_PUSH_PASSWORD` (never a command-line argument).
+        #[arg(long)]
+        username: Option<String>,
+    },
+    /// Run every stored tag through a config's chain as a push by a named
+    /// identity, and list what it would refuse (exit 1 if anything).
+    Audit {
+        /// The config whose chain decides, and whose storage is scanned.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The user the pushes are decided for (groups from the config's
+        /// `[groups]`); anonymous when absent.
+        #[arg(long = "as")]
+        user: Option<String>,
     },
 }
 
@@ -201,6 +259,19 @@ fn main() -> ExitCode {
     }
 }
 
+/// Ends the process with an authoring command's exit code (0 all as
+/// expected, 1 a denial or mismatch, 2 could not run), after its output.
+fn exit_with(code: Result<u8, String>) -> Result<(), String> {
+    match code {
+        Ok(0) => Ok(()),
+        Ok(code) => std::process::exit(i32::from(code)),
+        Err(message) => {
+            eprintln!("error: {message}");
+            std::process::exit(2)
+        }
+    }
+}
+
 async fn run(command: Command) -> Result<(), String> {
     match command {
         Command::Serve { config } => {
@@ -233,9 +304,35 @@ async fn run(command: Command) -> Result<(), String> {
             let config = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
             let engine =
                 PolicyEngine::new(Some(config.policy_cache_dir())).map_err(|e| e.to_string())?;
-            let chain = PolicyChain::load(std::sync::Arc::new(engine), &config)
+            // `oci://` modules of this registry are read from its storage.
+            if config
+                .policy
+                .chain
+                .iter()
+                .any(|p| p.module.starts_with("oci://"))
+            {
+                let storage = Storage::open(&config.storage).await?;
+                engine.attach_lookups(portcullis::policy::lookups::Lookups::new(
+                    storage,
+                    std::sync::Arc::new(portcullis::metrics::Metrics::new()),
+                ));
+            }
+            let engine = std::sync::Arc::new(engine);
+            let chain = tokio::task::spawn_blocking(move || PolicyChain::load(engine, &config))
+                .await
+                .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?;
             println!("policy chain ok: {}", chain.names().join(" -> "));
+            for (name, module, contract, mode) in chain.describe() {
+                println!("  {name}: {module} (contract {contract}, {mode:?})");
+            }
+            Ok(())
+        }
+        Command::Policy {
+            command: PolicyCommand::New { name, lang, dir },
+        } => {
+            let project = scaffold::new_project(&name, lang, &dir).map_err(|e| e.to_string())?;
+            println!("{}", scaffold::next_steps(&name, lang, &project));
             Ok(())
         }
         Command::Policy {
@@ -252,39 +349,66 @@ async fn run(command: Command) -> Result<(), String> {
                     policy,
                     settings,
                     request,
+                    cases,
                     fuel,
+                    cache_dir,
+                    no_cache,
                 },
         } => {
-            let request = match request.strip_prefix('@') {
-                Some(file) => std::fs::read_to_string(file).map_err(|e| format!("{file}: {e}"))?,
-                None => request,
+            let cache_dir = if no_cache {
+                None
+            } else {
+                cache_dir.or_else(authoring::user_cache_dir)
             };
-            let request: JsonRequest =
-                serde_json::from_str(&request).map_err(|e| format!("--request: {e}"))?;
-            // The server's defaults, so that what passes here passes there.
-            let defaults = Config::default().policy;
-            let limits = Limits {
+            let test = authoring::TestRun {
+                policy,
+                settings,
+                request,
+                cases,
                 fuel,
-                memory: usize::try_from(defaults.memory.as_u64()).unwrap_or(usize::MAX),
-                recycle_after: 1,
-                timeout: defaults.timeout,
+                cache_dir,
             };
-            let measured = test_policy(&policy, &settings, request, limits)?;
-            match measured.outcome {
-                Outcome::Allow => println!("allow"),
-                Outcome::Deny(reason) => println!("deny: {reason}"),
-                Outcome::Failed(reason) => println!("failed: {reason}"),
-            }
-            println!("fuel used: {}", measured.fuel_used);
-            let usage = measured.usage;
+            exit_with(authoring::run_tests(&test))
+        }
+        Command::Policy {
+            command:
+                PolicyCommand::Push {
+                    file,
+                    reference,
+                    username,
+                },
+        } => {
+            use portcullis::policy::artifacts;
+            let target = reference.strip_prefix("oci://").unwrap_or(&reference);
+            let target = artifacts::parse_ref(target).map_err(|e| format!("{reference}: {e}"))?;
+            let wasm = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            let auth = match username {
+                Some(user) => {
+                    let password = std::env::var("PORTCULLIS_PUSH_PASSWORD")
+                        .map_err(|_| "set PORTCULLIS_PUSH_PASSWORD with --username")?;
+                    oci_client::secrets::RegistryAuth::Basic(user, password)
+                }
+                None => oci_client::secrets::RegistryAuth::Anonymous,
+            };
+            let digest = artifacts::push(wasm, &target, auth).await?;
+            println!("pushed {target} ({digest})");
             println!(
-                "memory: {} bytes in {} memories and {} tables of {} elements",
-                usage.bytes, usage.memories, usage.tables, usage.table_elements
+                "use it with: module = \"oci://{}/{}@{digest}\"",
+                target.host, target.repository
             );
-            if let Some(output) = measured.output {
-                eprintln!("policy output: {output}");
-            }
             Ok(())
+        }
+        Command::Policy {
+            command: PolicyCommand::Replay { log, config },
+        } => {
+            let config = Config::load(Some(&config)).map_err(|e| e.to_string())?;
+            exit_with(authoring::replay(&log, &config).await)
+        }
+        Command::Policy {
+            command: PolicyCommand::Audit { config, user },
+        } => {
+            let config = Config::load(Some(&config)).map_err(|e| e.to_string())?;
+            exit_with(authoring::audit(&config, user.as_deref()).await)
         }
         Command::Fsck { config, repair } => {
             let storage = open_storage(config.as_deref()).await?;

@@ -37,6 +37,12 @@ struct PolicyLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LookupLabels {
+    kind: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReloadLabels {
     result: String,
 }
@@ -52,6 +58,8 @@ pub struct Metrics {
     decisions: Family<DecisionLabels, Counter>,
     evaluation: HistogramFamily<PolicyLabels>,
     reloads: Family<ReloadLabels, Counter>,
+    lookups: Family<LookupLabels, Counter>,
+    lookup_bytes: Counter,
     storage_bytes: Gauge,
 }
 
@@ -81,6 +89,8 @@ impl Metrics {
         let decisions = Family::<DecisionLabels, Counter>::default();
         let evaluation = HistogramFamily::<PolicyLabels>::new_with_constructor(policy_buckets);
         let reloads = Family::<ReloadLabels, Counter>::default();
+        let lookups = Family::<LookupLabels, Counter>::default();
+        let lookup_bytes = Counter::default();
         let storage_bytes = Gauge::default();
         registry.register(
             "http_requests",
@@ -118,6 +128,16 @@ impl Metrics {
             reloads.clone(),
         );
         registry.register(
+            "policy_lookups",
+            "Lookups made by policies, by kind (referrers, manifest, blob, verify) and outcome",
+            lookups.clone(),
+        );
+        registry.register(
+            "policy_lookup_bytes",
+            "Bytes handed to policies by lookups",
+            lookup_bytes.clone(),
+        );
+        registry.register(
             "storage_blob_bytes",
             "Bytes held in blobs",
             storage_bytes.clone(),
@@ -131,6 +151,8 @@ impl Metrics {
             decisions,
             evaluation,
             reloads,
+            lookups,
+            lookup_bytes,
             storage_bytes,
         }
     }
@@ -177,6 +199,18 @@ impl Metrics {
                 policy: policy.to_owned(),
             })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// One lookup a policy made: `kind` as in the contract, `outcome` `ok` or
+    /// the contract's error name; `bytes` handed to the policy.
+    pub fn record_lookup(&self, kind: &str, outcome: &str, bytes: u64) {
+        self.lookups
+            .get_or_create(&LookupLabels {
+                kind: kind.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+        self.lookup_bytes.inc_by(bytes);
     }
 
     pub fn record_reload(&self, ok: bool) {

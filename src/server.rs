@@ -89,6 +89,13 @@ impl Server {
             PolicyEngine::new(Some(config.policy_cache_dir()))
                 .map_err(|e| ServerError::Engine(e.to_string()))?,
         );
+        engine.attach_lookups(crate::policy::lookups::Lookups::new(
+            storage.clone(),
+            Arc::clone(&metrics),
+        ));
+        let decisions = crate::policy::decisions::DecisionLog::open(&config.policy.decision_log)
+            .map_err(|e| ServerError::Config(format!("policy.decision_log.path: {e}")))?;
+        engine.attach_decision_log(Arc::new(decisions));
         let chain = {
             let (engine, config) = (Arc::clone(&engine), config.clone());
             tokio::task::spawn_blocking(move || PolicyChain::load(engine, &config))
@@ -150,6 +157,7 @@ impl Server {
             policies,
             metrics,
             proxy,
+            facts: Default::default(),
         }));
         Ok(Self {
             listener,

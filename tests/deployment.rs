@@ -171,6 +171,7 @@ async fn health_readiness_and_metrics_describe_the_running_registry() {
             settings: json!({ "tags": ["v*"] }),
             actions: None,
             repositories: None,
+            mode: Default::default(),
         }];
     })
     .await;

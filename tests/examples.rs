@@ -6,7 +6,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{Image, TestRegistry};
+use common::{random_bytes, Image, TestRegistry};
 use portcullis::config::PolicyEntry;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -33,6 +33,7 @@ fn scoped(name: &str, example: &str, repositories: &str, settings: Value) -> Pol
         settings,
         actions: None,
         repositories: Some(vec![repositories.into()]),
+        mode: Default::default(),
     }
 }
 
@@ -63,27 +64,26 @@ async fn c_python_and_javascript_policies_decide_pushes_in_the_real_server() {
                 "max-size",
                 "c-max-size",
                 "c/**",
-                json!({ "max_bytes": 1000 }),
+                json!({ "max_bytes": 10000 }),
             ),
+            scoped("non-root", "python-non-root", "py/**", json!({})),
             scoped(
-                "annotations",
-                "python-annotations",
-                "py/**",
-                json!({ "required": ["org.opencontainers.image.source"] }),
-            ),
-            scoped(
-                "no-latest",
-                "js-deny-latest",
+                "require-source",
+                "js-require-source",
                 "js/**",
-                json!({ "forbidden_tags": ["latest"] }),
+                json!({ "prefixes": ["https://github.com/acme/"] }),
             ),
         ];
     })
     .await;
 
-    // C: manifest size.
+    // C: the image's size, from its config and layers.
     let small = Image::random();
-    let big = Image::with_fields(json!({ "annotations": { "padding": "x".repeat(2000) } }));
+    let big = Image::from_parts(
+        small.config.clone(),
+        vec![random_bytes(8000), random_bytes(4000)],
+        json!({}),
+    );
     assert_eq!(
         push(&registry, "c/app", "1", &small).await.0,
         StatusCode::CREATED
@@ -95,34 +95,42 @@ async fn c_python_and_javascript_policies_decide_pushes_in_the_real_server() {
         "{message}"
     );
     assert!(
-        message.contains("over the limit of 1000 bytes"),
+        message.contains("over the limit of 10000 bytes"),
         "{message}"
     );
 
-    // Python: required annotation.
-    let annotated = Image::with_fields(json!({
-        "annotations": { "org.opencontainers.image.source": "https://example.com/app" }
-    }));
+    // Python: the config's user, read from the store.
+    let config = serde_json::to_vec(&json!({
+        "architecture": "arm64", "os": "linux",
+        "config": { "User": "65532:65532" },
+        "rootfs": { "type": "layers", "diff_ids": [] },
+    }))
+    .expect("config");
+    let non_root = Image::from_parts(config, vec![random_bytes(100)], json!({}));
     assert_eq!(
-        push(&registry, "py/app", "1", &annotated).await.0,
+        push(&registry, "py/app", "1", &non_root).await.0,
         StatusCode::CREATED
     );
     let (status, message) = push(&registry, "py/app", "2", &small).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    assert!(
-        message.contains("org.opencontainers.image.source"),
-        "{message}"
-    );
+    assert!(message.contains("runs as root"), "{message}");
 
-    // JavaScript: no `latest`.
+    // JavaScript: a source label or annotation from an allowed prefix.
+    let sourced = Image::with_fields(json!({
+        "annotations": { "org.opencontainers.image.source": "https://github.com/acme/app" }
+    }));
     assert_eq!(
-        push(&registry, "js/app", "v1", &small).await.0,
+        push(&registry, "js/app", "v1", &sourced).await.0,
         StatusCode::CREATED
     );
-    let (status, message) = push(&registry, "js/app", "latest", &small).await;
+    let (status, message) = push(&registry, "js/app", "v2", &small).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(
-        message.starts_with("denied by policy no-latest: "),
+        message.starts_with("denied by policy require-source: "),
+        "{message}"
+    );
+    assert!(
+        message.contains("org.opencontainers.image.source"),
         "{message}"
     );
 

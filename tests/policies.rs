@@ -264,14 +264,17 @@ async fn runaway_and_memory_hungry_policies_are_stopped_and_others_keep_working(
         c.policy.chain = vec![
             PolicyEntry {
                 repositories: Some(vec!["loop/**".into()]),
+                mode: Default::default(),
                 ..policy("runaway", &misbehave(), json!({ "mode": "loop" }))
             },
             PolicyEntry {
                 repositories: Some(vec!["hog/**".into()]),
+                mode: Default::default(),
                 ..policy("hog", &misbehave(), json!({ "mode": "hog" }))
             },
             PolicyEntry {
                 repositories: Some(vec!["trap/**".into()]),
+                mode: Default::default(),
                 ..policy("trap", &misbehave(), json!({ "mode": "trap" }))
             },
         ];

@@ -29,6 +29,7 @@ async fn upstream_with_login() -> (TestRegistry, tempfile::TempDir) {
             }),
             actions: None,
             repositories: None,
+            mode: Default::default(),
         }];
     })
     .await;
@@ -187,6 +188,7 @@ async fn policies_apply_to_pulls_through_the_mirror() {
             settings: json!({ "pull": ["hub/library/app"], "push": ["mine/**"] }),
             actions: None,
             repositories: None,
+            mode: Default::default(),
         }],
     )
     .await;

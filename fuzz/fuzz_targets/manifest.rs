@@ -1,6 +1,6 @@
 //! Manifest and index parsing for `PUT /v2/<name>/manifests/<ref>`:
 //! `ParsedManifest::parse(body, Content-Type)` (`src/storage/manifests.rs`),
-//! then the policy's view of it (`ManifestFacts::new`).
+//! then the policy's view of it (`facts::manifest_facts`).
 //!
 //! Input: `<Content-Type>\n<body>`. An empty first line sends no
 //! Content-Type; input without a newline is a body without one.
@@ -8,7 +8,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use portcullis::policy::request::ManifestFacts;
+use portcullis::policy::facts::manifest_facts;
 use portcullis::reference::{Algorithm, Digest};
 use portcullis::storage::{
     Descriptor, ManifestKind, ParsedManifest, StorageError, MEDIA_TYPE_DOCKER_LIST,
@@ -165,9 +165,9 @@ fn check(body: &[u8], content_type: Option<&str>) {
 
     // The policy's view: every fact carried over, annotations sorted by key.
     let digest = Digest::of(Algorithm::Sha256, body);
-    let facts = ManifestFacts::new(&manifest, digest.clone(), body.len() as u64);
+    let facts = manifest_facts(&manifest, &digest, body.len() as u64, None);
     assert_eq!(facts.media_type, manifest.media_type);
-    assert_eq!(facts.digest, digest);
+    assert_eq!(facts.digest, digest.to_string());
     assert_eq!(facts.size, body.len() as u64);
     assert_eq!(
         facts.artifact_type,
@@ -179,8 +179,9 @@ fn check(body: &[u8], content_type: Option<&str>) {
     assert_eq!(facts.artifact_type, manifest.effective_artifact_type());
     assert_eq!(
         facts.subject,
-        manifest.subject.as_ref().map(|s| s.digest.clone())
+        manifest.subject.as_ref().map(|s| s.digest.to_string())
     );
+    assert_eq!(facts.children.len(), manifest.manifests.len());
     assert_eq!(facts.annotations.len(), manifest.annotations.len());
     assert!(facts.annotations.windows(2).all(|w| w[0].0 < w[1].0));
     for (k, v) in &facts.annotations {

@@ -14,8 +14,9 @@ use super::error::{ApiError, ApiResult, ErrorCode};
 use super::{header_str, header_value, SharedState};
 use crate::config::Action;
 use crate::identity::{AuthError, Identity};
+use crate::policy::chain::Stage;
 use crate::policy::request::Resource;
-use crate::policy::{Access, Verdict};
+use crate::policy::{Access, PolicyChain, Verdict};
 
 /// The caller of one request.
 #[derive(Debug, Clone)]
@@ -177,10 +178,22 @@ pub async fn allows(state: &SharedState, caller: &Caller, access: &Access) -> bo
 
 /// Runs `access` through the chain and turns a denial into the right error.
 pub async fn authorize(state: &SharedState, caller: &Caller, access: &Access) -> ApiResult<()> {
-    let verdict = state
-        .policies
-        .current()
-        .evaluate(access, &caller.identity, caller.ip, &state.metrics)
+    let chain = state.policies.current();
+    authorize_in(state, &chain, caller, access, Stage::All).await
+}
+
+/// Runs `access` through `chain`'s policies of `stage` (a manifest pull asks
+/// the policies that need no facts before it reads the manifest, the others
+/// after, on the same chain).
+pub async fn authorize_in(
+    state: &SharedState,
+    chain: &PolicyChain,
+    caller: &Caller,
+    access: &Access,
+    stage: Stage,
+) -> ApiResult<()> {
+    let verdict = chain
+        .evaluate_stage(access, &caller.identity, caller.ip, &state.metrics, stage)
         .await;
     match verdict {
         Verdict::Allow => Ok(()),

@@ -5,12 +5,14 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 
-use super::access::{authorize, Caller};
+use super::access::{authorize, authorize_in, Caller};
 use super::error::{ApiError, ApiResult, ErrorCode};
 use super::limits::BodyLimits;
+use super::mirror;
 use super::{header_str, header_value, SharedState};
 use crate::config::Action;
-use crate::policy::request::{ManifestFacts, Resource};
+use crate::policy::chain::Stage;
+use crate::policy::request::Resource;
 use crate::policy::Access;
 use crate::reference::{Algorithm, Digest, Reference, RepositoryName};
 use crate::storage::{
@@ -43,14 +45,43 @@ fn accepts(headers: &HeaderMap, media_type: &str) -> bool {
             .any(|t| *t == media_type || *t == "*/*" || *t == "application/*")
 }
 
+/// A manifest pull, decided in two stages on one chain when a policy that
+/// applies reads what the manifest is: the policies that need no facts
+/// first (a caller they refuse costs no storage read and no upstream fetch,
+/// and learns nothing of what exists), then, with the manifest read and
+/// described, the others. A missing manifest is decided without facts.
 pub async fn get(
     state: &SharedState,
+    caller: &Caller,
     name: &RepositoryName,
     reference: &Reference,
     headers: &HeaderMap,
     head: bool,
 ) -> ApiResult {
-    let manifest = state.storage.get_manifest(name, reference).await?;
+    let chain = state.policies.current();
+    let mut access = Access::new(Action::Pull, Resource::Manifest, name.clone())
+        .with_reference(reference.clone());
+    let staged = chain.wants_manifest_facts(&access);
+    let first = if staged {
+        Stage::WithoutFacts
+    } else {
+        Stage::All
+    };
+    authorize_in(state, &chain, caller, &access, first).await?;
+    mirror::refresh_manifest(state, name, reference).await?;
+    let manifest = match state.storage.get_manifest(name, reference).await {
+        Ok(manifest) => manifest,
+        Err(e) => {
+            if staged {
+                authorize_in(state, &chain, caller, &access, Stage::WithFacts).await?;
+            }
+            return Err(e.into());
+        }
+    };
+    if staged {
+        access.manifest = Some(state.facts.of_stored(&state.storage, name, &manifest).await);
+        authorize_in(state, &chain, caller, &access, Stage::WithFacts).await?;
+    }
     if !accepts(headers, &manifest.media_type) {
         return Err(ApiError::new(
             ErrorCode::ManifestUnknown,
@@ -133,7 +164,12 @@ pub async fn put(
     let digest = Digest::of(algorithm, &bytes);
     let mut access = Access::new(Action::Push, Resource::Manifest, name.clone())
         .with_reference(reference.clone());
-    access.manifest = Some(ManifestFacts::new(&manifest, digest, bytes.len() as u64));
+    access.manifest = Some(
+        state
+            .facts
+            .of_push(&state.storage, name, &manifest, &digest, bytes.len() as u64)
+            .await,
+    );
     // The policy decides on what the tag names now, and the tag moves only
     // if it still names that when it is written: a push that raced another
     // one to the same tag is decided again on what that one left (an

@@ -52,6 +52,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub proxy: Option<Arc<crate::proxy::Proxy>>,
     pub uploads: limits::UploadLimiter,
+    /// What manifests are, for the policies (cached per digest).
+    pub facts: crate::policy::facts::FactsCache,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -150,15 +152,7 @@ async fn route(state: SharedState, request: Request) -> ApiResult {
             tags::list(&state, &name, &query).await
         }
         (Route::Manifest(name, reference), Method::GET | Method::HEAD) => {
-            check(
-                Action::Pull,
-                Resource::Manifest,
-                &name,
-                Some(reference.clone()),
-            )
-            .await?;
-            mirror::refresh_manifest(&state, &name, &reference).await?;
-            manifests::get(&state, &name, &reference, headers, head).await
+            manifests::get(&state, &caller, &name, &reference, headers, head).await
         }
         (Route::Manifest(name, reference), Method::PUT) => {
             mirror::refuse_write(&state, &name)?;

@@ -1,7 +1,7 @@
 //! The bundled policies, compiled from `policies/` by `build.rs` and embedded
 //! in the binary: a config names them as `builtin:<name>`.
 
-const BUILTINS: [(&str, &[u8]); 3] = [
+const BUILTINS: [(&str, &[u8]); 4] = [
     (
         "repo-allowlist",
         include_bytes!(concat!(env!("OUT_DIR"), "/repo-allowlist.wasm")),
@@ -13,6 +13,10 @@ const BUILTINS: [(&str, &[u8]); 3] = [
     (
         "tag-immutability",
         include_bytes!(concat!(env!("OUT_DIR"), "/tag-immutability.wasm")),
+    ),
+    (
+        "signature",
+        include_bytes!(concat!(env!("OUT_DIR"), "/signature.wasm")),
     ),
 ];
 

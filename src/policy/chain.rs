@@ -9,11 +9,14 @@ use std::time::{Duration, Instant};
 
 use portcullis_patterns::PatternList;
 
+use super::bindings::portcullis::policy::types as wit;
 use super::builtin;
+use super::decisions::{Decision, Judgement};
 use super::engine::{block_on_guest, EngineError, Limits, Outcome, PolicyEngine, PolicyRuntime};
+use super::lookups::LookupLimits;
 use super::request::Access;
 use super::sandbox::MemoryBudget;
-use crate::config::{Action, Config, PolicyEntry};
+use crate::config::{Action, Config, PolicyEntry, PolicyMode};
 use crate::identity::Identity;
 use crate::metrics::Metrics;
 
@@ -33,6 +36,8 @@ pub enum PolicyError {
     },
     #[error("policy {name}: {source}")]
     Engine { name: String, source: EngineError },
+    #[error("policy {name}: {reason}")]
+    Artifact { name: String, reason: String },
 }
 
 /// The result of running a request through the chain.
@@ -56,21 +61,43 @@ pub enum Verdict {
     },
 }
 
+/// Which of a chain's policies decide: all, or for a manifest pull the ones
+/// that need no facts (before the manifest is read) and then the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    All,
+    WithoutFacts,
+    WithFacts,
+}
+
+/// Bundled policies that never read what a pulled manifest is.
+const FACT_FREE_BUILTINS: [&str; 3] = [
+    "builtin:repo-allowlist",
+    "builtin:group-access",
+    "builtin:tag-immutability",
+];
+
 struct Scoped {
     runtime: PolicyRuntime,
+    /// Speaks a contract with facts and may read them (not a fact-free builtin).
+    needs_facts: bool,
     actions: Option<Vec<Action>>,
     repositories: Option<PatternList>,
+    mode: PolicyMode,
+    module: String,
 }
 
 impl Scoped {
     fn applies(&self, access: &Access) -> bool {
-        self.actions
-            .as_ref()
-            .is_none_or(|a| a.contains(&access.action))
+        self.covers(access.action, access.repository.as_str())
+    }
+
+    fn covers(&self, action: Action, repository: &str) -> bool {
+        self.actions.as_ref().is_none_or(|a| a.contains(&action))
             && self
                 .repositories
                 .as_ref()
-                .is_none_or(|r| r.matches(access.repository.as_str()))
+                .is_none_or(|r| r.matches(repository))
     }
 }
 
@@ -140,6 +167,11 @@ impl PolicyChain {
             memory: usize::try_from(config.policy.memory.as_u64()).unwrap_or(usize::MAX),
             recycle_after: config.policy.recycle_after.max(1),
             timeout: config.policy.timeout,
+            lookups: LookupLimits {
+                calls: config.policy.lookup_calls,
+                bytes: config.policy.lookup_bytes.as_u64(),
+                blob_bytes: config.policy.lookup_blob_bytes.as_u64(),
+            },
         }
     }
 
@@ -155,12 +187,16 @@ impl PolicyChain {
         for entry in &config.policy.chain {
             let runtime = load_one(&engine, config, entry, limits, &budget)?;
             policies.push(Scoped {
+                needs_facts: runtime.contract() != "0.1"
+                    && !FACT_FREE_BUILTINS.contains(&entry.module.as_str()),
                 runtime,
                 actions: entry.actions.clone(),
                 repositories: entry
                     .repositories
                     .as_ref()
                     .and_then(|r| PatternList::new(r).ok()),
+                mode: entry.mode,
+                module: entry.module.clone(),
             });
         }
         super::engine::release_freed_memory();
@@ -176,6 +212,29 @@ impl PolicyChain {
         self.policies.iter().map(|p| p.runtime.name()).collect()
     }
 
+    /// Each policy as loaded: name, module, contract version, mode.
+    pub fn describe(&self) -> Vec<(String, String, &'static str, PolicyMode)> {
+        self.policies
+            .iter()
+            .map(|p| {
+                (
+                    p.runtime.name().to_owned(),
+                    p.module.clone(),
+                    p.runtime.contract(),
+                    p.mode,
+                )
+            })
+            .collect()
+    }
+
+    /// Whether a policy that applies to `access` sees what a manifest is
+    /// (contract 0.2 and later): only then does a pull read its facts.
+    pub fn wants_manifest_facts(&self, access: &Access) -> bool {
+        self.policies
+            .iter()
+            .any(|p| p.applies(access) && p.needs_facts)
+    }
+
     /// Decides `access` by `identity` from `client`, recording each policy's
     /// decision and time in `metrics`.
     pub async fn evaluate(
@@ -185,81 +244,210 @@ impl PolicyChain {
         client: IpAddr,
         metrics: &Metrics,
     ) -> Verdict {
-        let mut request = None;
-        for policy in self.policies.iter().filter(|p| p.applies(access)) {
-            let request = request.get_or_insert_with(|| access.to_wit(identity, client));
-            let started = Instant::now();
-            let mut measured = policy.runtime.evaluate(&self.engine, request).await;
-            if measured.out_of_budget {
-                // Make room: every warm instance of this chain goes, and the
-                // policy gets one more try.
-                for other in &self.policies {
-                    other.runtime.drop_warm_instances();
+        self.evaluate_stage(access, identity, client, metrics, Stage::All)
+            .await
+    }
+
+    /// Decides `access` with the policies of `stage` only.
+    pub async fn evaluate_stage(
+        &self,
+        access: &Access,
+        identity: &Identity,
+        client: IpAddr,
+        metrics: &Metrics,
+        stage: Stage,
+    ) -> Verdict {
+        let in_stage = |p: &Scoped| match stage {
+            Stage::All => true,
+            Stage::WithoutFacts => !p.needs_facts,
+            Stage::WithFacts => p.needs_facts,
+        };
+        // An allow of the first stage is not the decision: not logged.
+        let logged = stage != Stage::WithoutFacts
+            && self
+                .engine
+                .decisions()
+                .is_some_and(|log| log.wants(&Verdict::Allow, false));
+        if !logged
+            && !self
+                .policies
+                .iter()
+                .any(|p| p.applies(access) && in_stage(p))
+        {
+            return Verdict::Allow;
+        }
+        let request = access.to_wit(identity, client);
+        let final_stage = stage != Stage::WithoutFacts;
+        self.decide_with(&request, access.action, metrics, &in_stage, final_stage)
+            .await
+    }
+
+    /// Decides a request as the contract shows it (`policy replay`, audit
+    /// scans): the chain's policies whose scope covers `action` on its
+    /// repository, in order.
+    pub async fn decide(
+        &self,
+        request: &wit::Request,
+        action: Action,
+        metrics: &Metrics,
+    ) -> Verdict {
+        self.decide_with(request, action, metrics, &|_| true, true)
+            .await
+    }
+
+    async fn decide_with(
+        &self,
+        request: &wit::Request,
+        action: Action,
+        metrics: &Metrics,
+        in_stage: &(dyn Fn(&Scoped) -> bool + Sync),
+        final_stage: bool,
+    ) -> Verdict {
+        let started = Instant::now();
+        let mut audited = Vec::new();
+        let mut verdict = Verdict::Allow;
+        let applying = self
+            .policies
+            .iter()
+            .filter(|p| in_stage(p) && p.covers(action, &request.repository));
+        for policy in applying {
+            match self.run_one(policy, request, metrics).await {
+                Verdict::Allow => {}
+                Verdict::Deny {
+                    policy: name,
+                    reason,
+                } if policy.mode == PolicyMode::Audit => {
+                    tracing::info!(
+                        policy = %name,
+                        repository = %request.repository,
+                        reason = %reason,
+                        "audit: the policy would deny this request"
+                    );
+                    audited.push((name, reason));
                 }
-                measured = policy.runtime.evaluate(&self.engine, request).await;
-                if measured.out_of_budget {
-                    let name = policy.runtime.name();
-                    metrics.record_decision(name, "unavailable", started.elapsed());
-                    return Verdict::Unavailable {
-                        policy: name.to_owned(),
-                    };
+                Verdict::Failed {
+                    policy: name,
+                    reason,
+                } if policy.mode == PolicyMode::Audit => {
+                    audited.push((name, format!("failed: {reason}")));
                 }
-            }
-            let name = policy.runtime.name();
-            let elapsed = started.elapsed();
-            let outcome = match &measured.outcome {
-                Outcome::Allow => "allow",
-                Outcome::Deny(_) => "deny",
-                Outcome::Failed(_) => "failed",
-            };
-            metrics.record_decision(name, outcome, elapsed);
-            tracing::debug!(
-                policy = name,
-                outcome = ?measured.outcome,
-                fuel = measured.fuel_used,
-                micros = elapsed.as_micros() as u64,
-                output = measured.output.as_deref().unwrap_or(""),
-                "policy evaluated"
-            );
-            match measured.outcome {
-                Outcome::Allow => continue,
-                Outcome::Deny(reason) => {
-                    return Verdict::Deny {
-                        policy: name.to_owned(),
-                        reason: capped(reason),
-                    }
+                Verdict::Unavailable { policy: name } if policy.mode == PolicyMode::Audit => {
+                    tracing::info!(policy = %name, "audit: the policy could not run (policy.total_memory)");
+                    audited.push((name, "unavailable: no room in policy.total_memory".into()));
                 }
-                Outcome::Failed(reason) => {
-                    self.failures
-                        .record(name, &reason, measured.output.as_deref());
-                    return Verdict::Failed {
-                        policy: name.to_owned(),
-                        reason: capped(reason),
-                    };
+                decided => {
+                    verdict = decided;
+                    break;
                 }
             }
         }
-        Verdict::Allow
+        if let Some(log) = self.engine.decisions() {
+            let decided = final_stage || verdict != Verdict::Allow || !audited.is_empty();
+            if decided && log.wants(&verdict, !audited.is_empty()) {
+                log.record(Decision::new(
+                    request,
+                    Judgement::of(&verdict),
+                    audited,
+                    started.elapsed(),
+                ));
+            }
+        }
+        verdict
+    }
+
+    /// One policy's verdict on `request`, with the retry for room in the budget.
+    async fn run_one(&self, policy: &Scoped, request: &wit::Request, metrics: &Metrics) -> Verdict {
+        let started = Instant::now();
+        let mut measured = policy.runtime.evaluate(&self.engine, request).await;
+        if measured.out_of_budget {
+            // Make room: every warm instance of this chain goes, and the
+            // policy gets one more try.
+            for other in &self.policies {
+                other.runtime.drop_warm_instances();
+            }
+            measured = policy.runtime.evaluate(&self.engine, request).await;
+            if measured.out_of_budget {
+                let name = policy.runtime.name();
+                metrics.record_decision(name, "unavailable", started.elapsed());
+                return Verdict::Unavailable {
+                    policy: name.to_owned(),
+                };
+            }
+        }
+        let name = policy.runtime.name();
+        let elapsed = started.elapsed();
+        let audit = policy.mode == PolicyMode::Audit;
+        let outcome = match (&measured.outcome, audit) {
+            (Outcome::Allow, _) => "allow",
+            (Outcome::Deny(_), false) => "deny",
+            (Outcome::Deny(_), true) => "audit-deny",
+            (Outcome::Failed(_), false) => "failed",
+            (Outcome::Failed(_), true) => "audit-failed",
+        };
+        metrics.record_decision(name, outcome, elapsed);
+        tracing::debug!(
+            policy = name,
+            outcome = ?measured.outcome,
+            fuel = measured.fuel_used,
+            micros = elapsed.as_micros() as u64,
+            output = measured.output.as_deref().unwrap_or(""),
+            "policy evaluated"
+        );
+        match measured.outcome {
+            Outcome::Allow => Verdict::Allow,
+            Outcome::Deny(reason) => Verdict::Deny {
+                policy: name.to_owned(),
+                reason: capped(reason),
+            },
+            Outcome::Failed(reason) => {
+                self.failures
+                    .record(name, &reason, measured.output.as_deref());
+                Verdict::Failed {
+                    policy: name.to_owned(),
+                    reason: capped(reason),
+                }
+            }
+        }
     }
 }
 
-/// Loads one policy file with `settings` and decides one request, for
-/// `portcullis policy test`: what authors run before deploying a policy.
-pub fn test_policy(
-    module: &std::path::Path,
-    settings: &str,
-    request: super::request::JsonRequest,
-    limits: Limits,
-) -> Result<super::engine::Measured, String> {
-    let engine = PolicyEngine::new(None).map_err(|e| e.to_string())?;
-    let wasm =
-        std::fs::read(module).map_err(|e| format!("cannot read {}: {e}", module.display()))?;
-    let label = module.display().to_string();
-    let pre = engine.compile(&label, &wasm).map_err(|e| e.to_string())?;
-    let budget = Arc::clone(engine.budget());
-    let runtime = PolicyRuntime::new(&engine, label, settings.to_owned(), pre, limits, budget)
-        .map_err(|e| e.to_string())?;
-    block_on_guest(runtime.evaluate(&engine, &request.into_wit()))
+/// One policy file with its settings, loaded once to decide many requests:
+/// what `portcullis policy test` runs. Compiled through the on-disk cache
+/// when `cache_dir` is given, so a large component compiles once.
+pub struct PolicyTester {
+    engine: PolicyEngine,
+    runtime: PolicyRuntime,
+}
+
+impl PolicyTester {
+    pub fn load(
+        module: &std::path::Path,
+        settings: &str,
+        limits: Limits,
+        cache_dir: Option<PathBuf>,
+    ) -> Result<Self, String> {
+        let engine = PolicyEngine::new(cache_dir).map_err(|e| e.to_string())?;
+        let wasm =
+            std::fs::read(module).map_err(|e| format!("cannot read {}: {e}", module.display()))?;
+        let label = module.display().to_string();
+        let pre = engine.compile(&label, &wasm).map_err(|e| e.to_string())?;
+        let budget = Arc::clone(engine.budget());
+        let runtime = PolicyRuntime::new(&engine, label, settings.to_owned(), pre, limits, budget)
+            .map_err(|e| e.to_string())?;
+        Ok(Self { engine, runtime })
+    }
+
+    /// The contract version the component speaks.
+    pub fn contract(&self) -> &'static str {
+        self.runtime.contract()
+    }
+
+    pub fn decide(
+        &self,
+        request: super::request::JsonRequest,
+    ) -> Result<super::engine::Measured, String> {
+        block_on_guest(self.runtime.evaluate(&self.engine, &request.into_wit()))
+    }
 }
 
 fn load_one(
@@ -278,6 +466,21 @@ fn load_one(
                 known: builtin::names().collect::<Vec<_>>().join(", "),
             })?
             .into(),
+        None if entry.module.starts_with("oci://") => {
+            let module = super::artifacts::parse(&entry.module)
+                .unwrap_or_else(|| Err("not an oci:// reference".into()))
+                .map_err(|reason| PolicyError::Artifact {
+                    name: name.clone(),
+                    reason,
+                })?;
+            let storage = engine.lookups().map(|l| l.storage());
+            super::artifacts::load(config, storage, &module, &config.policy_cache_dir())
+                .map_err(|reason| PolicyError::Artifact {
+                    name: name.clone(),
+                    reason,
+                })?
+                .into()
+        }
         None => {
             let path = config.policy.dir.join(&entry.module);
             std::fs::read(&path)

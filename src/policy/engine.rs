@@ -32,7 +32,11 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::portcullis::policy::types as wit;
 use super::bindings::{Policy, PolicyPre};
-use super::sandbox::{CapturedOutput, GuestLimiter, MemoryBudget, Usage};
+use super::bindings_v01::portcullis::policy::types as wit_v01;
+use super::bindings_v01::{Policy as PolicyV01, PolicyPre as PolicyPreV01};
+use super::decisions::DecisionLog;
+use super::lookups::{LookupLimits, LookupSession, Lookups};
+use super::sandbox::{CapturedOutput, GuestLimiter, GuestLog, MemoryBudget, Usage};
 
 /// Resource limits applied to every evaluation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +50,8 @@ pub struct Limits {
     pub recycle_after: u32,
     /// Longest wall-clock time of one call into a policy.
     pub timeout: Duration,
+    /// What one evaluation may look up.
+    pub lookups: LookupLimits,
 }
 
 /// Fuel between two yields of a running guest to the async worker, so that
@@ -96,6 +102,40 @@ fn fuel_for(base: u64, request: &wit::Request) -> u64 {
             add(key);
             add(value);
         }
+        if let Some(image) = &m.image {
+            add(&image.config_digest);
+            add(&image.config_media_type);
+            for layer in &image.layers {
+                add(&layer.digest);
+                add(&layer.media_type);
+            }
+            if let Some(c) = &image.config {
+                add(&c.os);
+                add(&c.architecture);
+                add(&c.user);
+                c.variant.iter().for_each(|s| add(s));
+                c.created.iter().for_each(|s| add(s));
+                for (key, value) in &c.labels {
+                    add(key);
+                    add(value);
+                }
+                c.entrypoint.iter().for_each(|s| add(s));
+                c.cmd.iter().for_each(|s| add(s));
+                c.env.iter().for_each(|s| add(s));
+                c.exposed_ports.iter().for_each(|s| add(s));
+            }
+        }
+        for child in &m.children {
+            add(&child.digest);
+            add(&child.media_type);
+            child.artifact_type.iter().for_each(|s| add(s));
+            if let Some(p) = &child.platform {
+                add(&p.os);
+                add(&p.architecture);
+                p.variant.iter().for_each(|s| add(s));
+                p.os_version.iter().for_each(|s| add(s));
+            }
+        }
     }
     base.saturating_add(strings.saturating_mul(FUEL_PER_STRING))
         .saturating_add(bytes.saturating_mul(FUEL_PER_BYTE))
@@ -115,13 +155,17 @@ pub enum EngineError {
     OutOfBudget { policy: String },
 }
 
-/// Per-store state: an empty WASI context, the resource limiter, and the
-/// buffers the guest's stdout and stderr go to.
+/// Per-store state: an empty WASI context, the resource limiter, the
+/// buffers the guest's stdout and stderr go to, and what the contract's
+/// imports allow the current evaluation (lookups, log, verifications).
 pub struct GuestState {
     wasi: WasiCtx,
     table: ResourceTable,
     limiter: GuestLimiter,
     output: CapturedOutput,
+    pub(super) lookups: LookupSession,
+    pub(super) verifications: u32,
+    log: GuestLog,
 }
 
 impl WasiView for GuestState {
@@ -134,6 +178,19 @@ impl WasiView for GuestState {
 }
 
 impl wit::Host for GuestState {}
+impl wit_v01::Host for GuestState {}
+
+impl super::bindings::portcullis::policy::log::Host for GuestState {
+    fn log(&mut self, level: super::bindings::portcullis::policy::log::Level, message: String) {
+        use super::bindings::portcullis::policy::log::Level;
+        let level = match level {
+            Level::Debug => 0,
+            Level::Info => 1,
+            Level::Warn => 2,
+        };
+        self.log.write(level, &message, &self.output);
+    }
+}
 
 /// Clocks that always read the Unix epoch: policies get no time unless granted.
 struct FrozenClock;
@@ -166,6 +223,10 @@ pub struct PolicyEngine {
     /// `policy.total_memory`, for every instance of every chain this engine
     /// runs (a chain being replaced and its successor share it).
     budget: Arc<MemoryBudget>,
+    /// Where policies' lookups are answered from, once the server has a store.
+    lookups: std::sync::OnceLock<Arc<Lookups>>,
+    /// Where the chains' decisions are recorded, once the server has set it.
+    decisions: std::sync::OnceLock<Arc<DecisionLog>>,
 }
 
 impl PolicyEngine {
@@ -175,7 +236,10 @@ impl PolicyEngine {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| EngineError::Setup(e.to_string()))?;
-        wit::add_to_linker::<GuestState, HasSelf<GuestState>>(&mut linker, |s| s)
+        // Both contracts' imports: 0.2's interfaces, and 0.1's types.
+        Policy::add_to_linker::<GuestState, HasSelf<GuestState>>(&mut linker, |s| s)
+            .map_err(|e| EngineError::Setup(e.to_string()))?;
+        wit_v01::add_to_linker::<GuestState, HasSelf<GuestState>>(&mut linker, |s| s)
             .map_err(|e| EngineError::Setup(e.to_string()))?;
         Ok(Self {
             engine,
@@ -183,7 +247,29 @@ impl PolicyEngine {
             linker,
             cache_dir,
             budget: MemoryBudget::new(DEFAULT_TOTAL_MEMORY),
+            lookups: std::sync::OnceLock::new(),
+            decisions: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Where lookups are answered from, when attached.
+    pub fn lookups(&self) -> Option<&Arc<Lookups>> {
+        self.lookups.get()
+    }
+
+    /// Records the chains' decisions in `log` from now on.
+    pub fn attach_decision_log(&self, log: Arc<DecisionLog>) {
+        let _ = self.decisions.set(log);
+    }
+
+    /// The decision log, when one is attached.
+    pub fn decisions(&self) -> Option<&Arc<DecisionLog>> {
+        self.decisions.get()
+    }
+
+    /// Answers policies' lookups from `lookups` (the server's store) from now on.
+    pub fn attach_lookups(&self, lookups: Arc<Lookups>) {
+        let _ = self.lookups.set(lookups);
     }
 
     /// The memory budget of all policy instances (its cap set by each chain
@@ -194,11 +280,34 @@ impl PolicyEngine {
 
     /// Compiles a component (or loads its cached compilation) and links it.
     /// `label` names it in errors (a file name or `builtin:<name>`).
-    pub fn compile(&self, label: &str, wasm: &[u8]) -> Result<PolicyPre<GuestState>, EngineError> {
+    /// A component built against 0.1.x is run with 0.1's bindings.
+    pub fn compile(&self, label: &str, wasm: &[u8]) -> Result<Compiled, EngineError> {
         let bad = |e: wasmtime::Error| EngineError::Compile(label.to_owned(), format!("{e:#}"));
+        let cached = self.cache_path(wasm).is_some_and(|p| p.is_file());
+        let started = std::time::Instant::now();
+        if !cached {
+            // A large JavaScript or Python component takes seconds: say so
+            // when it starts, not only when it is in force.
+            tracing::info!(policy = label, bytes = wasm.len(), "compiling policy");
+        }
         let component = self.compile_cached(wasm).map_err(bad)?;
+        if !cached {
+            tracing::info!(
+                policy = label,
+                millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                "policy compiled"
+            );
+        }
+        let v01 = component
+            .component_type()
+            .imports(&self.engine)
+            .any(|(name, _)| name.starts_with("portcullis:policy/types@0.1."));
         let pre = self.linker.instantiate_pre(&component).map_err(bad)?;
-        PolicyPre::new(pre).map_err(bad)
+        if v01 {
+            PolicyPreV01::new(pre).map(Compiled::V01).map_err(bad)
+        } else {
+            PolicyPre::new(pre).map(Compiled::V02).map_err(bad)
+        }
     }
 
     fn cache_path(&self, wasm: &[u8]) -> Option<PathBuf> {
@@ -327,7 +436,12 @@ impl PolicyEngine {
         }
     }
 
-    fn new_store(&self, limits: &Limits, budget: &Arc<MemoryBudget>) -> Store<GuestState> {
+    fn new_store(
+        &self,
+        policy: &Arc<str>,
+        limits: &Limits,
+        budget: &Arc<MemoryBudget>,
+    ) -> Store<GuestState> {
         // stdout and stderr share one buffer: what a guest printed, in order.
         let output = CapturedOutput::default();
         let mut wasi = WasiCtxBuilder::new();
@@ -346,6 +460,9 @@ impl PolicyEngine {
             table,
             limiter: GuestLimiter::new(limits.memory, Arc::clone(budget)),
             output,
+            lookups: LookupSession::default(),
+            verifications: 0,
+            log: GuestLog::new(Arc::clone(policy)),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -407,7 +524,9 @@ pub fn release_freed_memory() {
     }
 }
 
-fn store_cache_entry(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Writes a cache file atomically (staged, synced, renamed), mode 0600 in a
+/// directory made 0700.
+pub(super) fn store_cache_entry(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -426,18 +545,42 @@ fn store_cache_entry(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&staged, path)
 }
 
+/// A compiled, linked component, with the bindings of the contract version
+/// it was built against.
+#[derive(Clone)]
+pub enum Compiled {
+    V02(PolicyPre<GuestState>),
+    V01(PolicyPreV01<GuestState>),
+}
+
+impl Compiled {
+    /// The contract version the component speaks, e.g. `0.2`.
+    pub fn version(&self) -> &'static str {
+        match self {
+            Compiled::V02(_) => "0.2",
+            Compiled::V01(_) => "0.1",
+        }
+    }
+}
+
+enum Bindings {
+    V02(Policy),
+    V01(PolicyV01),
+}
+
 /// A warm instance and how many evaluations it has served.
 struct Warm {
     store: Store<GuestState>,
-    bindings: Policy,
+    bindings: Bindings,
     uses: u32,
 }
 
 /// One configured policy: its compiled component, settings and instance pool.
 pub struct PolicyRuntime {
     name: String,
+    label: Arc<str>,
     settings: String,
-    pre: PolicyPre<GuestState>,
+    pre: Compiled,
     limits: Limits,
     budget: Arc<MemoryBudget>,
     pool: Mutex<Vec<Warm>>,
@@ -487,11 +630,12 @@ impl PolicyRuntime {
         engine: &PolicyEngine,
         name: String,
         settings: String,
-        pre: PolicyPre<GuestState>,
+        pre: Compiled,
         limits: Limits,
         budget: Arc<MemoryBudget>,
     ) -> Result<Self, EngineError> {
         let runtime = Self {
+            label: Arc::from(name.as_str()),
             name,
             settings,
             pre,
@@ -507,6 +651,11 @@ impl PolicyRuntime {
         &self.name
     }
 
+    /// The contract version the component speaks.
+    pub fn contract(&self) -> &'static str {
+        self.pre.version()
+    }
+
     fn failed(&self, reason: impl std::fmt::Display) -> EngineError {
         EngineError::Failed {
             policy: self.name.clone(),
@@ -518,15 +667,22 @@ impl PolicyRuntime {
     async fn instantiate(
         &self,
         engine: &PolicyEngine,
-    ) -> Result<(Store<GuestState>, Policy), EngineError> {
-        let mut store = engine.new_store(&self.limits, &self.budget);
+    ) -> Result<(Store<GuestState>, Bindings), EngineError> {
+        let mut store = engine.new_store(&self.label, &self.limits, &self.budget);
         store
             .set_fuel(self.limits.fuel)
             .and_then(|()| store.fuel_async_yield_interval(Some(YIELD_FUEL)))
             .map_err(|e| self.failed(e))?;
-        let bindings = self
-            .within_deadline(self.pre.instantiate_async(&mut store))
-            .await;
+        let bindings = match &self.pre {
+            Compiled::V02(pre) => self
+                .within_deadline(pre.instantiate_async(&mut store))
+                .await
+                .map(Bindings::V02),
+            Compiled::V01(pre) => self
+                .within_deadline(pre.instantiate_async(&mut store))
+                .await
+                .map(Bindings::V01),
+        };
         let bindings = bindings.map_err(|e| self.call_failed(&store, "instantiation", e))?;
         Ok((store, bindings))
     }
@@ -568,9 +724,17 @@ impl PolicyRuntime {
     /// Runs `validate-settings` on a fresh instance, then warms one instance.
     async fn validate_settings(&self, engine: &PolicyEngine) -> Result<(), EngineError> {
         let (mut store, bindings) = self.instantiate(engine).await?;
-        self.within_deadline(bindings.call_validate_settings(&mut store, &self.settings))
-            .await
-            .map_err(|e| self.failed(format!("validate-settings: {e}")))?
+        let call = match &bindings {
+            Bindings::V02(b) => {
+                self.within_deadline(b.call_validate_settings(&mut store, &self.settings))
+                    .await
+            }
+            Bindings::V01(b) => {
+                self.within_deadline(b.call_validate_settings(&mut store, &self.settings))
+                    .await
+            }
+        };
+        call.map_err(|e| self.failed(format!("validate-settings: {e}")))?
             .map_err(|reason| self.settings_error(reason))?;
         // Gone before the next one is made: a load needs room for one instance.
         drop((store, bindings));
@@ -582,9 +746,17 @@ impl PolicyRuntime {
     /// A new instance that has been given its settings.
     async fn fresh(&self, engine: &PolicyEngine) -> Result<Warm, EngineError> {
         let (mut store, bindings) = self.instantiate(engine).await?;
-        self.within_deadline(bindings.call_init(&mut store, &self.settings))
-            .await
-            .map_err(|e| self.call_failed(&store, "init", e))?
+        let call = match &bindings {
+            Bindings::V02(b) => {
+                self.within_deadline(b.call_init(&mut store, &self.settings))
+                    .await
+            }
+            Bindings::V01(b) => {
+                self.within_deadline(b.call_init(&mut store, &self.settings))
+                    .await
+            }
+        };
+        call.map_err(|e| self.call_failed(&store, "init", e))?
             .map_err(|reason| self.settings_error(reason))?;
         Ok(Warm {
             store,
@@ -623,9 +795,33 @@ impl PolicyRuntime {
         if let Err(e) = warm.store.set_fuel(fuel) {
             return Measured::failed(e.to_string());
         }
-        let result = self
-            .within_deadline(warm.bindings.call_evaluate(&mut warm.store, request))
-            .await;
+        {
+            let state = warm.store.data_mut();
+            state.lookups = LookupSession::new(
+                engine.lookups.get().cloned(),
+                &request.repository,
+                self.limits.lookups,
+            );
+            state.verifications = 0;
+            state.log.reset();
+        }
+        let result = match &warm.bindings {
+            Bindings::V02(b) => {
+                self.within_deadline(b.call_evaluate(&mut warm.store, request))
+                    .await
+            }
+            Bindings::V01(b) => {
+                let old = to_v01(request);
+                self.within_deadline(b.call_evaluate(&mut warm.store, &old))
+                    .await
+                    .map(|d| match d {
+                        wit_v01::Decision::Allow => wit::Decision::Allow,
+                        wit_v01::Decision::Deny(reason) => wit::Decision::Deny(reason),
+                    })
+            }
+        };
+        // No lookups between evaluations.
+        warm.store.data_mut().lookups = LookupSession::default();
         let fuel_used = fuel.saturating_sub(warm.store.get_fuel().unwrap_or(0));
         let state = warm.store.data();
         let (usage, output) = (state.limiter.usage(), state.output.take());
@@ -656,10 +852,57 @@ impl PolicyRuntime {
     }
 }
 
+/// The request as contract 0.1 describes it: what 0.2 added is left out.
+fn to_v01(request: &wit::Request) -> wit_v01::Request {
+    wit_v01::Request {
+        action: match request.action {
+            wit::Action::Pull => wit_v01::Action::Pull,
+            wit::Action::Push => wit_v01::Action::Push,
+            wit::Action::Delete => wit_v01::Action::Delete,
+            wit::Action::List => wit_v01::Action::List,
+        },
+        resource: match request.resource {
+            wit::ResourceKind::Manifest => wit_v01::ResourceKind::Manifest,
+            wit::ResourceKind::Blob => wit_v01::ResourceKind::Blob,
+            wit::ResourceKind::Upload => wit_v01::ResourceKind::Upload,
+            wit::ResourceKind::Tags => wit_v01::ResourceKind::Tags,
+            wit::ResourceKind::Catalog => wit_v01::ResourceKind::Catalog,
+            wit::ResourceKind::Referrers => wit_v01::ResourceKind::Referrers,
+        },
+        repository: request.repository.clone(),
+        reference: request.reference.as_ref().map(|r| match r {
+            wit::Reference::Tag(t) => wit_v01::Reference::Tag(t.clone()),
+            wit::Reference::Digest(d) => wit_v01::Reference::Digest(d.clone()),
+        }),
+        identity: wit_v01::Identity {
+            subject: request.identity.subject.clone(),
+            groups: request.identity.groups.clone(),
+        },
+        client_ip: request.client_ip.clone(),
+        // 0.1 showed the manifest on pushes only.
+        manifest: request
+            .manifest
+            .as_ref()
+            .filter(|_| request.action == wit::Action::Push)
+            .map(|m| wit_v01::Manifest {
+                media_type: m.media_type.clone(),
+                digest: m.digest.clone(),
+                size: m.size,
+                artifact_type: m.artifact_type.clone(),
+                subject: m.subject.clone(),
+                annotations: m.annotations.clone(),
+            }),
+        current_digest: request.current_digest.clone(),
+        digest_tags: request.digest_tags.clone(),
+        mount_from: request.mount_from.clone(),
+    }
+}
+
 /// Drives a guest call to completion from synchronous code (loading a chain,
 /// `portcullis policy test`), whether or not the caller is inside a tokio
-/// runtime: on a scoped thread with a current-thread runtime of its own, for
-/// the timers of the deadline and of a guest's sleeps.
+/// runtime: on a scoped thread with a current-thread runtime of its own, with
+/// timers (the deadline, a guest's sleeps) and I/O (fetching an `oci://`
+/// module).
 pub fn block_on_guest<F>(call: F) -> Result<F::Output, String>
 where
     F: Future + Send,
@@ -669,7 +912,7 @@ where
         scope
             .spawn(|| {
                 let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_time()
+                    .enable_all()
                     .build()
                     .map_err(|e| format!("cannot start a runtime for the policy: {e}"))?;
                 Ok(runtime.block_on(call))

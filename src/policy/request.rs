@@ -1,15 +1,15 @@
 //! Builds the contract's `request` from what the API layer knows about a call.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use super::bindings::portcullis::policy::types as wit;
 use crate::config::Action;
 use crate::identity::Identity;
 use crate::reference::{Digest, Reference, RepositoryName};
-use crate::storage::ParsedManifest;
 
 /// Which kind of resource a request touches (the contract's `resource-kind`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Resource {
     Manifest,
@@ -40,34 +40,6 @@ fn wit_resource(resource: Resource) -> wit::ResourceKind {
     }
 }
 
-/// Facts about a manifest being pushed.
-#[derive(Debug, Clone)]
-pub struct ManifestFacts {
-    pub media_type: String,
-    pub digest: Digest,
-    pub size: u64,
-    pub artifact_type: Option<String>,
-    pub subject: Option<Digest>,
-    pub annotations: Vec<(String, String)>,
-}
-
-impl ManifestFacts {
-    pub fn new(manifest: &ParsedManifest, digest: Digest, size: u64) -> Self {
-        Self {
-            media_type: manifest.media_type.clone(),
-            digest,
-            size,
-            artifact_type: manifest.effective_artifact_type(),
-            subject: manifest.subject.as_ref().map(|s| s.digest.clone()),
-            annotations: manifest
-                .annotations
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-        }
-    }
-}
-
 /// One access to decide: what, where, and the context a policy needs.
 #[derive(Debug, Clone)]
 pub struct Access {
@@ -75,7 +47,8 @@ pub struct Access {
     pub resource: Resource,
     pub repository: RepositoryName,
     pub reference: Option<Reference>,
-    pub manifest: Option<ManifestFacts>,
+    /// What the manifest pushed or pulled is (`facts`).
+    pub manifest: Option<Arc<wit::Manifest>>,
     pub current_digest: Option<Digest>,
     pub digest_tags: Vec<String>,
     pub mount_from: Option<RepositoryName>,
@@ -115,26 +88,26 @@ impl Access {
                 groups: identity.groups.clone(),
             },
             client_ip: client.to_string(),
-            manifest: self.manifest.as_ref().map(|m| wit::Manifest {
-                media_type: m.media_type.clone(),
-                digest: m.digest.to_string(),
-                size: m.size,
-                artifact_type: m.artifact_type.clone(),
-                subject: m.subject.as_ref().map(ToString::to_string),
-                annotations: m.annotations.clone(),
-            }),
+            manifest: self.manifest.as_deref().cloned(),
             current_digest: self.current_digest.as_ref().map(ToString::to_string),
             digest_tags: self.digest_tags.clone(),
             mount_from: self.mount_from.as_ref().map(ToString::to_string),
+            now: unix_now(),
         }
     }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// A request written as JSON, for `portcullis policy test`: the contract's
 /// fields with the WIT's names, e.g.
 /// `{"action": "push", "resource": "manifest", "repository": "team-a/api",
 ///   "reference": {"tag": "v1"}, "identity": {"subject": "alice", "groups": ["devs"]}}`.
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct JsonRequest {
     pub action: Action,
@@ -154,20 +127,23 @@ pub struct JsonRequest {
     pub digest_tags: Vec<String>,
     #[serde(default)]
     pub mount_from: Option<String>,
+    /// Seconds since the Unix epoch; the current time when absent.
+    #[serde(default)]
+    pub now: Option<u64>,
 }
 
 fn loopback() -> String {
     "127.0.0.1".into()
 }
 
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum JsonReference {
     Tag(String),
     Digest(String),
 }
 
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct JsonIdentity {
     #[serde(default)]
@@ -176,7 +152,7 @@ pub struct JsonIdentity {
     pub groups: Vec<String>,
 }
 
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct JsonManifest {
     pub media_type: String,
@@ -189,6 +165,130 @@ pub struct JsonManifest {
     pub subject: Option<String>,
     #[serde(default)]
     pub annotations: Vec<(String, String)>,
+    #[serde(default)]
+    pub image: Option<JsonImage>,
+    #[serde(default)]
+    pub children: Vec<JsonChild>,
+}
+
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct JsonImage {
+    #[serde(default)]
+    pub config_digest: String,
+    #[serde(default = "oci_config_type")]
+    pub config_media_type: String,
+    #[serde(default)]
+    pub config_size: u64,
+    #[serde(default)]
+    pub config: Option<JsonImageConfig>,
+    #[serde(default)]
+    pub layers: Vec<JsonLayer>,
+    /// The config's and layers' sizes added up when absent.
+    #[serde(default)]
+    pub total_size: Option<u64>,
+}
+
+fn oci_config_type() -> String {
+    "application/vnd.oci.image.config.v1+json".into()
+}
+
+#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct JsonImageConfig {
+    pub os: String,
+    pub architecture: String,
+    pub variant: Option<String>,
+    pub user: String,
+    pub labels: Vec<(String, String)>,
+    pub created: Option<String>,
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    pub exposed_ports: Vec<String>,
+    pub history_length: u32,
+}
+
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct JsonLayer {
+    pub digest: String,
+    #[serde(default = "oci_layer_type")]
+    pub media_type: String,
+    pub size: u64,
+}
+
+fn oci_layer_type() -> String {
+    "application/vnd.oci.image.layer.v1.tar+gzip".into()
+}
+
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct JsonChild {
+    pub digest: String,
+    #[serde(default = "oci_manifest_type")]
+    pub media_type: String,
+    #[serde(default)]
+    pub size: u64,
+    #[serde(default)]
+    pub platform: Option<JsonPlatform>,
+    #[serde(default)]
+    pub artifact_type: Option<String>,
+}
+
+fn oci_manifest_type() -> String {
+    "application/vnd.oci.image.manifest.v1+json".into()
+}
+
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct JsonPlatform {
+    pub os: String,
+    pub architecture: String,
+    #[serde(default)]
+    pub variant: Option<String>,
+    #[serde(default)]
+    pub os_version: Option<String>,
+}
+
+impl JsonImage {
+    fn into_wit(self) -> wit::Image {
+        let layers: Vec<wit::Layer> = self
+            .layers
+            .into_iter()
+            .map(|l| wit::Layer {
+                digest: l.digest,
+                media_type: l.media_type,
+                size: l.size,
+            })
+            .collect();
+        let total_size = self.total_size.unwrap_or_else(|| {
+            layers
+                .iter()
+                .map(|l| l.size)
+                .fold(self.config_size, u64::saturating_add)
+        });
+        wit::Image {
+            config_digest: self.config_digest,
+            config_media_type: self.config_media_type,
+            config_size: self.config_size,
+            config: self.config.map(|c| wit::ImageConfig {
+                os: c.os,
+                architecture: c.architecture,
+                variant: c.variant,
+                user: c.user,
+                labels: c.labels,
+                created: c.created,
+                entrypoint: c.entrypoint,
+                cmd: c.cmd,
+                env: c.env,
+                exposed_ports: c.exposed_ports,
+                history_length: c.history_length,
+            }),
+            layers,
+            total_size,
+        }
+    }
 }
 
 impl JsonRequest {
@@ -215,10 +315,117 @@ impl JsonRequest {
                 artifact_type: m.artifact_type,
                 subject: m.subject,
                 annotations: m.annotations,
+                image: m.image.map(JsonImage::into_wit),
+                children: m
+                    .children
+                    .into_iter()
+                    .map(|c| wit::Child {
+                        digest: c.digest,
+                        media_type: c.media_type,
+                        size: c.size,
+                        platform: c.platform.map(|p| wit::Platform {
+                            os: p.os,
+                            architecture: p.architecture,
+                            variant: p.variant,
+                            os_version: p.os_version,
+                        }),
+                        artifact_type: c.artifact_type,
+                    })
+                    .collect(),
             }),
             current_digest: self.current_digest,
             digest_tags: self.digest_tags,
             mount_from: self.mount_from,
+            now: self.now.unwrap_or_else(unix_now),
+        }
+    }
+}
+
+impl JsonRequest {
+    /// The JSON form of a contract request: what the decision log writes and
+    /// `policy replay` reads back.
+    pub fn from_wit(r: &wit::Request) -> Self {
+        Self {
+            action: match r.action {
+                wit::Action::Pull => Action::Pull,
+                wit::Action::Push => Action::Push,
+                wit::Action::Delete => Action::Delete,
+                wit::Action::List => Action::List,
+            },
+            resource: match r.resource {
+                wit::ResourceKind::Manifest => Resource::Manifest,
+                wit::ResourceKind::Blob => Resource::Blob,
+                wit::ResourceKind::Upload => Resource::Upload,
+                wit::ResourceKind::Tags => Resource::Tags,
+                wit::ResourceKind::Catalog => Resource::Catalog,
+                wit::ResourceKind::Referrers => Resource::Referrers,
+            },
+            repository: r.repository.clone(),
+            reference: r.reference.as_ref().map(|x| match x {
+                wit::Reference::Tag(t) => JsonReference::Tag(t.clone()),
+                wit::Reference::Digest(d) => JsonReference::Digest(d.clone()),
+            }),
+            identity: JsonIdentity {
+                subject: r.identity.subject.clone(),
+                groups: r.identity.groups.clone(),
+            },
+            client_ip: r.client_ip.clone(),
+            manifest: r.manifest.as_ref().map(|m| JsonManifest {
+                media_type: m.media_type.clone(),
+                digest: m.digest.clone(),
+                size: m.size,
+                artifact_type: m.artifact_type.clone(),
+                subject: m.subject.clone(),
+                annotations: m.annotations.clone(),
+                image: m.image.as_ref().map(|i| JsonImage {
+                    config_digest: i.config_digest.clone(),
+                    config_media_type: i.config_media_type.clone(),
+                    config_size: i.config_size,
+                    config: i.config.as_ref().map(|c| JsonImageConfig {
+                        os: c.os.clone(),
+                        architecture: c.architecture.clone(),
+                        variant: c.variant.clone(),
+                        user: c.user.clone(),
+                        labels: c.labels.clone(),
+                        created: c.created.clone(),
+                        entrypoint: c.entrypoint.clone(),
+                        cmd: c.cmd.clone(),
+                        env: c.env.clone(),
+                        exposed_ports: c.exposed_ports.clone(),
+                        history_length: c.history_length,
+                    }),
+                    layers: i
+                        .layers
+                        .iter()
+                        .map(|l| JsonLayer {
+                            digest: l.digest.clone(),
+                            media_type: l.media_type.clone(),
+                            size: l.size,
+                        })
+                        .collect(),
+                    total_size: Some(i.total_size),
+                }),
+                children: m
+                    .children
+                    .iter()
+                    .map(|c| JsonChild {
+                        digest: c.digest.clone(),
+                        media_type: c.media_type.clone(),
+                        size: c.size,
+                        platform: c.platform.as_ref().map(|p| JsonPlatform {
+                            os: p.os.clone(),
+                            architecture: p.architecture.clone(),
+                            variant: p.variant.clone(),
+                            os_version: p.os_version.clone(),
+                        }),
+                        artifact_type: c.artifact_type.clone(),
+                    })
+                    .collect(),
+            }),
+            current_digest: r.current_digest.clone(),
+            digest_tags: r.digest_tags.clone(),
+            mount_from: r.mount_from.clone(),
+            now: Some(r.now),
         }
     }
 }

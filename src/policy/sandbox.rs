@@ -22,8 +22,8 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 // |------------------------|----------:|---------:|-------:|---------:|-----------:|
 // | bundled (Rust)         |         3 |        1 |      2 |  107-110 |     130 KB |
 // | c-max-size (C)         |         2 |        1 |      1 |        1 |     128 KB |
-// | js-deny-latest (JS)    |         1 |        1 |      1 |    7,688 |     9.6 MB |
-// | python-annotations     |        14 |        1 |      2 |    5,757 |    13.0 MB |
+// | js-require-source (JS) |         1 |        1 |      1 |    7,688 |     9.6 MB |
+// | python-non-root        |        14 |        1 |      2 |    5,757 |    13.0 MB |
 
 /// Core instances one policy instance may create (Python needs 14).
 pub const MAX_INSTANCES: usize = 24;
@@ -426,5 +426,81 @@ mod tests {
         assert!(text.starts_with("hello xx"));
         assert!(text.ends_with(" [6 more bytes dropped]"), "{text}");
         assert_eq!(out.take(), None);
+    }
+}
+
+/// Messages one evaluation may write with the contract's `log` import, and
+/// the longest kept of each (longer ones are cut).
+pub const MAX_LOG_MESSAGES: u32 = 16;
+pub const MAX_LOG_MESSAGE_BYTES: usize = 1024;
+
+/// A guest's `log` calls during one evaluation: written to the operator's
+/// log under `portcullis::policy` with the policy's name (control characters
+/// replaced, so a message cannot forge log lines), and to the captured
+/// output, which `policy test` shows.
+#[derive(Default)]
+pub struct GuestLog {
+    pub(super) policy: Arc<str>,
+    written: u32,
+    dropped: u32,
+}
+
+impl GuestLog {
+    pub fn new(policy: Arc<str>) -> Self {
+        Self {
+            policy,
+            written: 0,
+            dropped: 0,
+        }
+    }
+
+    /// Starts a new evaluation's count; how many messages the last one dropped.
+    pub fn reset(&mut self) -> u32 {
+        self.written = 0;
+        std::mem::take(&mut self.dropped)
+    }
+
+    /// Writes one message at `level` (0 debug, 1 info, 2 warn), unless this
+    /// evaluation has written its share.
+    pub fn write(&mut self, level: u8, message: &str, output: &CapturedOutput) {
+        if self.written >= MAX_LOG_MESSAGES {
+            self.dropped = self.dropped.saturating_add(1);
+            return;
+        }
+        self.written += 1;
+        let mut end = message.len().min(MAX_LOG_MESSAGE_BYTES);
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        let clean: String = message[..end]
+            .chars()
+            .map(|c| {
+                // Control characters would start forged lines; bidirectional
+                // overrides would make a line read other than it is.
+                let bidi = ('\u{202A}'..='\u{202E}').contains(&c)
+                    || ('\u{2066}'..='\u{2069}').contains(&c);
+                if c.is_control() || bidi {
+                    ' '
+                } else {
+                    c
+                }
+            })
+            .collect();
+        let policy = &*self.policy;
+        let name = match level {
+            0 => {
+                tracing::debug!(target: "portcullis::policy", policy, "{clean}");
+                "debug"
+            }
+            1 => {
+                tracing::info!(target: "portcullis::policy", policy, "{clean}");
+                "info"
+            }
+            _ => {
+                tracing::warn!(target: "portcullis::policy", policy, "{clean}");
+                "warn"
+            }
+        };
+        output.append(format!("[{name}] {clean}\n").as_bytes());
     }
 }

@@ -96,6 +96,32 @@ impl Storage {
         }
     }
 
+    /// A small blob's bytes, or `None` when it is larger than `limit` (not
+    /// read). For what policies read: an image's config, a signature's payload.
+    pub async fn read_small_blob(
+        &self,
+        name: &RepositoryName,
+        digest: &Digest,
+        limit: u64,
+    ) -> Result<Option<Vec<u8>>> {
+        use futures_util::StreamExt;
+        let reader = self.open_blob(name, digest).await?;
+        if reader.size > limit {
+            return Ok(None);
+        }
+        let size = reader.size;
+        let mut stream = reader.stream(0, size);
+        let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            if (bytes.len() + chunk.len()) as u64 > limit {
+                return Ok(None);
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(Some(bytes))
+    }
+
     /// A URL to send the client to for the blob's bytes, when the backend
     /// is set to redirect (`storage.redirect` on S3).
     pub async fn blob_url(&self, name: &RepositoryName, digest: &Digest) -> Result<Option<String>> {

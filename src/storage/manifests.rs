@@ -59,6 +59,26 @@ pub struct Descriptor {
     pub artifact_type: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+    /// The platform an index names for a child manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<Platform>,
+}
+
+/// An OCI platform (`os`, `architecture`, ...), as an index names it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Platform {
+    #[serde(default)]
+    pub os: String,
+    #[serde(default)]
+    pub architecture: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+    #[serde(
+        default,
+        rename = "os.version",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub os_version: Option<String>,
 }
 
 mod digest_serde {
@@ -89,6 +109,158 @@ struct RawManifest {
     annotations: BTreeMap<String, String>,
 }
 
+const MANIFEST_FIELDS: [&str; 8] = [
+    "schemaVersion",
+    "mediaType",
+    "artifactType",
+    "config",
+    "layers",
+    "manifests",
+    "subject",
+    "annotations",
+];
+const DESCRIPTOR_FIELDS: [&str; 8] = [
+    "mediaType",
+    "digest",
+    "size",
+    "urls",
+    "artifactType",
+    "annotations",
+    "platform",
+    "data",
+];
+const PLATFORM_FIELDS: [&str; 6] = [
+    "architecture",
+    "os",
+    "os.version",
+    "os.features",
+    "variant",
+    "features",
+];
+
+/// A key folded as Go's encoding/json matches field names: ASCII case, and
+/// the two non-ASCII letters that fold to ASCII ones (U+017F to `s`, the
+/// Kelvin sign U+212A to `k`).
+pub fn go_fold(key: &str) -> String {
+    key.chars()
+        .map(|c| match c {
+            '\u{017F}' => 's',
+            '\u{212A}' => 'k',
+            c => c.to_ascii_lowercase(),
+        })
+        .collect()
+}
+
+/// An error naming the first of `keys` that is not one of `fields` but
+/// that Go would read as one of them.
+pub fn refuse_folded_keys<'a>(
+    keys: impl IntoIterator<Item = &'a String>,
+    fields: &[&str],
+) -> std::result::Result<(), String> {
+    for key in keys {
+        if fields.contains(&key.as_str()) {
+            continue;
+        }
+        let folded = go_fold(key);
+        if let Some(field) = fields.iter().find(|f| go_fold(f) == folded) {
+            return Err(format!(
+                "ambiguous JSON: key {key:?} would be read as {field:?} by other clients"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The keys of a JSON object, its values skipped (however deep: serde's
+/// `IgnoredAny` keeps no stack per level of nesting it skips).
+#[derive(Default)]
+pub struct ObjectKeys(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for ObjectKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = ObjectKeys;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<ObjectKeys, A::Error> {
+                let mut keys = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    keys.push(key);
+                }
+                Ok(ObjectKeys(keys))
+            }
+        }
+        d.deserialize_map(Visit)
+    }
+}
+
+/// A descriptor's keys, and its platform's.
+struct DescriptorKeys {
+    keys: Vec<String>,
+    platform: Vec<String>,
+}
+
+impl<'de> Deserialize<'de> for DescriptorKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = DescriptorKeys;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a descriptor object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<DescriptorKeys, A::Error> {
+                let (mut keys, mut platform) = (Vec::new(), Vec::new());
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == "platform" {
+                        platform = map.next_value::<ObjectKeys>()?.0;
+                    } else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                    keys.push(key);
+                }
+                Ok(DescriptorKeys { keys, platform })
+            }
+        }
+        d.deserialize_map(Visit)
+    }
+}
+
+#[derive(Deserialize)]
+struct ManifestKeys {
+    config: Option<DescriptorKeys>,
+    subject: Option<DescriptorKeys>,
+    layers: Option<Vec<DescriptorKeys>>,
+    manifests: Option<Vec<DescriptorKeys>>,
+}
+
+fn ambiguous_keys(bytes: &[u8]) -> std::result::Result<(), String> {
+    let top: ObjectKeys =
+        serde_json::from_slice(bytes).map_err(|e| format!("not a valid manifest: {e}"))?;
+    refuse_folded_keys(&top.0, &MANIFEST_FIELDS)?;
+    let shape: ManifestKeys =
+        serde_json::from_slice(bytes).map_err(|e| format!("not a valid manifest: {e}"))?;
+    let descriptors = shape
+        .config
+        .iter()
+        .chain(shape.subject.iter())
+        .chain(shape.layers.iter().flatten())
+        .chain(shape.manifests.iter().flatten());
+    for descriptor in descriptors {
+        refuse_folded_keys(&descriptor.keys, &DESCRIPTOR_FIELDS)?;
+        refuse_folded_keys(&descriptor.platform, &PLATFORM_FIELDS)?;
+    }
+    Ok(())
+}
+
 /// A manifest that passed validation.
 #[derive(Debug, Clone)]
 pub struct ParsedManifest {
@@ -114,6 +286,10 @@ impl ParsedManifest {
         }
         let raw: RawManifest = serde_json::from_slice(bytes)
             .map_err(|e| invalid(format!("not a valid manifest: {e}")))?;
+        // What serde ignores, Go's encoding/json (containerd, docker) reads:
+        // a key differing from a field only in case would make the client see
+        // another manifest than the policies did.
+        ambiguous_keys(bytes).map_err(invalid)?;
         let header_type = content_type
             .map(|ct| ct.split(';').next().unwrap_or("").trim())
             .filter(|ct| !ct.is_empty());
@@ -520,6 +696,7 @@ impl FsStorage {
                     urls: Vec::new(),
                     artifact_type: manifest.effective_artifact_type(),
                     annotations: manifest.annotations,
+                    platform: None,
                 });
             }
             out.sort_by(|a, b| a.digest.cmp(&b.digest));
@@ -667,6 +844,23 @@ mod tests {
         let index = format!(r#"{{"schemaVersion":2,"manifests":[{}]}}"#, desc(&d));
         let m = ParsedManifest::parse(index.as_bytes(), Some("application/json")).unwrap();
         assert_eq!(m.kind, ManifestKind::Index);
+    }
+
+    #[test]
+    fn keys_that_other_clients_would_read_as_fields_are_refused() {
+        let layer = format!(
+            r#"{{"mediaType":"application/vnd.dev.cosign.simplesigning.v1+json","MediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:{}","size":1}}"#,
+            "a".repeat(64)
+        );
+        let config = desc(&format!("sha256:{}", "b".repeat(64)));
+        for body in [
+            format!(r#"{{"schemaVersion":2,"config":{config},"layers":[{layer}]}}"#),
+            format!(r#"{{"schemaVersion":2,"config":{config},"layers":[],"Layers":[]}}"#),
+            format!(r#"{{"schemaVersion":2,"config":{config},"layers":[],"ſubject":{config}}}"#),
+        ] {
+            let error = ParsedManifest::parse(body.as_bytes(), None).unwrap_err();
+            assert!(error.to_string().contains("ambiguous"), "{error}");
+        }
     }
 
     #[test]

@@ -33,8 +33,9 @@ use crate::reference::{Digest, RepositoryName, UploadId};
 pub use backend::Storage;
 pub use blobs::{BlobInfo, BlobReader};
 pub use manifests::{
-    Descriptor, ManifestKind, ParsedManifest, StoredManifest, MEDIA_TYPE_DOCKER_LIST,
-    MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_MANIFEST,
+    refuse_folded_keys, Descriptor, ManifestKind, ObjectKeys, ParsedManifest, Platform,
+    StoredManifest, MEDIA_TYPE_DOCKER_LIST, MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_OCI_INDEX,
+    MEDIA_TYPE_OCI_MANIFEST,
 };
 pub use uploads::UploadStatus;
 

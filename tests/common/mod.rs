@@ -653,6 +653,7 @@ pub fn policy(name: &str, module: &str, settings: Value) -> portcullis::config::
         settings,
         actions: None,
         repositories: None,
+        mode: Default::default(),
     }
 }
 

@@ -2,8 +2,11 @@
 //!
 //! Settings: which tags (patterns with `!` exclusions) in which repositories.
 //! ```json
-//! { "tags": ["v*", "!*-rc*"], "repositories": ["**"] }
+//! { "tags": ["v*", "!*-rc*"], "repositories": ["**"], "exempt_groups": ["admins"] }
 //! ```
+//! Break-glass: members of an `exempt_groups` group may move or delete an
+//! immutable tag (a leaked release); every such action is logged at INFO
+//! with who did it.
 //! A re-push of the same digest to an immutable tag is allowed (clients
 //! re-push manifests routinely); a different digest, a DELETE of the tag, or a
 //! DELETE by digest of a manifest an immutable tag points to is denied.
@@ -23,6 +26,8 @@ struct RawSettings {
     tags: Vec<String>,
     #[serde(default = "everywhere")]
     repositories: Vec<String>,
+    #[serde(default)]
+    exempt_groups: Vec<String>,
 }
 
 fn everywhere() -> Vec<String> {
@@ -32,6 +37,7 @@ fn everywhere() -> Vec<String> {
 pub struct Settings {
     tags: PatternList,
     repositories: PatternList,
+    exempt_groups: Vec<String>,
 }
 
 impl Settings {
@@ -45,10 +51,41 @@ impl Settings {
             tags,
             repositories: PatternList::new(&raw.repositories)
                 .map_err(|e| format!("settings.repositories: {e}"))?,
+            exempt_groups: raw.exempt_groups,
         })
     }
 
+    /// The decision, with the break-glass exemption applied: a denial for a
+    /// member of an exempt group is an allow, and a log line.
     pub fn decide(&self, request: &Request) -> Decision {
+        match self.rule(request) {
+            Decision::Deny(reason) => {
+                let exempt = request
+                    .identity
+                    .groups
+                    .iter()
+                    .find(|g| self.exempt_groups.contains(g));
+                match exempt {
+                    Some(group) => {
+                        #[cfg(target_arch = "wasm32")]
+                        portcullis::policy::log::log(
+                            portcullis::policy::log::Level::Info,
+                            &format!(
+                                "break-glass: {} (group {group}) allowed past immutability: {reason}",
+                                request.identity.subject.as_deref().unwrap_or("anonymous")
+                            ),
+                        );
+                        let _ = (group, reason);
+                        Decision::Allow
+                    }
+                    None => Decision::Deny(reason),
+                }
+            }
+            allow => allow,
+        }
+    }
+
+    fn rule(&self, request: &Request) -> Decision {
         if request.resource != ResourceKind::Manifest
             || !self.repositories.matches(&request.repository)
         {
@@ -134,10 +171,13 @@ mod tests {
                 artifact_type: None,
                 subject: None,
                 annotations: vec![],
+                image: None,
+                children: vec![],
             }),
             current_digest: current.map(str::to_owned),
             digest_tags: vec![],
             mount_from: None,
+            now: 0,
         }
     }
 
@@ -182,6 +222,19 @@ mod tests {
         r.digest_tags = vec!["latest".into(), "v1.2.0".into()];
         assert!(matches!(s.decide(&r), Decision::Deny(_)));
         r.digest_tags = vec!["latest".into()];
+        assert!(matches!(s.decide(&r), Decision::Allow));
+    }
+
+    #[test]
+    fn exempt_groups_may_break_glass_and_others_may_not() {
+        let s = Settings::parse(r#"{"tags": ["v*"], "exempt_groups": ["admins"]}"#).unwrap();
+        let mut r = push("v1.2.0", Some("sha256:a"), "sha256:b");
+        r.identity.groups = vec!["devs".into()];
+        assert!(matches!(s.decide(&r), Decision::Deny(_)));
+        r.identity.groups = vec!["admins".into(), "devs".into()];
+        assert!(matches!(s.decide(&r), Decision::Allow));
+        r.action = Action::Delete;
+        r.manifest = None;
         assert!(matches!(s.decide(&r), Decision::Allow));
     }
 }

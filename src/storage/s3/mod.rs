@@ -955,6 +955,7 @@ impl S3Storage {
                 urls: Vec::new(),
                 artifact_type: manifest.effective_artifact_type(),
                 annotations: manifest.annotations,
+                platform: None,
             }))
         });
         let found = fan_out(reads.collect()).await?;

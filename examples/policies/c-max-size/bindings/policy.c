@@ -3,6 +3,27 @@
 #include <stdlib.h>
 #include <string.h>
 
+// Imported Functions from `portcullis:policy/lookup@0.2.0`
+
+__attribute__((__import_module__("portcullis:policy/lookup@0.2.0"), __import_name__("referrers")))
+extern void __wasm_import_portcullis_policy_lookup_referrers(uint8_t *, size_t, int32_t, uint8_t *, size_t, uint8_t *);
+
+__attribute__((__import_module__("portcullis:policy/lookup@0.2.0"), __import_name__("manifest")))
+extern void __wasm_import_portcullis_policy_lookup_manifest(int32_t, uint8_t *, size_t, uint8_t *);
+
+__attribute__((__import_module__("portcullis:policy/lookup@0.2.0"), __import_name__("blob")))
+extern void __wasm_import_portcullis_policy_lookup_blob(uint8_t *, size_t, uint8_t *);
+
+// Imported Functions from `portcullis:policy/log@0.2.0`
+
+__attribute__((__import_module__("portcullis:policy/log@0.2.0"), __import_name__("log")))
+extern void __wasm_import_portcullis_policy_log_log(int32_t, uint8_t *, size_t);
+
+// Imported Functions from `portcullis:policy/crypto@0.2.0`
+
+__attribute__((__import_module__("portcullis:policy/crypto@0.2.0"), __import_name__("verify-signature")))
+extern void __wasm_import_portcullis_policy_crypto_verify_signature(uint8_t *, size_t, uint8_t *, size_t, uint8_t *, size_t, uint8_t *);
+
 // Exported Functions from `policy`
 
 __attribute__((__weak__, __export_name__("cabi_post_validate-settings")))
@@ -101,6 +122,18 @@ void portcullis_policy_types_identity_free(portcullis_policy_types_identity_t *p
   policy_list_string_free(&ptr->groups);
 }
 
+void portcullis_policy_types_platform_free(portcullis_policy_types_platform_t *ptr) {
+  policy_string_free(&ptr->os);
+  policy_string_free(&ptr->architecture);
+  policy_option_string_free(&ptr->variant);
+  policy_option_string_free(&ptr->os_version);
+}
+
+void portcullis_policy_types_layer_free(portcullis_policy_types_layer_t *ptr) {
+  policy_string_free(&ptr->digest);
+  policy_string_free(&ptr->media_type);
+}
+
 void policy_tuple2_string_string_free(policy_tuple2_string_string_t *ptr) {
   policy_string_free(&ptr->f0);
   policy_string_free(&ptr->f1);
@@ -117,12 +150,81 @@ void policy_list_tuple2_string_string_free(policy_list_tuple2_string_string_t *p
   }
 }
 
+void portcullis_policy_types_image_config_free(portcullis_policy_types_image_config_t *ptr) {
+  policy_string_free(&ptr->os);
+  policy_string_free(&ptr->architecture);
+  policy_option_string_free(&ptr->variant);
+  policy_string_free(&ptr->user);
+  policy_list_tuple2_string_string_free(&ptr->labels);
+  policy_option_string_free(&ptr->created);
+  policy_list_string_free(&ptr->entrypoint);
+  policy_list_string_free(&ptr->cmd);
+  policy_list_string_free(&ptr->env);
+  policy_list_string_free(&ptr->exposed_ports);
+}
+
+void portcullis_policy_types_option_image_config_free(portcullis_policy_types_option_image_config_t *ptr) {
+  if (ptr->is_some) {
+    portcullis_policy_types_image_config_free(&ptr->val);
+  }
+}
+
+void portcullis_policy_types_list_layer_free(portcullis_policy_types_list_layer_t *ptr) {
+  size_t list_len = ptr->len;
+  if (list_len > 0) {
+    portcullis_policy_types_layer_t *list_ptr = ptr->ptr;
+    for (size_t i = 0; i < list_len; i++) {
+      portcullis_policy_types_layer_free(&list_ptr[i]);
+    }
+    free(list_ptr);
+  }
+}
+
+void portcullis_policy_types_image_free(portcullis_policy_types_image_t *ptr) {
+  policy_string_free(&ptr->config_digest);
+  policy_string_free(&ptr->config_media_type);
+  portcullis_policy_types_option_image_config_free(&ptr->config);
+  portcullis_policy_types_list_layer_free(&ptr->layers);
+}
+
+void portcullis_policy_types_option_platform_free(portcullis_policy_types_option_platform_t *ptr) {
+  if (ptr->is_some) {
+    portcullis_policy_types_platform_free(&ptr->val);
+  }
+}
+
+void portcullis_policy_types_child_free(portcullis_policy_types_child_t *ptr) {
+  policy_string_free(&ptr->digest);
+  policy_string_free(&ptr->media_type);
+  portcullis_policy_types_option_platform_free(&ptr->platform);
+  policy_option_string_free(&ptr->artifact_type);
+}
+
+void portcullis_policy_types_option_image_free(portcullis_policy_types_option_image_t *ptr) {
+  if (ptr->is_some) {
+    portcullis_policy_types_image_free(&ptr->val);
+  }
+}
+
+void portcullis_policy_types_list_child_free(portcullis_policy_types_list_child_t *ptr) {
+  size_t list_len = ptr->len;
+  if (list_len > 0) {
+    portcullis_policy_types_child_t *list_ptr = ptr->ptr;
+    for (size_t i = 0; i < list_len; i++) {
+      portcullis_policy_types_child_free(&list_ptr[i]);
+    }
+    free(list_ptr);
+  }
+}
+
 void portcullis_policy_types_manifest_free(portcullis_policy_types_manifest_t *ptr) {
   policy_string_free(&ptr->media_type);
   policy_string_free(&ptr->digest);
   policy_option_string_free(&ptr->artifact_type);
   policy_option_string_free(&ptr->subject);
   policy_list_tuple2_string_string_free(&ptr->annotations);
+  portcullis_policy_types_option_image_free(&ptr->image);
+  portcullis_policy_types_list_child_free(&ptr->children);
 }
 
 void portcullis_policy_types_option_reference_free(portcullis_policy_types_option_reference_t *ptr) {
@@ -154,6 +256,72 @@ void portcullis_policy_types_decision_free(portcullis_policy_types_decision_t *p
       policy_string_free(&ptr->val.deny);
       break;
     }
+  }
+}
+
+void portcullis_policy_lookup_reference_free(portcullis_policy_lookup_reference_t *ptr) {
+  portcullis_policy_types_reference_free(ptr);
+}
+
+void portcullis_policy_lookup_descriptor_free(portcullis_policy_lookup_descriptor_t *ptr) {
+  policy_string_free(&ptr->media_type);
+  policy_string_free(&ptr->digest);
+  policy_option_string_free(&ptr->artifact_type);
+  policy_list_tuple2_string_string_free(&ptr->annotations);
+}
+
+void policy_list_u8_free(policy_list_u8_t *ptr) {
+  size_t list_len = ptr->len;
+  if (list_len > 0) {
+    uint8_t *list_ptr = ptr->ptr;
+    for (size_t i = 0; i < list_len; i++) {
+    }
+    free(list_ptr);
+  }
+}
+
+void portcullis_policy_lookup_fetched_manifest_free(portcullis_policy_lookup_fetched_manifest_t *ptr) {
+  policy_string_free(&ptr->media_type);
+  policy_string_free(&ptr->digest);
+  policy_list_u8_free(&ptr->content);
+}
+
+void portcullis_policy_lookup_list_descriptor_free(portcullis_policy_lookup_list_descriptor_t *ptr) {
+  size_t list_len = ptr->len;
+  if (list_len > 0) {
+    portcullis_policy_lookup_descriptor_t *list_ptr = ptr->ptr;
+    for (size_t i = 0; i < list_len; i++) {
+      portcullis_policy_lookup_descriptor_free(&list_ptr[i]);
+    }
+    free(list_ptr);
+  }
+}
+
+void portcullis_policy_lookup_result_list_descriptor_lookup_error_free(portcullis_policy_lookup_result_list_descriptor_lookup_error_t *ptr) {
+  if (!ptr->is_err) {
+    portcullis_policy_lookup_list_descriptor_free(&ptr->val.ok);
+  } else {
+  }
+}
+
+void portcullis_policy_lookup_result_fetched_manifest_lookup_error_free(portcullis_policy_lookup_result_fetched_manifest_lookup_error_t *ptr) {
+  if (!ptr->is_err) {
+    portcullis_policy_lookup_fetched_manifest_free(&ptr->val.ok);
+  } else {
+  }
+}
+
+void portcullis_policy_lookup_result_list_u8_lookup_error_free(portcullis_policy_lookup_result_list_u8_lookup_error_t *ptr) {
+  if (!ptr->is_err) {
+    policy_list_u8_free(&ptr->val.ok);
+  } else {
+  }
+}
+
+void portcullis_policy_crypto_result_bool_string_free(portcullis_policy_crypto_result_bool_string_t *ptr) {
+  if (!ptr->is_err) {
+  } else {
+    policy_string_free(&ptr->val.err);
   }
 }
 
@@ -198,6 +366,158 @@ void policy_string_free(policy_string_t *ret) {
 }
 
 // Component Adapters
+
+bool portcullis_policy_lookup_referrers(policy_string_t *digest, policy_string_t *maybe_artifact_type, portcullis_policy_lookup_list_descriptor_t *ret, portcullis_policy_lookup_lookup_error_t *err) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(3*sizeof(void*))];
+  policy_option_string_t artifact_type;
+  artifact_type.is_some = maybe_artifact_type != NULL;if (maybe_artifact_type) {
+    artifact_type.val = *maybe_artifact_type;
+  }
+  int32_t option;
+  uint8_t * option1;
+  size_t option2;
+  if ((artifact_type).is_some) {
+    const policy_string_t *payload0 = &(artifact_type).val;
+    option = 1;
+    option1 = (uint8_t *) (*payload0).ptr;
+    option2 = (*payload0).len;
+  } else {
+    option = 0;
+    option1 = 0;
+    option2 = 0;
+  }
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_portcullis_policy_lookup_referrers((uint8_t *) (*digest).ptr, (*digest).len, option, option1, option2, ptr);
+  portcullis_policy_lookup_result_list_descriptor_lookup_error_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      result.val.ok = (portcullis_policy_lookup_list_descriptor_t) { (portcullis_policy_lookup_descriptor_t*)(*((uint8_t **) (ptr + sizeof(void*)))), (*((size_t*) (ptr + (2*sizeof(void*))))) };
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      result.val.err = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      break;
+    }
+  }
+  if (!result.is_err) {
+    *ret = result.val.ok;
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool portcullis_policy_lookup_manifest(portcullis_policy_lookup_reference_t *reference, portcullis_policy_lookup_fetched_manifest_t *ret, portcullis_policy_lookup_lookup_error_t *err) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(7*sizeof(void*))];
+  int32_t variant;
+  uint8_t * variant1;
+  size_t variant2;
+  switch ((int32_t) (*reference).tag) {
+    case 0: {
+      const policy_string_t *payload = &(*reference).val.tag;
+      variant = 0;
+      variant1 = (uint8_t *) (*payload).ptr;
+      variant2 = (*payload).len;
+      break;
+    }
+    case 1: {
+      const policy_string_t *payload0 = &(*reference).val.digest;
+      variant = 1;
+      variant1 = (uint8_t *) (*payload0).ptr;
+      variant2 = (*payload0).len;
+      break;
+    }
+  }
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_portcullis_policy_lookup_manifest(variant, variant1, variant2, ptr);
+  portcullis_policy_lookup_result_fetched_manifest_lookup_error_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      result.val.ok = (portcullis_policy_lookup_fetched_manifest_t) {
+        (policy_string_t) (policy_string_t) { (uint8_t*)(*((uint8_t **) (ptr + sizeof(void*)))), (*((size_t*) (ptr + (2*sizeof(void*))))) },
+        (policy_string_t) (policy_string_t) { (uint8_t*)(*((uint8_t **) (ptr + (3*sizeof(void*))))), (*((size_t*) (ptr + (4*sizeof(void*))))) },
+        (policy_list_u8_t) (policy_list_u8_t) { (uint8_t*)(*((uint8_t **) (ptr + (5*sizeof(void*))))), (*((size_t*) (ptr + (6*sizeof(void*))))) },
+      };
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      result.val.err = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      break;
+    }
+  }
+  if (!result.is_err) {
+    *ret = result.val.ok;
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+bool portcullis_policy_lookup_blob(policy_string_t *digest, policy_list_u8_t *ret, portcullis_policy_lookup_lookup_error_t *err) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(3*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_portcullis_policy_lookup_blob((uint8_t *) (*digest).ptr, (*digest).len, ptr);
+  portcullis_policy_lookup_result_list_u8_lookup_error_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      result.val.ok = (policy_list_u8_t) { (uint8_t*)(*((uint8_t **) (ptr + sizeof(void*)))), (*((size_t*) (ptr + (2*sizeof(void*))))) };
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      result.val.err = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      break;
+    }
+  }
+  if (!result.is_err) {
+    *ret = result.val.ok;
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
+
+void portcullis_policy_log_log(portcullis_policy_log_level_t level, policy_string_t *message) {
+  __wasm_import_portcullis_policy_log_log((int32_t) level, (uint8_t *) (*message).ptr, (*message).len);
+}
+
+bool portcullis_policy_crypto_verify_signature(policy_string_t *public_key_pem, policy_list_u8_t *message, policy_list_u8_t *signature, bool *ret, policy_string_t *err) {
+  __attribute__((__aligned__(sizeof(void*))))
+  uint8_t ret_area[(3*sizeof(void*))];
+  uint8_t *ptr = (uint8_t *) &ret_area;
+  __wasm_import_portcullis_policy_crypto_verify_signature((uint8_t *) (*public_key_pem).ptr, (*public_key_pem).len, (uint8_t *) (*message).ptr, (*message).len, (uint8_t *) (*signature).ptr, (*signature).len, ptr);
+  portcullis_policy_crypto_result_bool_string_t result;
+  switch ((int32_t) *((uint8_t*) (ptr + 0))) {
+    case 0: {
+      result.is_err = false;
+      result.val.ok = (int32_t) *((uint8_t*) (ptr + sizeof(void*)));
+      break;
+    }
+    case 1: {
+      result.is_err = true;
+      result.val.err = (policy_string_t) { (uint8_t*)(*((uint8_t **) (ptr + sizeof(void*)))), (*((size_t*) (ptr + (2*sizeof(void*))))) };
+      break;
+    }
+  }
+  if (!result.is_err) {
+    *ret = result.val.ok;
+    return 1;
+  } else {
+    *err = result.val.err;
+    return 0;
+  }
+}
 
 __attribute__((__export_name__("validate-settings")))
 uint8_t * __wasm_export_exports_policy_validate_settings(uint8_t * arg, size_t arg0) {
@@ -278,14 +598,14 @@ uint8_t * __wasm_export_exports_policy_evaluate(uint8_t * arg) {
       break;
     }
   }
-  portcullis_policy_types_option_manifest_t option3;
+  portcullis_policy_types_option_manifest_t option11;
   switch ((int32_t) *((uint8_t*) (arg + (14*sizeof(void*))))) {
     case 0: {
-      option3.is_some = false;
+      option11.is_some = false;
       break;
     }
     case 1: {
-      option3.is_some = true;
+      option11.is_some = true;
       policy_option_string_t option1;
       switch ((int32_t) *((uint8_t*) (arg + (16+18*sizeof(void*))))) {
         case 0: {
@@ -310,43 +630,114 @@ uint8_t * __wasm_export_exports_policy_evaluate(uint8_t * arg) {
           break;
         }
       }
+      portcullis_policy_types_option_image_t option6;
+      switch ((int32_t) *((uint8_t*) (arg + (16+26*sizeof(void*))))) {
+        case 0: {
+          option6.is_some = false;
+          break;
+        }
+        case 1: {
+          option6.is_some = true;
+          portcullis_policy_types_option_image_config_t option5;
+          switch ((int32_t) *((uint8_t*) (arg + (32+30*sizeof(void*))))) {
+            case 0: {
+              option5.is_some = false;
+              break;
+            }
+            case 1: {
+              option5.is_some = true;
+              policy_option_string_t option3;
+              switch ((int32_t) *((uint8_t*) (arg + (32+35*sizeof(void*))))) {
+                case 0: {
+                  option3.is_some = false;
+                  break;
+                }
+                case 1: {
+                  option3.is_some = true;
+                  option3.val = (policy_string_t) { (uint8_t*)(*((uint8_t **) (arg + (32+36*sizeof(void*))))), (*((size_t*) (arg + (32+37*sizeof(void*))))) };
+                  break;
+                }
+              }
+              policy_option_string_t option4;
+              switch ((int32_t) *((uint8_t*) (arg + (32+42*sizeof(void*))))) {
+                case 0: {
+                  option4.is_some = false;
+                  break;
+                }
+                case 1: {
+                  option4.is_some = true;
+                  option4.val = (policy_string_t) { (uint8_t*)(*((uint8_t **) (arg + (32+43*sizeof(void*))))), (*((size_t*) (arg + (32+44*sizeof(void*))))) };
+                  break;
+                }
+              }
 
-      option3.val = (portcullis_policy_types_manifest_t) {
+              option5.val = (portcullis_policy_types_image_config_t) {
+                (policy_string_t) (policy_string_t) { (uint8_t*)(*((uint8_t **) (arg + (32+31*sizeof(void*))))), (*((size_t*) (arg + (32+32*sizeof(void*))))) },
+                (policy_string_t) (policy_string_t) { (uint8_t*)(*((uint8_t **) (arg + (32+33*sizeof(void*))))), (*((size_t*) (arg + (32+34*sizeof(void*))))) },
+                (policy_option_string_t) option3,
+                (policy_string_t) (policy_string_t) { (uint8_t*)(*((uint8_t **) (arg + (32+38*sizeof(void*))))), (*((size_t*) (arg + (32+39*sizeof(void*))))) },
+                (policy_list_tuple2_string_string_t) (policy_list_tuple2_string_string_t) { (policy_tuple2_string_string_t*)(*((uint8_t **) (arg + (32+40*sizeof(void*))))), (*((size_t*) (arg + (32+41*sizeof(void*))))) },
+                (policy_option_string_t) option4,
+                (policy_list_string_t) (policy_list_string_t) { (policy_string_t*)(*((uint8_t **) (arg + (32+45*sizeof(void*))))), (*((size_t*) (arg + (32+46*sizeof(void*))))) },
+                (policy_list_string_t) (policy_list_string_t) { (policy_string_t*)(*((uint8_t **) (arg + (32+47*sizeof(void*))))), (*((size_t*) (arg + (32+48*sizeof(void*))))) },
+                (policy_list_string_t) (policy_list_string_t) { (policy_string_t*)(*((uint8_t **) (arg + (32+49*sizeof(void*))))), (*((size_t*) (arg + (32+50*sizeof(void*))))) },
+                (policy_list_string_t) (policy_list_string_t) { (policy_string_t*)(*((uint8_t **) (arg + (32+51*sizeof(void*))))), (*((size_t*) (arg + (32+52*sizeof(void*))))) },
+                (uint32_t) (uint32_t) (*((int32_t*) (arg + (32+53*sizeof(void*))))),
+              };
+              break;
+            }
+          }
+
+          option6.val = (portcullis_policy_types_image_t) {
+            (policy_string_t) (policy_string_t) { (uint8_t*)(*((uint8_t **) (arg + (24+26*sizeof(void*))))), (*((size_t*) (arg + (24+27*sizeof(void*))))) },
+            (policy_string_t) (policy_string_t) { (uint8_t*)(*((uint8_t **) (arg + (24+28*sizeof(void*))))), (*((size_t*) (arg + (24+29*sizeof(void*))))) },
+            (uint64_t) (uint64_t) (*((int64_t*) (arg + (24+30*sizeof(void*))))),
+            (portcullis_policy_types_option_image_config_t) option5,
+            (portcullis_policy_types_list_layer_t) (portcullis_policy_types_list_layer_t) { (portcullis_policy_types_layer_t*)(*((uint8_t **) (arg + (32+54*sizeof(void*))))), (*((size_t*) (arg + (32+55*sizeof(void*))))) },
+            (uint64_t) (uint64_t) (*((int64_t*) (arg + (32+56*sizeof(void*))))),
+          };
+          break;
+        }
+      }
+
+      option11.val = (portcullis_policy_types_manifest_t) {
         (policy_string_t) (policy_string_t) { (uint8_t*)(*((uint8_t **) (arg + (8+14*sizeof(void*))))), (*((size_t*) (arg + (8+15*sizeof(void*))))) },
         (policy_string_t) (policy_string_t) { (uint8_t*)(*((uint8_t **) (arg + (8+16*sizeof(void*))))), (*((size_t*) (arg + (8+17*sizeof(void*))))) },
         (uint64_t) (uint64_t) (*((int64_t*) (arg + (8+18*sizeof(void*))))),
         (policy_option_string_t) option1,
         (policy_option_string_t) option2,
         (policy_list_tuple2_string_string_t) (policy_list_tuple2_string_string_t) { (policy_tuple2_string_string_t*)(*((uint8_t **) (arg + (16+24*sizeof(void*))))), (*((size_t*) (arg + (16+25*sizeof(void*))))) },
+        (portcullis_policy_types_option_image_t) option6,
+        (portcullis_policy_types_list_child_t) (portcullis_policy_types_list_child_t) { (portcullis_policy_types_child_t*)(*((uint8_t **) (arg + (40+56*sizeof(void*))))), (*((size_t*) (arg + (40+57*sizeof(void*))))) },
       };
       break;
     }
   }
-  policy_option_string_t option4;
-  switch ((int32_t) *((uint8_t*) (arg + (16+26*sizeof(void*))))) {
+  policy_option_string_t option12;
+  switch ((int32_t) *((uint8_t*) (arg + (40+58*sizeof(void*))))) {
     case 0: {
-      option4.is_some = false;
+      option12.is_some = false;
       break;
     }
     case 1: {
-      option4.is_some = true;
-      option4.val = (policy_string_t) { (uint8_t*)(*((uint8_t **) (arg + (16+27*sizeof(void*))))), (*((size_t*) (arg + (16+28*sizeof(void*))))) };
+      option12.is_some = true;
+      option12.val = (policy_string_t) { (uint8_t*)(*((uint8_t **) (arg + (40+59*sizeof(void*))))), (*((size_t*) (arg + (40+60*sizeof(void*))))) };
       break;
     }
   }
-  policy_option_string_t option5;
-  switch ((int32_t) *((uint8_t*) (arg + (16+31*sizeof(void*))))) {
+  policy_option_string_t option13;
+  switch ((int32_t) *((uint8_t*) (arg + (40+63*sizeof(void*))))) {
     case 0: {
-      option5.is_some = false;
+      option13.is_some = false;
       break;
     }
     case 1: {
-      option5.is_some = true;
-      option5.val = (policy_string_t) { (uint8_t*)(*((uint8_t **) (arg + (16+32*sizeof(void*))))), (*((size_t*) (arg + (16+33*sizeof(void*))))) };
+      option13.is_some = true;
+      option13.val = (policy_string_t) { (uint8_t*)(*((uint8_t **) (arg + (40+64*sizeof(void*))))), (*((size_t*) (arg + (40+65*sizeof(void*))))) };
       break;
     }
   }
-  policy_request_t arg6 = (portcullis_policy_types_request_t) {
+  policy_request_t arg14 = (portcullis_policy_types_request_t) {
     (portcullis_policy_types_action_t) (int32_t) *((uint8_t*) (arg + 0)),
     (portcullis_policy_types_resource_kind_t) (int32_t) *((uint8_t*) (arg + 1)),
     (policy_string_t) (policy_string_t) { (uint8_t*)(*((uint8_t **) (arg + sizeof(void*)))), (*((size_t*) (arg + (2*sizeof(void*))))) },
@@ -356,13 +747,14 @@ uint8_t * __wasm_export_exports_policy_evaluate(uint8_t * arg) {
       (policy_list_string_t) (policy_list_string_t) { (policy_string_t*)(*((uint8_t **) (arg + (10*sizeof(void*))))), (*((size_t*) (arg + (11*sizeof(void*))))) },
     },
     (policy_string_t) (policy_string_t) { (uint8_t*)(*((uint8_t **) (arg + (12*sizeof(void*))))), (*((size_t*) (arg + (13*sizeof(void*))))) },
-    (portcullis_policy_types_option_manifest_t) option3,
-    (policy_option_string_t) option4,
-    (policy_list_string_t) (policy_list_string_t) { (policy_string_t*)(*((uint8_t **) (arg + (16+29*sizeof(void*))))), (*((size_t*) (arg + (16+30*sizeof(void*))))) },
-    (policy_option_string_t) option5,
+    (portcullis_policy_types_option_manifest_t) option11,
+    (policy_option_string_t) option12,
+    (policy_list_string_t) (policy_list_string_t) { (policy_string_t*)(*((uint8_t **) (arg + (40+61*sizeof(void*))))), (*((size_t*) (arg + (40+62*sizeof(void*))))) },
+    (policy_option_string_t) option13,
+    (uint64_t) (uint64_t) (*((int64_t*) (arg + (40+66*sizeof(void*))))),
   };
   policy_decision_t ret;
-  exports_policy_evaluate(&arg6, &ret);
+  exports_policy_evaluate(&arg14, &ret);
   free(arg);
   uint8_t *ptr = (uint8_t *) &RET_AREA;
   switch ((int32_t) (ret).tag) {
@@ -371,10 +763,10 @@ uint8_t * __wasm_export_exports_policy_evaluate(uint8_t * arg) {
       break;
     }
     case 1: {
-      const policy_string_t *payload7 = &(ret).val.deny;
+      const policy_string_t *payload15 = &(ret).val.deny;
       *((int8_t*)(ptr + 0)) = 1;
-      *((size_t*)(ptr + (2*sizeof(void*)))) = (*payload7).len;
-      *((uint8_t **)(ptr + sizeof(void*))) = (uint8_t *) (*payload7).ptr;
+      *((size_t*)(ptr + (2*sizeof(void*)))) = (*payload15).len;
+      *((uint8_t **)(ptr + sizeof(void*))) = (uint8_t *) (*payload15).ptr;
       break;
     }
   }

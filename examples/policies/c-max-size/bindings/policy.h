@@ -77,6 +77,25 @@ typedef struct portcullis_policy_types_identity_t {
   policy_list_string_t   groups;
 } portcullis_policy_types_identity_t;
 
+// An OCI platform, as an index names it for each child.
+typedef struct portcullis_policy_types_platform_t {
+  // `linux`, `windows`, ...
+  policy_string_t   os;
+  // `amd64`, `arm64`, `arm`, ...
+  policy_string_t   architecture;
+  // `v7`, `v8`, ... for ARM.
+  policy_option_string_t   variant;
+  // Windows builds name one.
+  policy_option_string_t   os_version;
+} portcullis_policy_types_platform_t;
+
+// A layer of an image manifest, as its descriptor says.
+typedef struct portcullis_policy_types_layer_t {
+  policy_string_t   digest;
+  policy_string_t   media_type;
+  uint64_t   size;
+} portcullis_policy_types_layer_t;
+
 typedef struct {
   policy_string_t f0;
   policy_string_t f1;
@@ -87,12 +106,87 @@ typedef struct {
   size_t len;
 } policy_list_tuple2_string_string_t;
 
-// The manifest being pushed (present only on manifest PUT).
+// What an image's config says about what it runs (the OCI image config,
+// or Docker's, which has the same fields). Missing fields are empty.
+typedef struct portcullis_policy_types_image_config_t {
+  policy_string_t   os;
+  policy_string_t   architecture;
+  policy_option_string_t   variant;
+  // `config.User`: empty when the image names none, in which case it
+  // runs as root (as does `root`, `0` or `0:0`).
+  policy_string_t   user;
+  // `config.Labels` (Dockerfile `LABEL`), sorted by key.
+  policy_list_tuple2_string_string_t   labels;
+  // `created`, RFC 3339 as written by the builder (unchecked).
+  policy_option_string_t   created;
+  policy_list_string_t   entrypoint;
+  policy_list_string_t   cmd;
+  // `config.Env`, each `NAME=value`.
+  policy_list_string_t   env;
+  // `config.ExposedPorts`, e.g. `80/tcp`, sorted.
+  policy_list_string_t   exposed_ports;
+  // How many entries the config's `history` has (build steps).
+  uint32_t   history_length;
+} portcullis_policy_types_image_config_t;
+
+typedef struct {
+  bool is_some;
+  portcullis_policy_types_image_config_t val;
+} portcullis_policy_types_option_image_config_t;
+
+typedef struct {
+  portcullis_policy_types_layer_t *ptr;
+  size_t len;
+} portcullis_policy_types_list_layer_t;
+
+// What an image manifest is made of.
+typedef struct portcullis_policy_types_image_t {
+  // The config descriptor's digest, media type and size.
+  policy_string_t   config_digest;
+  policy_string_t   config_media_type;
+  uint64_t   config_size;
+  // The config's content, when it is an image config
+  // (`application/vnd.oci.image.config.v1+json` or Docker's) that is
+  // in the store and at most 1 MiB; `none` for artifacts and for a
+  // pull-through cache that has not fetched it yet.
+  portcullis_policy_types_option_image_config_t   config;
+  portcullis_policy_types_list_layer_t   layers;
+  // The config's and all layers' sizes added up: what a pull fetches.
+  uint64_t   total_size;
+} portcullis_policy_types_image_t;
+
+typedef struct {
+  bool is_some;
+  portcullis_policy_types_platform_t val;
+} portcullis_policy_types_option_platform_t;
+
+// One manifest an index (or Docker manifest list) names.
+typedef struct portcullis_policy_types_child_t {
+  policy_string_t   digest;
+  policy_string_t   media_type;
+  uint64_t   size;
+  // Absent for attestations and other children without one.
+  portcullis_policy_types_option_platform_t   platform;
+  policy_option_string_t   artifact_type;
+} portcullis_policy_types_child_t;
+
+typedef struct {
+  bool is_some;
+  portcullis_policy_types_image_t val;
+} portcullis_policy_types_option_image_t;
+
+typedef struct {
+  portcullis_policy_types_child_t *ptr;
+  size_t len;
+} portcullis_policy_types_list_child_t;
+
+// The manifest being pushed (on manifest PUT) or pulled (GET/HEAD).
 typedef struct portcullis_policy_types_manifest_t {
   // For example `application/vnd.oci.image.manifest.v1+json` or
   // `application/vnd.docker.distribution.manifest.list.v2+json`.
   policy_string_t   media_type;
-  // The digest of the manifest bytes, `sha256:<hex>`.
+  // The digest of the manifest bytes, `sha256:<hex>`. On a pull by tag,
+  // what the tag names now.
   policy_string_t   digest;
   // Size of the manifest in bytes.
   uint64_t   size;
@@ -102,6 +196,10 @@ typedef struct portcullis_policy_types_manifest_t {
   policy_option_string_t   subject;
   // The manifest's annotations, sorted by key.
   policy_list_tuple2_string_string_t   annotations;
+  // For an image manifest: its config and layers.
+  portcullis_policy_types_option_image_t   image;
+  // For an index or manifest list: the manifests it names. Empty otherwise.
+  portcullis_policy_types_list_child_t   children;
 } portcullis_policy_types_manifest_t;
 
 typedef struct {
@@ -124,7 +222,8 @@ typedef struct portcullis_policy_types_request_t {
   portcullis_policy_types_identity_t   identity;
   // The client's address as the registry sees it, e.g. `192.0.2.7`.
   policy_string_t   client_ip;
-  // The manifest being pushed, on manifest PUT.
+  // The manifest being pushed (manifest PUT) or pulled (manifest GET
+  // and HEAD, when it exists; a pull of a missing manifest has none).
   portcullis_policy_types_option_manifest_t   manifest;
   // For a tag reference on manifest PUT or DELETE: the digest the tag
   // points to now, if the tag exists. Tag immutability compares it with
@@ -136,6 +235,9 @@ typedef struct portcullis_policy_types_request_t {
   // For a cross-repository mount: the source repository. The registry
   // also asks the chain separately whether the caller may pull from it.
   policy_option_string_t   mount_from;
+  // When the registry received the request, in seconds since the Unix
+  // epoch (the policy's own clocks are frozen at 0).
+  uint64_t   now;
 } portcullis_policy_types_request_t;
 
 typedef struct portcullis_policy_types_decision_t {
@@ -149,6 +251,88 @@ typedef struct portcullis_policy_types_decision_t {
 // Deny, with a reason shown to the client (and logged with the policy's name).
 #define PORTCULLIS_POLICY_TYPES_DECISION_DENY 1
 
+typedef portcullis_policy_types_reference_t portcullis_policy_lookup_reference_t;
+
+// Why a lookup gave nothing.
+typedef uint8_t portcullis_policy_lookup_lookup_error_t;
+
+// No such manifest, tag, blob or referrer in this repository.
+#define PORTCULLIS_POLICY_LOOKUP_LOOKUP_ERROR_NOT_FOUND 0
+// The argument is not a digest (`sha256:<64 hex>`) or a tag.
+#define PORTCULLIS_POLICY_LOOKUP_LOOKUP_ERROR_INVALID 1
+// The blob is larger than the blob cap (64 KiB by default).
+#define PORTCULLIS_POLICY_LOOKUP_LOOKUP_ERROR_TOO_LARGE 2
+// This evaluation has used up its lookups (count or bytes).
+#define PORTCULLIS_POLICY_LOOKUP_LOOKUP_ERROR_LIMIT_REACHED 3
+// The store could not answer now, or lookups are not available
+// for this request.
+#define PORTCULLIS_POLICY_LOOKUP_LOOKUP_ERROR_UNAVAILABLE 4
+
+// A manifest that refers to another through its `subject`.
+typedef struct portcullis_policy_lookup_descriptor_t {
+  policy_string_t   media_type;
+  policy_string_t   digest;
+  uint64_t   size;
+  policy_option_string_t   artifact_type;
+  policy_list_tuple2_string_string_t   annotations;
+} portcullis_policy_lookup_descriptor_t;
+
+typedef struct {
+  uint8_t *ptr;
+  size_t len;
+} policy_list_u8_t;
+
+// A manifest as stored.
+typedef struct portcullis_policy_lookup_fetched_manifest_t {
+  policy_string_t   media_type;
+  policy_string_t   digest;
+  // The manifest's bytes (JSON), exactly as pushed.
+  policy_list_u8_t   content;
+} portcullis_policy_lookup_fetched_manifest_t;
+
+typedef struct {
+  portcullis_policy_lookup_descriptor_t *ptr;
+  size_t len;
+} portcullis_policy_lookup_list_descriptor_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    portcullis_policy_lookup_list_descriptor_t ok;
+    portcullis_policy_lookup_lookup_error_t err;
+  } val;
+} portcullis_policy_lookup_result_list_descriptor_lookup_error_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    portcullis_policy_lookup_fetched_manifest_t ok;
+    portcullis_policy_lookup_lookup_error_t err;
+  } val;
+} portcullis_policy_lookup_result_fetched_manifest_lookup_error_t;
+
+typedef struct {
+  bool is_err;
+  union {
+    policy_list_u8_t ok;
+    portcullis_policy_lookup_lookup_error_t err;
+  } val;
+} portcullis_policy_lookup_result_list_u8_lookup_error_t;
+
+typedef uint8_t portcullis_policy_log_level_t;
+
+#define PORTCULLIS_POLICY_LOG_LEVEL_DEBUG 0
+#define PORTCULLIS_POLICY_LOG_LEVEL_INFO 1
+#define PORTCULLIS_POLICY_LOG_LEVEL_WARN 2
+
+typedef struct {
+  bool is_err;
+  union {
+    bool ok;
+    policy_string_t err;
+  } val;
+} portcullis_policy_crypto_result_bool_string_t;
+
 typedef portcullis_policy_types_request_t policy_request_t;
 
 typedef portcullis_policy_types_decision_t policy_decision_t;
@@ -159,6 +343,28 @@ typedef struct {
     policy_string_t err;
   } val;
 } policy_result_void_string_t;
+
+// Imported Functions from `portcullis:policy/lookup@0.2.0`
+// The referrers of `digest` (manifests whose `subject` is it), filtered
+// by `artifact-type` when given: what `GET /v2/<name>/referrers/<digest>`
+// answers, at most 256 of them.
+extern bool portcullis_policy_lookup_referrers(policy_string_t *digest, policy_string_t *maybe_artifact_type, portcullis_policy_lookup_list_descriptor_t *ret, portcullis_policy_lookup_lookup_error_t *err);
+// A manifest of this repository by tag or digest.
+extern bool portcullis_policy_lookup_manifest(portcullis_policy_lookup_reference_t *reference, portcullis_policy_lookup_fetched_manifest_t *ret, portcullis_policy_lookup_lookup_error_t *err);
+// A small blob of this repository (a signature payload, an SBOM's
+// summary), by digest: at most 64 KiB by default (`policy.lookup_blob_bytes`).
+extern bool portcullis_policy_lookup_blob(policy_string_t *digest, policy_list_u8_t *ret, portcullis_policy_lookup_lookup_error_t *err);
+
+// Imported Functions from `portcullis:policy/log@0.2.0`
+extern void portcullis_policy_log_log(portcullis_policy_log_level_t level, policy_string_t *message);
+
+// Imported Functions from `portcullis:policy/crypto@0.2.0`
+// Whether `signature` is a valid signature of `message` by the key in
+// `public-key-pem` (a PEM `PUBLIC KEY`, SubjectPublicKeyInfo): ECDSA
+// P-256 with SHA-256 (signature in ASN.1 DER, as cosign writes it) or
+// Ed25519. An error says why the key or signature cannot be used. At
+// most 64 calls per evaluation; message at most 1 MiB.
+extern bool portcullis_policy_crypto_verify_signature(policy_string_t *public_key_pem, policy_list_u8_t *message, policy_list_u8_t *signature, bool *ret, policy_string_t *err);
 
 // Exported Functions from `policy`
 bool exports_policy_validate_settings(policy_string_t *settings, policy_string_t *err);
@@ -175,9 +381,29 @@ void policy_list_string_free(policy_list_string_t *ptr);
 
 void portcullis_policy_types_identity_free(portcullis_policy_types_identity_t *ptr);
 
+void portcullis_policy_types_platform_free(portcullis_policy_types_platform_t *ptr);
+
+void portcullis_policy_types_layer_free(portcullis_policy_types_layer_t *ptr);
+
 void policy_tuple2_string_string_free(policy_tuple2_string_string_t *ptr);
 
 void policy_list_tuple2_string_string_free(policy_list_tuple2_string_string_t *ptr);
+
+void portcullis_policy_types_image_config_free(portcullis_policy_types_image_config_t *ptr);
+
+void portcullis_policy_types_option_image_config_free(portcullis_policy_types_option_image_config_t *ptr);
+
+void portcullis_policy_types_list_layer_free(portcullis_policy_types_list_layer_t *ptr);
+
+void portcullis_policy_types_image_free(portcullis_policy_types_image_t *ptr);
+
+void portcullis_policy_types_option_platform_free(portcullis_policy_types_option_platform_t *ptr);
+
+void portcullis_policy_types_child_free(portcullis_policy_types_child_t *ptr);
+
+void portcullis_policy_types_option_image_free(portcullis_policy_types_option_image_t *ptr);
+
+void portcullis_policy_types_list_child_free(portcullis_policy_types_list_child_t *ptr);
 
 void portcullis_policy_types_manifest_free(portcullis_policy_types_manifest_t *ptr);
 
@@ -188,6 +414,24 @@ void portcullis_policy_types_option_manifest_free(portcullis_policy_types_option
 void portcullis_policy_types_request_free(portcullis_policy_types_request_t *ptr);
 
 void portcullis_policy_types_decision_free(portcullis_policy_types_decision_t *ptr);
+
+void portcullis_policy_lookup_reference_free(portcullis_policy_lookup_reference_t *ptr);
+
+void portcullis_policy_lookup_descriptor_free(portcullis_policy_lookup_descriptor_t *ptr);
+
+void policy_list_u8_free(policy_list_u8_t *ptr);
+
+void portcullis_policy_lookup_fetched_manifest_free(portcullis_policy_lookup_fetched_manifest_t *ptr);
+
+void portcullis_policy_lookup_list_descriptor_free(portcullis_policy_lookup_list_descriptor_t *ptr);
+
+void portcullis_policy_lookup_result_list_descriptor_lookup_error_free(portcullis_policy_lookup_result_list_descriptor_lookup_error_t *ptr);
+
+void portcullis_policy_lookup_result_fetched_manifest_lookup_error_free(portcullis_policy_lookup_result_fetched_manifest_lookup_error_t *ptr);
+
+void portcullis_policy_lookup_result_list_u8_lookup_error_free(portcullis_policy_lookup_result_list_u8_lookup_error_t *ptr);
+
+void portcullis_policy_crypto_result_bool_string_free(portcullis_policy_crypto_result_bool_string_t *ptr);
 
 void policy_request_free(policy_request_t *ptr);
 

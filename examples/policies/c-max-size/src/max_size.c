@@ -203,23 +203,27 @@ int max_size_parse_settings(const char *json, size_t len, uint64_t *max_bytes,
         return fail(&o, "settings: invalid JSON (trailing characters after the object)");
     }
     if (!seen) {
-        return fail(&o, "settings.max_bytes: missing (the largest manifest to accept, in bytes)");
+        return fail(&o, "settings.max_bytes: missing (the largest image to accept, in bytes)");
     }
     *max_bytes = limit;
     return 0;
 }
 
 size_t max_size_denial(char *buf, size_t cap, const char *repository,
-                       size_t repo_len, uint64_t size, uint64_t max_bytes) {
+                       size_t repo_len, uint64_t total_size, size_t layers,
+                       uint64_t max_bytes) {
     struct out o = {buf, cap, 0};
     if (cap > 0) {
         buf[0] = '\0';
     }
-    out_str(&o, "manifest pushed to ");
+    out_str(&o, "image pushed to ");
     out_bytes(&o, repository, repo_len);
     out_str(&o, " is ");
-    out_u64(&o, size);
-    out_str(&o, " bytes, over the limit of ");
+    out_u64(&o, total_size);
+    out_str(&o, " bytes (config and ");
+    out_u64(&o, layers);
+    out_str(&o, layers == 1 ? " layer)" : " layers)");
+    out_str(&o, ", over the limit of ");
     out_u64(&o, max_bytes);
     out_str(&o, " bytes");
     return o.len;

@@ -14,10 +14,12 @@
 int max_size_parse_settings(const char *json, size_t len, uint64_t *max_bytes,
                             char *err, size_t err_cap);
 
-/* Writes the reason for denying a manifest of `size` bytes pushed to
- * `repository` (not NUL-terminated; `repo_len` bytes) into buf, NUL-terminated
- * and truncated to fit. Returns the length written, without the NUL. */
+/* Writes the reason for denying an image of `total_size` bytes (its config
+ * and `layers` layers added up) pushed to `repository` (not NUL-terminated;
+ * `repo_len` bytes) into buf, NUL-terminated and truncated to fit. Returns the
+ * length written, without the NUL. */
 size_t max_size_denial(char *buf, size_t cap, const char *repository,
-                       size_t repo_len, uint64_t size, uint64_t max_bytes);
+                       size_t repo_len, uint64_t total_size, size_t layers,
+                       uint64_t max_bytes);
 
 #endif

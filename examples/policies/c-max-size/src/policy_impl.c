@@ -1,14 +1,18 @@
-/* `c-max-size`: deny manifest pushes larger than a configured size.
+/* `c-max-size`: refuse images over a configured size.
  *
  * Settings:
- *   {"max_bytes": 65536}
+ *   {"max_bytes": 1073741824}
  *
- * A manifest push (manifest PUT) whose manifest is more than `max_bytes`
- * bytes is denied with a message giving both sizes; every other request is
- * allowed.
+ * On a manifest push (manifest PUT) of an image manifest, the image's size
+ * as the registry adds it up from the manifest's descriptors
+ * (`manifest.image.total-size`: the config and every layer, which is what a
+ * pull fetches) must be at most `max_bytes`; a larger one is denied with a
+ * message giving both sizes. Indexes (`manifest.image` is none) are allowed:
+ * their images are pushed, and checked, one by one before them. Every other
+ * request is allowed.
  *
  * This file implements the functions declared by the wit-bindgen generated
- * bindings in ../bindings (from wit/policy.wit). Ownership follows the
+ * bindings in ../bindings (from wit/policy.wit, portcullis:policy@0.2.0). Ownership follows the
  * canonical ABI: arguments passed to an export belong to it and must be freed,
  * and returned strings must be heap-allocated (the generated `cabi_post_*`
  * functions free them after the host has copied them). */
@@ -60,13 +64,15 @@ void exports_policy_evaluate(policy_request_t *request, policy_decision_t *ret) 
         deny(ret, msg, sizeof msg - 1);
     } else if (request->action == PORTCULLIS_POLICY_TYPES_ACTION_PUSH &&
                request->resource == PORTCULLIS_POLICY_TYPES_RESOURCE_KIND_MANIFEST &&
-               request->manifest.is_some &&
-               request->manifest.val.size > g_max_bytes) {
-        char msg[512];
-        size_t len = max_size_denial(msg, sizeof msg, (const char *)request->repository.ptr,
-                                     request->repository.len,
-                                     request->manifest.val.size, g_max_bytes);
-        deny(ret, msg, len);
+               request->manifest.is_some && request->manifest.val.image.is_some) {
+        const portcullis_policy_types_image_t *image = &request->manifest.val.image.val;
+        if (image->total_size > g_max_bytes) {
+            char msg[512];
+            size_t len = max_size_denial(msg, sizeof msg, (const char *)request->repository.ptr,
+                                         request->repository.len, image->total_size,
+                                         image->layers.len, g_max_bytes);
+            deny(ret, msg, len);
+        }
     }
     policy_request_free(request);
 }

@@ -86,12 +86,17 @@ int main(void) {
     }
 
     char buf[256];
-    size_t n = max_size_denial(buf, sizeof buf, "team-a/api", 10, 70000, 65536);
+    size_t n = max_size_denial(buf, sizeof buf, "team-a/api", 10, 70000, 3, 65536);
     check(n == strlen(buf) &&
-              strcmp(buf, "manifest pushed to team-a/api is 70000 bytes, over the limit of 65536 bytes") == 0,
+              strcmp(buf, "image pushed to team-a/api is 70000 bytes (config and 3 layers), "
+                          "over the limit of 65536 bytes") == 0,
           "denial message");
-    n = max_size_denial(buf, sizeof buf, "r", 1, UINT64_MAX, 1);
+    max_size_denial(buf, sizeof buf, "team-a/api", 10, 2, 1, 1);
+    check(strstr(buf, "(config and 1 layer),") != NULL, "one layer, singular");
+    max_size_denial(buf, sizeof buf, "r", 1, UINT64_MAX, 0, 1);
     check(strstr(buf, "18446744073709551615 bytes") != NULL, "formats the largest size");
+    n = max_size_denial(buf, 16, "team-a/api", 10, 70000, 3, 65536);
+    check(n == 15 && strlen(buf) == 15, "truncates the denial message");
 
     printf("%d passed, %d failed\n", passed, failed);
     return failed == 0 ? 0 : 1;
