@@ -32,6 +32,14 @@ pub struct Config {
     /// for the token service's `realm`. Unset: taken from each request's
     /// `Host` header and whether TLS is on.
     pub external_url: Option<String>,
+    /// Proxies (address ranges) whose `X-Forwarded-For`/`Forwarded` headers
+    /// and PROXY protocol headers say who the client is; nobody else's are
+    /// believed. Empty: the TCP peer is the client.
+    pub trusted_proxies: Vec<crate::network::Cidr>,
+    /// Read a PROXY protocol header (v1 or v2) at the start of each
+    /// connection, for TCP passthrough (Traefik's `proxyProtocol`, HAProxy's
+    /// `send-proxy-v2`); believed from `trusted_proxies` only.
+    pub proxy_protocol: bool,
     pub tls: TlsConfig,
     pub storage: StorageConfig,
     pub limits: LimitsConfig,
@@ -477,6 +485,8 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 5000)),
             shutdown_grace: Duration::from_secs(30),
+            trusted_proxies: Vec::new(),
+            proxy_protocol: false,
             tls: TlsConfig::default(),
             storage: StorageConfig {
                 backend: Backend::Filesystem,

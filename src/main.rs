@@ -230,8 +230,12 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
         .buffered_lines_limit(8192)
         .thread_name("portcullis-log")
         .finish(std::io::stderr());
+    // Colour only for a person at a terminal: a journal, a file or a log
+    // collector gets no escape codes.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(writer);
     match format {
         LogFormat::Human => builder.init(),

@@ -16,6 +16,8 @@ use crate::api::{self, AppState};
 use crate::config::Config;
 use crate::identity::{Identities, IdentityError};
 use crate::metrics::Metrics;
+use crate::network::proxy_protocol::ProxyProtocolAcceptor;
+use crate::network::TrustedProxies;
 use crate::policy::reload::ChainHolder;
 use crate::policy::{PolicyChain, PolicyEngine, PolicyError};
 use crate::storage::Storage;
@@ -45,6 +47,8 @@ pub struct Server {
     tls: Option<RustlsConfig>,
     grace: Duration,
     limits: crate::config::LimitsConfig,
+    /// The trusted proxies whose PROXY headers are read, if the protocol is on.
+    proxy_protocol: Option<TrustedProxies>,
     /// Where content is stored, for messages.
     storage_location: String,
 }
@@ -102,7 +106,7 @@ impl Server {
                 .await
                 .map_err(|e| ServerError::Engine(e.to_string()))??
         };
-        tracing::info!(policies = ?chain.names(), "policy chain loaded");
+        tracing::info!(policies = %chain.names().join(", "), "policy chain loaded");
         let config_file = watch.clone().flatten();
         let accounts = Arc::clone(&auth);
         let policies = Arc::new(
@@ -149,6 +153,13 @@ impl Server {
             tracing::info!(remote = proxy.remote(), prefix = %config.proxy.prefix, "pull-through cache on");
         }
         let uploads = api::limits::UploadLimiter::new(&config.limits);
+        let trusted_proxies = TrustedProxies::new(&config.trusted_proxies);
+        let proxy_protocol = config.proxy_protocol.then(|| trusted_proxies.clone());
+        if proxy_protocol.is_some() && trusted_proxies.is_empty() {
+            tracing::warn!(
+                "proxy_protocol is on but trusted_proxies is empty: every PROXY header is ignored"
+            );
+        }
         let router = api::router(Arc::new(AppState {
             uploads,
             storage,
@@ -158,6 +169,7 @@ impl Server {
             metrics,
             proxy,
             facts: Default::default(),
+            trusted_proxies,
         }));
         Ok(Self {
             listener,
@@ -166,6 +178,7 @@ impl Server {
             tls,
             grace,
             limits,
+            proxy_protocol,
             storage_location,
         })
     }
@@ -205,6 +218,8 @@ impl Server {
                 .nodelay(true)
                 .keepalive(TcpKeepaliveConfig::new().time(Duration::from_secs(60))),
         );
+        // The PROXY header, if on, comes before the TLS handshake.
+        let tcp = ProxyProtocolAcceptor::new(tcp, self.proxy_protocol, limits.header_timeout);
         let mut server = axum_server::from_tcp(self.listener)?;
         bound_heads(server.http_builder(), limits);
         let server = server.first_request_timeout(limits.header_timeout);

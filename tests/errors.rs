@@ -143,3 +143,30 @@ async fn a_path_outside_the_api_is_404() {
         expect_error(response, 404, "UNSUPPORTED").await;
     }
 }
+
+/// The OCI conformance suite's three cases that once failed (v1.1.1, pull
+/// and push workflows): a manifest GET or HEAD of `.INVALID_MANIFEST_NAME`
+/// is 404 `MANIFEST_UNKNOWN`, in a repository that exists and in one that
+/// does not. A PUT there is still 400 `MANIFEST_INVALID`.
+#[tokio::test]
+async fn conformance_an_invalid_manifest_name_is_manifest_unknown() {
+    let registry = TestRegistry::start().await;
+    let image = Image::random();
+    registry.push_image("conformance/pushed", "v1", &image).await;
+    for repository in ["conformance/pushed", "conformance/never"] {
+        let path = format!("/v2/{repository}/manifests/.INVALID_MANIFEST_NAME");
+        let get = registry.send(Method::GET, &path).await;
+        expect_error(get, 404, "MANIFEST_UNKNOWN").await;
+        let head = registry.send(Method::HEAD, &path).await;
+        assert_eq!(head.status(), 404, "HEAD {path}");
+        assert!(head.bytes().await.unwrap().is_empty(), "HEAD {path} has a body");
+    }
+    let put = registry
+        .request(Method::PUT, "/v2/conformance/pushed/manifests/.INVALID_MANIFEST_NAME")
+        .header("content-type", common::OCI_MANIFEST)
+        .body(image.manifest.clone())
+        .send()
+        .await
+        .unwrap();
+    expect_error(put, 400, "MANIFEST_INVALID").await;
+}

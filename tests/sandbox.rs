@@ -13,6 +13,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::served::Served;
 use common::{misbehave, policy, Image, TestRegistry};
 use portcullis::config::{Config, PolicyEntry};
 use reqwest::StatusCode;
@@ -89,82 +90,6 @@ fn write_component(dir: &Path, name: &str, wasm: &[u8]) -> String {
     let path = dir.join(format!("{name}.wasm"));
     std::fs::write(&path, wasm).unwrap();
     path.display().to_string()
-}
-
-/// The real binary serving `config` (TOML) in a process of its own, so that
-/// its memory is measured alone.
-struct Served {
-    child: std::process::Child,
-    base: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Served {
-    async fn start(config: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let file = dir.path().join("portcullis.toml");
-        let root = dir.path().join("data");
-        std::fs::write(
-            &file,
-            format!("listen = \"127.0.0.1:{port}\"\n[storage]\nroot = {root:?}\n{config}"),
-        )
-        .unwrap();
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"));
-        for (key, _) in std::env::vars() {
-            if key.starts_with("PORTCULLIS_") {
-                command.env_remove(key);
-            }
-        }
-        let child = command
-            .args(["serve", "--config"])
-            .arg(&file)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        // Killed and waited for by `Drop`, whatever happens next.
-        let served = Self {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            _dir: dir,
-        };
-        let http = reqwest::Client::new();
-        for _ in 0..200 {
-            if http
-                .get(format!("{}/healthz", served.base))
-                .send()
-                .await
-                .is_ok()
-            {
-                return served;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("the server did not come up on {}", served.base);
-    }
-
-    fn rss_bytes(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let kib: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .expect("VmRSS in /proc/<pid>/status");
-        kib * 1024
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// GET of a manifest: the status and the error message, if any.

@@ -209,9 +209,10 @@ pub async fn authorize_in(
                     Some(&scope_of(access)),
                     error,
                     message,
-                ))
+                )
+                .by_policy(policy))
             } else {
-                Err(ApiError::new(ErrorCode::Denied, message))
+                Err(ApiError::new(ErrorCode::Denied, message).by_policy(policy))
             }
         }
         Verdict::Unavailable { policy } => Err(ApiError::new(
@@ -228,6 +229,7 @@ pub async fn authorize_in(
                 "policy {policy} failed; the request is denied (the operator's log has details)"
             ),
         )
-        .with_status(StatusCode::FORBIDDEN)),
+        .with_status(StatusCode::FORBIDDEN)
+        .by_policy(policy)),
     }
 }

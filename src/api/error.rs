@@ -85,6 +85,8 @@ pub struct ApiError {
     pub message: String,
     pub detail: Option<serde_json::Value>,
     pub headers: Vec<(header::HeaderName, HeaderValue)>,
+    /// The policy that refused, for the access log.
+    pub policy: Option<String>,
 }
 
 impl ApiError {
@@ -95,7 +97,14 @@ impl ApiError {
             message: message.into(),
             detail: None,
             headers: Vec::new(),
+            policy: None,
         }
+    }
+
+    /// Names the policy that decided this refusal (for the access log).
+    pub fn by_policy(mut self, policy: impl Into<String>) -> Self {
+        self.policy = Some(policy.into());
+        self
     }
 
     pub fn with_status(mut self, status: StatusCode) -> Self {
@@ -131,6 +140,14 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let refusal = matches!(
+            self.status,
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+        )
+        .then(|| super::audit::Refusal {
+            policy: self.policy,
+            reason: self.message.clone(),
+        });
         let mut entry = json!({ "code": self.code.as_str(), "message": self.message });
         if let Some(detail) = self.detail {
             entry["detail"] = detail;
@@ -144,6 +161,9 @@ impl IntoResponse for ApiError {
             .into_response();
         for (name, value) in self.headers {
             response.headers_mut().insert(name, value);
+        }
+        if let Some(refusal) = refusal {
+            response.extensions_mut().insert(refusal);
         }
         response
     }

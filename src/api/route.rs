@@ -6,7 +6,7 @@
 use percent_encoding::percent_decode_str;
 
 use super::error::{ApiError, ApiResult};
-use crate::reference::{Digest, Reference, RepositoryName, UploadId};
+use crate::reference::{Digest, ParseError, Reference, RepositoryName, UploadId};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
@@ -15,6 +15,11 @@ pub enum Route {
     Catalog,
     Tags(RepositoryName),
     Manifest(RepositoryName, Reference),
+    /// A manifest path whose reference is not a valid tag (and has no
+    /// digest's `algorithm:`, which is `DIGEST_INVALID` if malformed): a read
+    /// of it is 404 `MANIFEST_UNKNOWN` (no such manifest can exist, and
+    /// Distribution's router matches no route), a write the parse error.
+    BadManifestReference(RepositoryName, ParseError),
     Blob(RepositoryName, Digest),
     UploadStart(RepositoryName),
     Upload(RepositoryName, UploadId),
@@ -48,10 +53,14 @@ impl Route {
         let last = |k: usize| segments.get(n.wrapping_sub(k)).copied();
         match (last(3), last(2), last(1)) {
             (_, Some("tags"), Some("list")) if n > 2 => Ok(Route::Tags(name(&segments[..n - 2])?)),
-            (_, Some("manifests"), Some(reference)) if n > 2 => Ok(Route::Manifest(
-                name(&segments[..n - 2])?,
-                Reference::parse(&decode(reference))?,
-            )),
+            (_, Some("manifests"), Some(reference)) if n > 2 => {
+                let name = name(&segments[..n - 2])?;
+                Ok(match Reference::parse(&decode(reference)) {
+                    Ok(reference) => Route::Manifest(name, reference),
+                    Err(e @ ParseError::Tag(_)) => Route::BadManifestReference(name, e),
+                    Err(e) => return Err(e.into()),
+                })
+            }
             (Some("blobs"), Some("uploads"), Some("")) if n > 3 => {
                 Ok(Route::UploadStart(name(&segments[..n - 3])?))
             }
@@ -80,7 +89,7 @@ impl Route {
             Route::Base => "base",
             Route::Catalog => "catalog",
             Route::Tags(_) => "tags",
-            Route::Manifest(..) => "manifest",
+            Route::Manifest(..) | Route::BadManifestReference(..) => "manifest",
             Route::Blob(..) => "blob",
             Route::UploadStart(_) | Route::Upload(..) => "upload",
             Route::Referrers(..) => "referrers",
@@ -145,5 +154,25 @@ mod tests {
             let err = Route::parse(path).unwrap_err();
             assert_eq!(err.code, code, "{path}");
         }
+    }
+
+    #[test]
+    fn a_bad_manifest_reference_is_a_route_of_its_own() {
+        for reference in [
+            ".INVALID_MANIFEST_NAME",
+            "..",
+            "%2e%2e",
+            "-x",
+            "",
+        ] {
+            let path = format!("/v2/x/manifests/{reference}");
+            assert!(
+                matches!(Route::parse(&path), Ok(Route::BadManifestReference(ref name, _)) if *name == n("x")),
+                "{path}"
+            );
+        }
+        // A malformed digest stays DIGEST_INVALID.
+        let err = Route::parse("/v2/x/manifests/sha256:xyz").unwrap_err();
+        assert_eq!(err.code, ErrorCode::DigestInvalid);
     }
 }

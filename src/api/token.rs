@@ -11,13 +11,14 @@
 use std::net::IpAddr;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt as _;
 use serde_json::json;
 
 use super::access::{self, Caller};
+use super::audit::Who;
 use super::error::{ApiError, ApiResult, ErrorCode};
 use super::{header_str, header_value, SharedState};
 use crate::config::Action;
@@ -34,19 +35,20 @@ const MAX_EVALUATIONS: usize = 16;
 const MAX_FORM: usize = 64 * 1024;
 
 pub async fn handle(State(state): State<SharedState>, request: Request) -> Response {
-    match token(state, request).await {
+    let mut who = None;
+    let mut response = match token(state, request, &mut who).await {
         Ok(response) => response,
         Err(e) => e.into_response(),
+    };
+    if let Some(who) = who {
+        response.extensions_mut().insert(who);
     }
+    response
 }
 
-async fn token(state: SharedState, request: Request) -> ApiResult {
+async fn token(state: SharedState, request: Request, who: &mut Option<Who>) -> ApiResult {
     let (parts, body) = request.into_parts();
-    let ip = parts
-        .extensions
-        .get::<ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip())
-        .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    let ip = super::client_ip(&parts.extensions);
     if !state.auth.enabled() {
         return Err(ApiError::new(
             ErrorCode::Unsupported,
@@ -60,6 +62,7 @@ async fn token(state: SharedState, request: Request) -> ApiResult {
             let params = pairs(parts.uri.query().unwrap_or(""));
             check_service(&state, &params)?;
             let login = basic_login(&state, &parts.headers, ip, &realm).await?;
+            *who = Some(Who::of(&login.identity));
             let offline = first(&params, "offline_token") == Some("true");
             let scopes = scopes_of(&params);
             let issued = grant(&state, &login, ip, &realm, &scopes, offline).await?;
@@ -108,6 +111,7 @@ async fn token(state: SharedState, request: Request) -> ApiResult {
                     .with_status(StatusCode::BAD_REQUEST))
                 }
             };
+            *who = Some(Who::of(&login.identity));
             let offline = first(&params, "access_type") == Some("offline");
             let scopes = scopes_of(&params);
             let mut issued = grant(&state, &login, ip, &realm, &scopes, offline).await?;

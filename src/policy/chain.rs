@@ -387,7 +387,7 @@ impl PolicyChain {
         metrics.record_decision(name, outcome, elapsed);
         tracing::debug!(
             policy = name,
-            outcome = ?measured.outcome,
+            outcome,
             fuel = measured.fuel_used,
             micros = elapsed.as_micros() as u64,
             output = measured.output.as_deref().unwrap_or(""),

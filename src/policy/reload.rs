@@ -189,10 +189,13 @@ impl ChainHolder {
         let result = tokio::task::spawn_blocking(move || holder.reload()).await;
         match result {
             Ok(Ok(names)) => {
-                tracing::info!(policies = ?names, "policy chain and accounts reloaded")
+                tracing::info!(policies = %names.join(", "), "policy chain and accounts reloaded")
             }
             Ok(Err(e)) => tracing::error!(
-                config = ?self.config_file,
+                config = %self
+                    .config_file
+                    .as_deref()
+                    .map_or("(none)".into(), |p| p.display().to_string()),
                 error = %e,
                 "reload failed; the previous policy chain and accounts stay in force"
             ),

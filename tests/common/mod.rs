@@ -11,6 +11,7 @@
 pub mod garage;
 pub mod moto;
 pub mod oidc;
+pub mod served;
 pub use garage::{unique_prefix, Garage, GarageFacts};
 
 use std::net::SocketAddr;
