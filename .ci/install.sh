@@ -10,6 +10,8 @@ packages=(
     # The real clients of the end-to-end tests; docker-registry is CNCF
     # Distribution 2.8.2, for the layout interop tests.
     docker.io skopeo podman docker-registry
+    # The proxy in front of the server in tests/real_client.rs.
+    haproxy
     ca-certificates python3 python3-venv curl openssl apache2-utils
     # The example policies in C (examples/policies/install-toolchains.sh).
     clang-19 lld-19 wasi-libc libclang-rt-19-dev-wasm32

@@ -36,6 +36,11 @@ pub struct Config {
     /// and PROXY protocol headers say who the client is; nobody else's are
     /// believed. Empty: the TCP peer is the client.
     pub trusted_proxies: Vec<crate::network::Cidr>,
+    /// The header `trusted_proxies` write the client's address in:
+    /// `x-forwarded-for` (Traefik, nginx, HAProxy's `option forwardfor`) or
+    /// `forwarded` (RFC 7239). The other one is never read: a proxy passes
+    /// it through from the client untouched.
+    pub forwarded_header: crate::network::forwarded::ForwardedHeader,
     /// Read a PROXY protocol header (v1 or v2) at the start of each
     /// connection, for TCP passthrough (Traefik's `proxyProtocol`, HAProxy's
     /// `send-proxy-v2`); believed from `trusted_proxies` only.
@@ -486,6 +491,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 5000)),
             shutdown_grace: Duration::from_secs(30),
             trusted_proxies: Vec::new(),
+            forwarded_header: Default::default(),
             proxy_protocol: false,
             tls: TlsConfig::default(),
             storage: StorageConfig {

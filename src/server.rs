@@ -153,7 +153,7 @@ impl Server {
             tracing::info!(remote = proxy.remote(), prefix = %config.proxy.prefix, "pull-through cache on");
         }
         let uploads = api::limits::UploadLimiter::new(&config.limits);
-        let trusted_proxies = TrustedProxies::new(&config.trusted_proxies);
+        let trusted_proxies = TrustedProxies::new(&config.trusted_proxies, config.forwarded_header);
         let proxy_protocol = config.proxy_protocol.then(|| trusted_proxies.clone());
         if proxy_protocol.is_some() && trusted_proxies.is_empty() {
             tracing::warn!(

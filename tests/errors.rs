@@ -152,17 +152,25 @@ async fn a_path_outside_the_api_is_404() {
 async fn conformance_an_invalid_manifest_name_is_manifest_unknown() {
     let registry = TestRegistry::start().await;
     let image = Image::random();
-    registry.push_image("conformance/pushed", "v1", &image).await;
+    registry
+        .push_image("conformance/pushed", "v1", &image)
+        .await;
     for repository in ["conformance/pushed", "conformance/never"] {
         let path = format!("/v2/{repository}/manifests/.INVALID_MANIFEST_NAME");
         let get = registry.send(Method::GET, &path).await;
         expect_error(get, 404, "MANIFEST_UNKNOWN").await;
         let head = registry.send(Method::HEAD, &path).await;
         assert_eq!(head.status(), 404, "HEAD {path}");
-        assert!(head.bytes().await.unwrap().is_empty(), "HEAD {path} has a body");
+        assert!(
+            head.bytes().await.unwrap().is_empty(),
+            "HEAD {path} has a body"
+        );
     }
     let put = registry
-        .request(Method::PUT, "/v2/conformance/pushed/manifests/.INVALID_MANIFEST_NAME")
+        .request(
+            Method::PUT,
+            "/v2/conformance/pushed/manifests/.INVALID_MANIFEST_NAME",
+        )
         .header("content-type", common::OCI_MANIFEST)
         .body(image.manifest.clone())
         .send()

@@ -158,13 +158,7 @@ mod tests {
 
     #[test]
     fn a_bad_manifest_reference_is_a_route_of_its_own() {
-        for reference in [
-            ".INVALID_MANIFEST_NAME",
-            "..",
-            "%2e%2e",
-            "-x",
-            "",
-        ] {
+        for reference in [".INVALID_MANIFEST_NAME", "..", "%2e%2e", "-x", ""] {
             let path = format!("/v2/x/manifests/{reference}");
             assert!(
                 matches!(Route::parse(&path), Ok(Route::BadManifestReference(ref name, _)) if *name == n("x")),

@@ -6,20 +6,39 @@
 //! never reached. An entry that is not an address (`unknown`, an obfuscated
 //! `_hidden`, garbage) ends the walk at the last trusted hop.
 //!
-//! `Forwarded` wins when both are present (it is the standard; a proxy that
-//! sets it sets it on purpose). Every line of the header counts, in order.
+//! Only the header the proxies set is read (`forwarded_header`): a proxy
+//! appends to its own header and passes the other through untouched, so a
+//! client could write the whole of the other one. Every line of the header
+//! counts, in order.
 
 use std::net::IpAddr;
 
 use axum::http::HeaderMap;
+use serde::{Deserialize, Serialize};
+
+/// Which header the trusted proxies write.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For` (Traefik, nginx, HAProxy's `option forwardfor`).
+    #[default]
+    XForwardedFor,
+    /// `Forwarded`, RFC 7239 (HAProxy's `option forwarded`, some CDNs).
+    Forwarded,
+}
 
 /// At most this many hops are read (from the right); a longer list is the
 /// client's invention, and the walk stops at the last trusted hop.
 const MAX_HOPS: usize = 32;
 
 /// The client behind `nearest` (a trusted proxy), by the forwarding headers.
-pub fn client(nearest: IpAddr, headers: &HeaderMap, trusted: impl Fn(IpAddr) -> bool) -> IpAddr {
-    let hops = hops(headers);
+pub fn client(
+    nearest: IpAddr,
+    header: ForwardedHeader,
+    headers: &HeaderMap,
+    trusted: impl Fn(IpAddr) -> bool,
+) -> IpAddr {
+    let hops = hops(header, headers);
     let mut current = nearest;
     for hop in hops.iter().rev().take(MAX_HOPS) {
         match hop {
@@ -35,22 +54,21 @@ pub fn client(nearest: IpAddr, headers: &HeaderMap, trusted: impl Fn(IpAddr) -> 
     current
 }
 
-/// The hops of `Forwarded`, or else of `X-Forwarded-For`, leftmost first;
-/// `None` for an entry that is not an address.
-fn hops(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
-    let forwarded: Vec<&str> = values(headers, "forwarded");
-    if !forwarded.is_empty() {
-        return forwarded
+/// The hops of `header`, leftmost first; `None` for an entry that is not
+/// an address.
+fn hops(header: ForwardedHeader, headers: &HeaderMap) -> Vec<Option<IpAddr>> {
+    match header {
+        ForwardedHeader::Forwarded => values(headers, "forwarded")
             .iter()
             .flat_map(|line| split_outside_quotes(line, ','))
             .map(|element| for_of(&element))
-            .collect();
+            .collect(),
+        ForwardedHeader::XForwardedFor => values(headers, "x-forwarded-for")
+            .iter()
+            .flat_map(|line| line.split(','))
+            .map(|entry| node(entry.trim()))
+            .collect(),
     }
-    values(headers, "x-forwarded-for")
-        .iter()
-        .flat_map(|line| line.split(','))
-        .map(|entry| node(entry.trim()))
-        .collect()
 }
 
 /// A header's lines, skipping any that is not visible ASCII (as if absent:
@@ -144,9 +162,15 @@ mod tests {
                 value.parse().unwrap(),
             );
         }
-        // 10.0.0.0/8 are the proxies; the request came from 10.0.0.1.
+        // 10.0.0.0/8 are the proxies; the request came from 10.0.0.1. The
+        // header the proxies write: the one the case names first.
+        let header = match pairs.first() {
+            Some(("forwarded", _)) => ForwardedHeader::Forwarded,
+            _ => ForwardedHeader::XForwardedFor,
+        };
         client(
             ip("10.0.0.1"),
+            header,
             &headers,
             |a| matches!(a, IpAddr::V4(v4) if v4.octets()[0] == 10),
         )

@@ -117,21 +117,28 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
     ip.to_canonical()
 }
 
-/// The proxies whose word about the client's address is taken.
+/// The proxies whose word about the client's address is taken, and the
+/// header they write it in.
 #[derive(Debug, Clone, Default)]
-pub struct TrustedProxies(Vec<Cidr>);
+pub struct TrustedProxies {
+    ranges: Vec<Cidr>,
+    header: forwarded::ForwardedHeader,
+}
 
 impl TrustedProxies {
-    pub fn new(ranges: &[Cidr]) -> Self {
-        Self(ranges.to_vec())
+    pub fn new(ranges: &[Cidr], header: forwarded::ForwardedHeader) -> Self {
+        Self {
+            ranges: ranges.to_vec(),
+            header,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.ranges.is_empty()
     }
 
     pub fn contains(&self, ip: IpAddr) -> bool {
-        self.0.iter().any(|range| range.contains(ip))
+        self.ranges.iter().any(|range| range.contains(ip))
     }
 
     /// The client behind a request that came from `peer` on a connection
@@ -149,7 +156,7 @@ impl TrustedProxies {
             _ => peer,
         };
         if self.contains(nearest) {
-            nearest = forwarded::client(nearest, headers, |ip| self.contains(ip));
+            nearest = forwarded::client(nearest, self.header, headers, |ip| self.contains(ip));
         }
         ClientAddr {
             ip: nearest,
@@ -212,7 +219,7 @@ mod tests {
 
     #[test]
     fn only_trusted_peers_are_believed() {
-        let trusted = TrustedProxies::new(&["10.0.0.2".parse().unwrap()]);
+        let trusted = TrustedProxies::new(&["10.0.0.2".parse().unwrap()], Default::default());
         let mut headers = axum::http::HeaderMap::new();
         headers.insert("x-forwarded-for", "203.0.113.9".parse().unwrap());
         let from_proxy = trusted.client(ip("10.0.0.2"), None, &headers);
