@@ -48,6 +48,11 @@ pub enum TlsError {
     Generate(String),
     #[error("{0}")]
     Refused(String),
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot write {path}: {source}")]
     Write {
         path: PathBuf,
@@ -586,7 +591,7 @@ fn existing_ca(
 }
 
 fn read(path: &Path) -> Result<String, TlsError> {
-    std::fs::read_to_string(path).map_err(|source| TlsError::Write {
+    std::fs::read_to_string(path).map_err(|source| TlsError::Read {
         path: path.to_owned(),
         source,
     })
