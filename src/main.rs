@@ -79,7 +79,7 @@ enum TlsCommand {
     /// Make a local CA (reused if DIR has one) and a server certificate.
     Generate {
         /// Host name(s) clients use, e.g. cr.local.example.com.
-        #[arg(long = "host", required = true)]
+        #[arg(long = "host", required = true, value_parser = portcullis::tls::parse_host)]
         hosts: Vec<String>,
         /// IP address(es) clients may use instead.
         #[arg(long = "ip")]
@@ -87,9 +87,15 @@ enum TlsCommand {
         /// Where to write ca.crt, ca.key, tls.crt, tls.key.
         #[arg(long, default_value = "./tls")]
         out: PathBuf,
-        /// The port clients use, for the instructions printed.
-        #[arg(long, default_value_t = 5000)]
+        /// The port clients use, for the instructions printed (443 is left
+        /// out of registry names, as clients leave it out).
+        #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u16).range(1..))]
         port: u16,
+        /// How long the server certificate is valid, in days (at most 825;
+        /// never past the CA's end).
+        #[arg(long, default_value_t = portcullis::tls::DEFAULT_SERVER_DAYS,
+              value_parser = portcullis::tls::parse_days, allow_negative_numbers = true)]
+        days: u32,
     },
 }
 
@@ -453,11 +459,12 @@ async fn run(command: Command) -> Result<(), String> {
                     ips,
                     out,
                     port,
+                    days,
                 },
         } => {
             let generated =
-                portcullis::tls::generate(&hosts, &ips, &out).map_err(|e| e.to_string())?;
-            print_tls_instructions(&generated, &hosts[0], port);
+                portcullis::tls::generate(&hosts, &ips, &out, days).map_err(|e| e.to_string())?;
+            print_tls_instructions(&generated, &hosts, &ips, port);
             Ok(())
         }
         Command::Config { config } => {
@@ -588,10 +595,59 @@ fn progress_bar() -> ProgressBar {
 }
 
 /// What to do with freshly generated certificates, step by step.
-fn print_tls_instructions(g: &portcullis::tls::Generated, host: &str, port: u16) {
+fn print_tls_instructions(
+    g: &portcullis::tls::Generated,
+    hosts: &[String],
+    ips: &[std::net::IpAddr],
+    port: u16,
+) {
+    use portcullis::tls::format_utc;
     let (ca, cert, key) = (g.ca_cert.display(), g.cert.display(), g.key.display());
+    // Clients name a registry as image references do: `host:port`, or the
+    // bare host on 443 (docker's certs.d and containerd's hosts look the
+    // name up as written, and nobody writes `:443`).
+    let host = &hosts[0];
+    let host = match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(_)) => format!("[{host}]"),
+        _ => host.clone(),
+    };
+    let reg = if port == 443 {
+        host
+    } else {
+        format!("{host}:{port}")
+    };
+    let names = hosts
+        .iter()
+        .cloned()
+        .chain(ips.iter().map(ToString::to_string))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let days = |t: time::OffsetDateTime, from: time::OffsetDateTime| (t - from).whole_days();
+    let now = time::OffsetDateTime::now_utc();
+    let ca_state = if g.ca.reused {
+        format!("kept from {ca}; {} days left", days(g.ca.not_after, now))
+    } else {
+        format!("new; {} days", days(g.ca.not_after, g.not_before))
+    };
+    let cut_short = if g.ends_with_ca {
+        format!(
+            "\n  cut short to end with its CA: before {}, move ca.crt and ca.key away and\n  \
+             generate again (a new CA, which every client must then trust)",
+            format_utc(g.ca.not_after)
+        )
+    } else {
+        String::new()
+    };
     println!(
         "Wrote {ca} (the CA to trust), {cert} and {key} (mode 0600).
+
+CA: {ca_name} ({ca_state})
+  valid until {ca_until}
+Server certificate for {names}:
+  valid until {until} ({valid} days){cut_short}
+  Renew it before then: run this command again with the same --out (the CA is
+  kept, so clients need nothing new). The server warns in its log from 30 days
+  before; /metrics has portcullis_tls_certificate_expiry_timestamp_seconds.
 
 1. Serve TLS: in portcullis.toml
      [tls]
@@ -599,9 +655,10 @@ fn print_tls_instructions(g: &portcullis::tls::Generated, host: &str, port: u16)
      key = \"{key}\"
    (the files are re-read when they change; no restart needed).
 
-2. Docker on each machine that pushes or pulls:
-     sudo mkdir -p /etc/docker/certs.d/{host}:{port}
-     sudo cp {ca} /etc/docker/certs.d/{host}:{port}/ca.crt
+2. Docker on each machine that pushes or pulls (the directory is the registry's
+   name as images spell it: {reg}):
+     sudo mkdir -p /etc/docker/certs.d/{reg}
+     sudo cp {ca} /etc/docker/certs.d/{reg}/ca.crt
 
 3. Every cluster node (Debian/Ubuntu/Raspberry Pi OS), so containerd and curl trust it:
      sudo cp {ca} /usr/local/share/ca-certificates/portcullis-ca.crt
@@ -609,14 +666,18 @@ fn print_tls_instructions(g: &portcullis::tls::Generated, host: &str, port: u16)
 
 4. k3s: /etc/rancher/k3s/registries.yaml on every node, then restart k3s:
      configs:
-       \"{host}:{port}\":
+       \"{reg}\":
          tls:
            ca_file: /usr/local/share/ca-certificates/portcullis-ca.crt
-   or plain containerd: /etc/containerd/certs.d/{host}:{port}/hosts.toml
-     server = \"https://{host}:{port}\"
-     [host.\"https://{host}:{port}\"]
+   or plain containerd: /etc/containerd/certs.d/{reg}/hosts.toml
+     server = \"https://{reg}\"
+     [host.\"https://{reg}\"]
        ca = \"/usr/local/share/ca-certificates/portcullis-ca.crt\"
 
-Keep ca.key private: anyone holding it can issue certificates your nodes trust."
+Keep ca.key private: anyone holding it can issue certificates your nodes trust.",
+        ca_name = g.ca.name,
+        ca_until = format_utc(g.ca.not_after),
+        until = format_utc(g.not_after),
+        valid = days(g.not_after, g.not_before),
     );
 }

@@ -1,6 +1,7 @@
 //! Prometheus metrics, served at `/metrics`: requests by route, method and
 //! status with latency histograms, bytes in and out, policy decisions by
-//! policy and outcome with evaluation time, policy reloads, storage bytes.
+//! policy and outcome with evaluation time, policy reloads, storage bytes,
+//! the served TLS certificate's expiry.
 //! Labels never carry repository names or users, so cardinality stays small.
 
 use std::time::Duration;
@@ -49,6 +50,10 @@ struct ReloadLabels {
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
+/// No labels: a family of one series, which is absent until it is set (a
+/// registry without TLS shows no certificate expiry rather than a zero).
+type Unlabelled = Vec<(String, String)>;
+
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
@@ -61,6 +66,7 @@ pub struct Metrics {
     lookups: Family<LookupLabels, Counter>,
     lookup_bytes: Counter,
     storage_bytes: Gauge,
+    tls_expiry: Family<Unlabelled, Gauge>,
 }
 
 fn request_buckets() -> Histogram {
@@ -92,6 +98,7 @@ impl Metrics {
         let lookups = Family::<LookupLabels, Counter>::default();
         let lookup_bytes = Counter::default();
         let storage_bytes = Gauge::default();
+        let tls_expiry = Family::<Unlabelled, Gauge>::default();
         registry.register(
             "http_requests",
             "HTTP requests by route, method and status",
@@ -142,6 +149,11 @@ impl Metrics {
             "Bytes held in blobs",
             storage_bytes.clone(),
         );
+        registry.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "When the served TLS certificate expires (its notAfter), in seconds since the Unix epoch",
+            tls_expiry.clone(),
+        );
         Self {
             registry,
             requests,
@@ -154,6 +166,7 @@ impl Metrics {
             lookups,
             lookup_bytes,
             storage_bytes,
+            tls_expiry,
         }
     }
 
@@ -225,6 +238,13 @@ impl Metrics {
     pub fn set_storage_bytes(&self, bytes: u64) {
         self.storage_bytes
             .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// The served certificate's notAfter, as Unix seconds.
+    pub fn set_tls_certificate_expiry(&self, not_after: i64) {
+        self.tls_expiry
+            .get_or_create(&Unlabelled::new())
+            .set(not_after);
     }
 
     /// The Prometheus text exposition.

@@ -124,10 +124,15 @@ impl Server {
         }
         let tls = match (&config.tls.cert, &config.tls.key) {
             (Some(cert), Some(key)) => {
-                let tls = crate::tls::load(cert, key).await?;
+                let gauge = Arc::clone(&metrics);
+                let expiry = crate::tls::CertificateExpiry::new(cert.clone(), move |not_after| {
+                    gauge.set_tls_certificate_expiry(not_after)
+                });
+                let tls = crate::tls::load(cert, key, &expiry).await?;
                 if watch.is_some() {
-                    crate::tls::watch(tls.clone(), cert.clone(), key.clone());
+                    crate::tls::watch(tls.clone(), cert.clone(), key.clone(), expiry.clone());
                 }
+                expiry.spawn_periodic_check();
                 Some(tls)
             }
             _ => None,

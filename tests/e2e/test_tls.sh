@@ -3,7 +3,9 @@
 # `portcullis tls generate` for a host name mapped to ::1 (dockerd treats
 # 127.0.0.0/8 as insecure, so the IPv4 loopback would not test TLS at all),
 # refused until the CA is trusted in /etc/docker/certs.d, then docker login,
-# push, pull, logout; curl over HTTP/2; a new certificate served without a restart.
+# push, pull, logout; curl over HTTP/2; the certificate's end in the
+# instructions and /metrics; a new certificate served without a restart,
+# warned about for ending within 30 days.
 source "$(dirname "$0")/lib.sh"
 e2e_init tls
 require_tool dockerd docker.io
@@ -36,6 +38,10 @@ CERTS_D=/etc/docker/certs.d/$REG
 expect_eq "the printed instructions put the CA in /etc/docker/certs.d/$REG/ca.crt" \
     "cp $TLS/ca.crt $CERTS_D/ca.crt" \
     "$(grep -oE 'cp [^ ]+/ca\.crt /etc/docker/certs\.d/[^ ]+' "$WORK/generate.log")"
+# The expiry, as `openssl x509 -enddate` reads it from the certificate.
+end_of() { date -u -d "$(openssl x509 -noout -enddate -in "$1" | cut -d= -f2)" "$2"; }
+output_has "the printed instructions give the certificate's end and lifetime (397 days)" \
+    "valid until $(end_of "$TLS/tls.crt" '+%Y-%m-%d %H:%M') UTC \(397 days\)" "$WORK/generate.log"
 serial_of() { openssl x509 -noout -serial -in "$1" | cut -d= -f2; }
 FIRST_SERIAL=$(serial_of "$TLS/tls.crt")
 CA_SUM=$(sha256_of "$TLS/ca.crt")
@@ -71,6 +77,10 @@ for ((i = 0; i < 100; i++)); do
 done
 [[ $(http_status "https://$REG/healthz" --cacert "$TLS/ca.crt") == 200 ]] ||
     bail "portcullis answers https://$REG/healthz" "$PORTCULLIS_LOG" "$WORK/curl.log"
+
+expect_eq "/metrics has the served certificate's end as Unix time" "$(end_of "$TLS/tls.crt" +%s)" \
+    "$(curl -sS --cacert "$TLS/ca.crt" "https://$REG/metrics" 2>>"$WORK/curl.log" |
+        awk '$1 == "portcullis_tls_certificate_expiry_timestamp_seconds" { print $2 }')"
 
 # --- curl: TLS, HTTP/2, Basic auth
 
@@ -186,8 +196,9 @@ expect_eq "portcullis serves the generated certificate" "$FIRST_SERIAL" "$(serve
 expect_eq "no reload while the files did not change" 0 "$(grep -c 'TLS certificate reloaded' "$PORTCULLIS_LOG")"
 
 sleep 1 # a different mtime second, for file systems with coarse timestamps
-check "portcullis tls generate again into the same directory" \
-    "$E2E_PORTCULLIS_BIN" tls generate --host "$HOST" --ip ::1 --port "$PORT" --out "$TLS"
+check "portcullis tls generate again into the same directory, for 30 days" \
+    "$E2E_PORTCULLIS_BIN" tls generate --host "$HOST" --ip ::1 --port "$PORT" --out "$TLS" --days 30
+output_has "it says the CA is kept" "CA: Portcullis local CA .* \(kept from $TLS/ca.crt; [0-9]+ days left\)" "$WORK/last.log"
 SECOND_SERIAL=$(serial_of "$TLS/tls.crt")
 expect_eq "the CA is kept" "$CA_SUM" "$(sha256_of "$TLS/ca.crt")"
 if [[ $SECOND_SERIAL == "$FIRST_SERIAL" ]]; then
@@ -209,6 +220,10 @@ else
     not_ok "by the same process (pid $PORTCULLIS_PID), not restarted" "$PORTCULLIS_LOG"
 fi
 check "portcullis logged the reload" grep -q 'TLS certificate reloaded' "$PORTCULLIS_LOG"
+output_has "and warns that the new certificate ends within 30 days" 'WARN.*TLS certificate expires soon' "$PORTCULLIS_LOG"
+expect_eq "/metrics follows the reload" "$(end_of "$TLS/tls.crt" +%s)" \
+    "$(curl -sS --cacert "$TLS/ca.crt" "https://$REG/metrics" 2>>"$WORK/curl.log" |
+        awk '$1 == "portcullis_tls_certificate_expiry_timestamp_seconds" { print $2 }')"
 expect_eq "GET /v2/ as alice over the new certificate is 200" 200 \
     "$(http_status "https://$REG/v2/" --cacert "$TLS/ca.crt" -u "alice:$PASSWORD")"
 check "docker login through the new certificate (same CA)" docker_login "$PASSWORD"
