@@ -14,8 +14,11 @@
 //! tag moves with a conditional write where the store enforces those
 //! (detected at start-up), else with a check immediately before the write.
 
+mod lease;
 mod maintenance;
 mod uploads;
+
+pub use lease::{LeaseOutcome, LeaseTicket};
 
 use std::path::Path as FsPath;
 use std::sync::Arc;
@@ -31,7 +34,7 @@ use object_store::{
 };
 
 use super::manifests::{
-    manifest_digest, stored_media_type, Descriptor, ParsedManifest, StoredManifest,
+    manifest_digest, stored_media_type, Descriptor, ParsedManifest, StoredManifest, TagRecord,
 };
 use super::{paths, stripe, BlobInfo, Result, StorageError, StorageSettings};
 use crate::config::{ConditionalWrites, StorageConfig};
@@ -910,6 +913,48 @@ impl S3Storage {
     async fn holds_content(&self, name: &RepositoryName) -> Result<bool> {
         let children = self.list_dir(paths::repository_dir(name)).await?;
         Ok(children.iter().any(|c| c == "_manifests" || c == "_layers"))
+    }
+
+    /// Every tag of `name`, what it names, and its link's `Last-Modified`:
+    /// one listing of the tags' keys, then the links read `FAN_OUT` at a time.
+    pub async fn tag_history(&self, name: &RepositoryName) -> Result<Vec<TagRecord>> {
+        let dir = paths::tags_dir(name).to_string_lossy().into_owned();
+        let objects: Vec<object_store::ObjectMeta> = self
+            .s3
+            .list(Some(&self.key(&dir)))
+            .try_collect()
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        let links = objects.iter().filter_map(|meta| {
+            let tag = self
+                .relative(&meta.location)?
+                .strip_prefix(dir.as_str())?
+                .strip_prefix('/')?
+                .strip_suffix("/current/link")?;
+            let tag = Tag::parse(tag).ok()?;
+            Some((tag, std::time::SystemTime::from(meta.last_modified)))
+        });
+        let reads = links.map(|(tag, pushed)| async move {
+            let digest = match self.read_link(paths::tag_current_link(name, &tag)).await {
+                Ok(digest) => digest,
+                Err(StorageError::Io(e)) => {
+                    tracing::warn!(repository = %name, %tag, error = %e, "tag link unreadable; left alone");
+                    None
+                }
+                Err(e) => return Err(e),
+            };
+            Ok(digest.map(|digest| TagRecord {
+                tag,
+                digest,
+                pushed,
+            }))
+        });
+        let found = fan_out(reads.collect()).await?;
+        Ok(found.into_iter().flatten().collect())
+    }
+
+    pub async fn list_manifests(&self, name: &RepositoryName) -> Result<Vec<Digest>> {
+        self.list_digest_dirs(&paths::revisions_dir(name)).await
     }
 
     pub async fn list_tags(&self, name: &RepositoryName) -> Result<Vec<String>> {

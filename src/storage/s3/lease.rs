@@ -1,0 +1,216 @@
+//! A lease in the bucket (`_portcullis/leases/<name>`): which replica runs
+//! gc now. Sound only on a store that enforces conditional writes: the
+//! lease is created with `If-None-Match: *` and taken over or renewed with
+//! `If-Match` on the version read, so two replicas can neither both create
+//! it nor both take over an expired one. On a store that ignores them
+//! (Garage 2.5) this module refuses to hand out leases.
+//!
+//! The lease records its holder and when it expires (the holder's clock):
+//! replicas' clocks must agree to well within `gc.lease_ttl`.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use object_store::path::Path;
+use object_store::{ObjectStore, PutMode, PutOptions, PutPayload, UpdateVersion};
+use serde::{Deserialize, Serialize};
+
+use super::{Conditional, S3Storage};
+use crate::storage::{Result, StorageError};
+
+#[derive(Debug, Serialize, Deserialize)]
+struct LeaseRecord {
+    holder: String,
+    /// Unix seconds; 0 for a released lease.
+    expires: i64,
+    /// When the last run under this lease finished well (Unix seconds).
+    #[serde(default)]
+    finished: i64,
+}
+
+/// A lease this replica holds: the version it wrote, to renew or release it.
+#[derive(Debug)]
+pub struct LeaseTicket {
+    key: Path,
+    holder: String,
+    e_tag: String,
+    /// `finished` as it was when the lease was taken.
+    finished: i64,
+}
+
+#[derive(Debug)]
+pub enum LeaseOutcome {
+    Acquired(LeaseTicket),
+    /// Someone else holds it until `expires` (Unix seconds).
+    Held {
+        holder: String,
+        expires: i64,
+    },
+    /// Free, but a run finished at `finished` (Unix seconds), less than
+    /// the interval asked for ago: another replica's schedule did the work.
+    RanRecently {
+        finished: i64,
+    },
+}
+
+fn unix_now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+fn record(holder: &str, expires: i64, finished: i64) -> PutPayload {
+    let json = serde_json::to_vec(&LeaseRecord {
+        holder: holder.to_owned(),
+        expires,
+        finished,
+    })
+    .unwrap_or_default();
+    PutPayload::from(Bytes::from(json))
+}
+
+fn deadline(ttl: Duration) -> i64 {
+    unix_now().saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX).max(1))
+}
+
+impl S3Storage {
+    /// Whether the store enforces conditional writes (found at start-up).
+    pub fn enforces_conditional_writes(&self) -> bool {
+        self.conditional == Conditional::Enforced
+    }
+
+    fn lease_key(&self, name: &str) -> Path {
+        self.key(format!("_portcullis/leases/{name}"))
+    }
+
+    /// Writes `payload` with `mode`; `None` when the condition failed.
+    async fn put_conditional(
+        &self,
+        key: &Path,
+        payload: PutPayload,
+        mode: PutMode,
+    ) -> Result<Option<String>> {
+        let options = PutOptions {
+            mode,
+            ..Default::default()
+        };
+        match self.s3.put_opts(key, payload, options).await {
+            Ok(result) => result.e_tag.map(Some).ok_or_else(|| {
+                StorageError::Unavailable(format!(
+                    "{}: the store returned no ETag for the lease; it cannot be renewed",
+                    self.description
+                ))
+            }),
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. }) => Ok(None),
+            Err(e) => Err(self.unavailable(e)),
+        }
+    }
+
+    /// Takes the lease `name` for `ttl` if nobody holds it (or its holder
+    /// let it expire) and, with `interval`, no run finished within about
+    /// that long (nine tenths of it, so that replicas' timers firing a
+    /// moment early do not skip a round).
+    pub async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+        interval: Option<Duration>,
+    ) -> Result<LeaseOutcome> {
+        if !self.enforces_conditional_writes() {
+            return Err(StorageError::Unavailable(format!(
+                "{} does not enforce conditional writes: a lease in it would not exclude anyone",
+                self.description
+            )));
+        }
+        let key = self.lease_key(name);
+        let ticket = |e_tag, finished| {
+            LeaseOutcome::Acquired(LeaseTicket {
+                key: key.clone(),
+                holder: holder.to_owned(),
+                e_tag,
+                finished,
+            })
+        };
+        if let Some(e_tag) = self
+            .put_conditional(&key, record(holder, deadline(ttl), 0), PutMode::Create)
+            .await?
+        {
+            return Ok(ticket(e_tag, 0));
+        }
+        let Some((bytes, e_tag)) = self.get_small(&key, 4096).await? else {
+            // Gone between the two requests (an operator removed it): next time.
+            return Ok(LeaseOutcome::Held {
+                holder: String::new(),
+                expires: unix_now(),
+            });
+        };
+        let current: Option<LeaseRecord> = serde_json::from_slice(&bytes).ok();
+        let mut finished = 0;
+        if let Some(current) = &current {
+            if current.expires > unix_now() {
+                return Ok(LeaseOutcome::Held {
+                    holder: current.holder.clone(),
+                    expires: current.expires,
+                });
+            }
+            finished = current.finished;
+            if let Some(interval) = interval {
+                let recent = i64::try_from((interval * 9 / 10).as_secs()).unwrap_or(i64::MAX);
+                if finished.saturating_add(recent) > unix_now() {
+                    return Ok(LeaseOutcome::RanRecently { finished });
+                }
+            }
+        }
+        // Expired, released or unreadable: take it over, if nobody else
+        // did since it was read.
+        let update = PutMode::Update(UpdateVersion {
+            e_tag,
+            version: None,
+        });
+        match self
+            .put_conditional(&key, record(holder, deadline(ttl), finished), update)
+            .await?
+        {
+            Some(e_tag) => Ok(ticket(e_tag, finished)),
+            None => Ok(LeaseOutcome::Held {
+                holder: String::from("another replica (it took the lease over just now)"),
+                expires: deadline(ttl),
+            }),
+        }
+    }
+
+    /// Extends a held lease by `ttl` from now; `false` when it was lost
+    /// (taken over after it expired).
+    pub async fn renew_lease(&self, ticket: &mut LeaseTicket, ttl: Duration) -> Result<bool> {
+        let update = PutMode::Update(UpdateVersion {
+            e_tag: Some(ticket.e_tag.clone()),
+            version: None,
+        });
+        let payload = record(&ticket.holder, deadline(ttl), ticket.finished);
+        match self.put_conditional(&ticket.key, payload, update).await? {
+            Some(e_tag) => {
+                ticket.e_tag = e_tag;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Gives the lease up (marks it expired), so the next run anywhere
+    /// need not wait for it to time out; `succeeded` records the run as
+    /// finished now, for the other replicas' schedules.
+    pub async fn release_lease(&self, ticket: LeaseTicket, succeeded: bool) -> Result<()> {
+        let update = PutMode::Update(UpdateVersion {
+            e_tag: Some(ticket.e_tag),
+            version: None,
+        });
+        let finished = if succeeded {
+            unix_now()
+        } else {
+            ticket.finished
+        };
+        self.put_conditional(&ticket.key, record("", 0, finished), update)
+            .await
+            .map(|_| ())
+    }
+}
