@@ -507,10 +507,15 @@ async fn maintenance_command(
     options: RunOptions,
 ) -> Result<(), String> {
     let config = Config::load(config).map_err(|e| e.to_string())?;
-    let (storage, chain) = if options.retention {
-        if config.retention.is_empty() {
+    let mut options = options;
+    if options.retention && config.retention.is_empty() {
+        if !options.gc {
             return Err("the config has no [[retention]] rules".into());
         }
+        eprintln!("note: the config has no [[retention]] rules; running gc only");
+        options.retention = false;
+    }
+    let (storage, chain) = if options.retention {
         let (chain, storage) = authoring::chain_with_store(&config).await?;
         (
             storage,

@@ -644,7 +644,7 @@ async fn on_s3_with_conditional_writes_a_lease_in_the_bucket_lets_one_replica_ru
     );
     let ticket = loop {
         match store
-            .acquire_lease("gc", "test", Duration::from_secs(30), None)
+            .acquire_lease("gc", "test", Duration::from_secs(30))
             .await
             .unwrap()
         {
@@ -666,14 +666,14 @@ async fn on_s3_with_conditional_writes_a_lease_in_the_bucket_lets_one_replica_ru
     );
     // A second holder is refused, whoever asks.
     match store
-        .acquire_lease("gc", "intruder", Duration::from_secs(30), None)
+        .acquire_lease("gc", "intruder", Duration::from_secs(30))
         .await
         .unwrap()
     {
         LeaseOutcome::Held { holder, .. } => assert_eq!(holder, "test"),
         other => panic!("the lease is held: {other:?}"),
     }
-    store.release_lease(ticket, false).await.unwrap();
+    store.release_lease(ticket).await.unwrap();
     eventually(
         Duration::from_secs(10),
         "a replica runs once the lease is free",
@@ -689,20 +689,20 @@ async fn on_s3_with_conditional_writes_a_lease_in_the_bucket_lets_one_replica_ru
         panic!("an S3 store")
     };
     let first = fresh
-        .acquire_lease("gc", "crashed", Duration::from_secs(1), None)
+        .acquire_lease("gc", "crashed", Duration::from_secs(1))
         .await
         .unwrap();
     assert!(matches!(first, LeaseOutcome::Acquired(_)));
     assert!(matches!(
         fresh
-            .acquire_lease("gc", "next", Duration::from_secs(30), None)
+            .acquire_lease("gc", "next", Duration::from_secs(30))
             .await
             .unwrap(),
         LeaseOutcome::Held { .. }
     ));
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    let LeaseOutcome::Acquired(next) = fresh
-        .acquire_lease("gc", "next", Duration::from_secs(30), None)
+    let LeaseOutcome::Acquired(mut next) = fresh
+        .acquire_lease("gc", "next", Duration::from_secs(30))
         .await
         .unwrap()
     else {
@@ -716,20 +716,11 @@ async fn on_s3_with_conditional_writes_a_lease_in_the_bucket_lets_one_replica_ru
         .renew_lease(&mut stale, Duration::from_secs(30))
         .await
         .unwrap());
-    // A run that succeeded is remembered: schedules elsewhere skip for the interval.
-    fresh.release_lease(next, true).await.unwrap();
-    assert!(matches!(
-        fresh
-            .acquire_lease(
-                "gc",
-                "soon",
-                Duration::from_secs(30),
-                Some(Duration::from_secs(3600))
-            )
-            .await
-            .unwrap(),
-        LeaseOutcome::RanRecently { .. }
-    ));
+    assert!(fresh
+        .renew_lease(&mut next, Duration::from_secs(30))
+        .await
+        .unwrap());
+    fresh.release_lease(next).await.unwrap();
 }
 
 #[tokio::test]
@@ -780,7 +771,7 @@ async fn schedule_needs_single_replica(mut config: Config) {
     };
     assert!(!store.enforces_conditional_writes());
     assert!(store
-        .acquire_lease("gc", "x", Duration::from_secs(5), None)
+        .acquire_lease("gc", "x", Duration::from_secs(5))
         .await
         .is_err());
     // Declared the single replica: it starts, and its schedule runs.

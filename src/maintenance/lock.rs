@@ -40,7 +40,6 @@ pub async fn exclude(
     lock_file: &Path,
     holder: &str,
     ttl: Duration,
-    interval: Option<Duration>,
 ) -> Result<Exclusion, MaintenanceError> {
     match storage {
         Storage::Filesystem(_) => {
@@ -53,7 +52,7 @@ pub async fn exclude(
                 })?
         }
         Storage::S3(s3) if s3.enforces_conditional_writes() => {
-            match s3.acquire_lease(LEASE, holder, ttl, interval).await? {
+            match s3.acquire_lease(LEASE, holder, ttl).await? {
                 LeaseOutcome::Acquired(ticket) => Ok(Exclusion::Lease(ticket)),
                 LeaseOutcome::Held { holder, expires } => Err(MaintenanceError::Busy(format!(
                     "the gc lease in the bucket is held by {holder:?} until {}",
@@ -61,9 +60,6 @@ pub async fn exclude(
                         .map(|t| t.to_rfc3339())
                         .unwrap_or_default()
                 ))),
-                LeaseOutcome::RanRecently { finished } => {
-                    Err(MaintenanceError::RanRecently(finished))
-                }
             }
         }
         Storage::S3(_) => Ok(Exclusion::Unguarded),

@@ -14,7 +14,7 @@ pub mod schedule;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use indicatif::ProgressBar;
 
@@ -24,6 +24,7 @@ use crate::metrics::Metrics;
 use crate::policy::reload::ChainHolder;
 use crate::policy::PolicyChain;
 use crate::storage::gc::GcReport;
+use crate::storage::records::RecordKind;
 use crate::storage::{Storage, StorageError};
 use lock::Exclusion;
 use retention::{Retention, RetentionReport, Rules};
@@ -32,7 +33,7 @@ use retention::{Retention, RetentionReport, Rules};
 pub enum MaintenanceError {
     #[error("another run is going on: {0}; try again when it has finished")]
     Busy(String),
-    #[error("another replica finished a run at {}, less than gc.every ago", when(*.0))]
+    #[error("a run finished at {}, less than gc.every ago", when(*.0))]
     RanRecently(i64),
     #[error("cannot take the gc lock {path}: {source}")]
     Lock {
@@ -48,6 +49,16 @@ pub enum MaintenanceError {
     Config(String),
     #[error("{0}")]
     Storage(#[from] StorageError),
+}
+
+/// The record of the last good run (`_portcullis/maintenance/gc-last-run`).
+const LAST_RUN: &str = "gc-last-run";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct LastRun {
+    finished_ms: u64,
+    /// Which process ran it (for people reading the record).
+    by: String,
 }
 
 fn when(unix: i64) -> String {
@@ -109,7 +120,7 @@ impl Maintenance {
         metrics: Arc<Metrics>,
     ) -> Result<Self, MaintenanceError> {
         let rules = Rules::new(&config.retention).map_err(MaintenanceError::Config)?;
-        let host = nix_hostname();
+        let host = hostname();
         Ok(Self {
             storage,
             chain,
@@ -154,12 +165,14 @@ impl Maintenance {
         result
     }
 
-    /// A scheduled run: on S3 with a lease, skipped when another replica
-    /// finished one within `interval`.
+    /// A scheduled run: skipped when a run (another replica's, or a
+    /// command's) finished well within about `interval` (nine tenths of it,
+    /// so that timers firing a moment early do not skip a round); checked
+    /// under the lock, so of two replicas due at once only one runs.
     pub(crate) async fn run_scheduled(
         &self,
         options: RunOptions,
-        interval: std::time::Duration,
+        interval: Duration,
     ) -> Result<RunReport, MaintenanceError> {
         let result = self.run_locked(options, Some(interval)).await;
         self.record(options, &result);
@@ -189,17 +202,54 @@ impl Maintenance {
         }
     }
 
+    /// When a run last finished well, from the store (every replica and
+    /// command sees the same); `None` if never, or unreadable.
+    pub async fn last_success(&self) -> Option<SystemTime> {
+        let bytes = self
+            .storage
+            .get_record(RecordKind::Maintenance, LAST_RUN)
+            .await
+            .ok()??;
+        let record: LastRun = serde_json::from_slice(&bytes).ok()?;
+        SystemTime::UNIX_EPOCH.checked_add(Duration::from_millis(record.finished_ms))
+    }
+
+    async fn note_success(&self) {
+        let finished_ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let record = LastRun {
+            finished_ms,
+            by: self.holder.clone(),
+        };
+        let bytes = serde_json::to_vec(&record).unwrap_or_default();
+        if let Err(e) = self
+            .storage
+            .put_record(RecordKind::Maintenance, LAST_RUN, bytes.into())
+            .await
+        {
+            tracing::warn!(error = %e, "cannot record the gc run's end; the next scheduled run may come early");
+        }
+    }
+
     async fn run_locked(
         &self,
         options: RunOptions,
-        interval: Option<std::time::Duration>,
+        interval: Option<Duration>,
     ) -> Result<RunReport, MaintenanceError> {
         if options.dry_run {
             return self.work(options).await;
         }
         let ttl = self.settings.lease_ttl;
-        let exclusion =
-            lock::exclude(&self.storage, &self.lock_file, &self.holder, ttl, interval).await?;
+        let exclusion = lock::exclude(&self.storage, &self.lock_file, &self.holder, ttl).await?;
+        if let (Some(interval), Some(last)) = (interval, self.last_success().await) {
+            if last + interval * 9 / 10 > SystemTime::now() {
+                self.release(exclusion).await;
+                return Err(MaintenanceError::RanRecently(
+                    chrono::DateTime::<chrono::Utc>::from(last).timestamp(),
+                ));
+            }
+        }
         self.metrics.set_gc_running(true);
         let result = match exclusion {
             Exclusion::Lease(mut ticket) => {
@@ -207,21 +257,33 @@ impl Maintenance {
                     result = self.work(options) => result,
                     () = self.keep_lease(&mut ticket) => Err(MaintenanceError::LeaseLost),
                 };
-                if let Storage::S3(s3) = &self.storage {
-                    if let Err(e) = s3.release_lease(ticket, result.is_ok()).await {
-                        tracing::warn!(error = %e, "cannot release the gc lease; it expires after gc.lease_ttl");
-                    }
+                if result.is_ok() {
+                    self.note_success().await;
                 }
+                self.release(Exclusion::Lease(ticket)).await;
                 result
             }
             held => {
                 let result = self.work(options).await;
-                drop(held);
+                if result.is_ok() {
+                    self.note_success().await;
+                }
+                self.release(held).await;
                 result
             }
         };
         self.metrics.set_gc_running(false);
         result
+    }
+
+    /// Lets the next run in: the lease is marked free (a lock file is
+    /// unlocked when it is closed).
+    async fn release(&self, exclusion: Exclusion) {
+        if let (Exclusion::Lease(ticket), Storage::S3(s3)) = (exclusion, &self.storage) {
+            if let Err(e) = s3.release_lease(ticket).await {
+                tracing::warn!(error = %e, "cannot release the gc lease; it expires after gc.lease_ttl");
+            }
+        }
     }
 
     /// Renews the lease every third of its time; returns when it is lost.
@@ -284,7 +346,7 @@ impl Maintenance {
 }
 
 /// This machine's name, for the lease's holder field (messages only).
-fn nix_hostname() -> String {
+fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .ok()

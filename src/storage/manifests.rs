@@ -662,25 +662,25 @@ impl FsStorage {
             let mut records = Vec::new();
             for raw in list_dir(root, &paths::tags_dir(&name))? {
                 let Ok(tag) = Tag::parse(&raw) else { continue };
-                let link = paths::tag_current_link(&name, &tag);
-                let meta = match root.metadata(&link) {
-                    Ok(meta) => meta,
+                // Time and digest from one open file: a push renaming a new
+                // link into place meanwhile cannot pair the old time with
+                // the new digest.
+                let mut file = match root.open(paths::tag_current_link(&name, &tag)) {
+                    Ok(file) => file,
                     Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                     Err(e) => return Err(e.into()),
                 };
-                let digest = match read_link(root, &link) {
-                    Ok(Some(digest)) => digest,
-                    Ok(None) => continue,
-                    Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                        tracing::warn!(repository = %name, %tag, error = %e, "tag link unreadable; left alone");
-                        continue;
-                    }
-                    Err(e) => return Err(e.into()),
+                let pushed = file.metadata()?.modified()?.into_std();
+                let mut text = String::new();
+                Read::take(&mut file, 256).read_to_string(&mut text)?;
+                let Ok(digest) = Digest::parse(text.trim()) else {
+                    tracing::warn!(repository = %name, %tag, "tag link unreadable; left alone");
+                    continue;
                 };
                 records.push(TagRecord {
                     tag,
                     digest,
-                    pushed: meta.modified()?.into_std(),
+                    pushed,
                 });
             }
             Ok(records)

@@ -23,9 +23,6 @@ struct LeaseRecord {
     holder: String,
     /// Unix seconds; 0 for a released lease.
     expires: i64,
-    /// When the last run under this lease finished well (Unix seconds).
-    #[serde(default)]
-    finished: i64,
 }
 
 /// A lease this replica holds: the version it wrote, to renew or release it.
@@ -34,8 +31,6 @@ pub struct LeaseTicket {
     key: Path,
     holder: String,
     e_tag: String,
-    /// `finished` as it was when the lease was taken.
-    finished: i64,
 }
 
 #[derive(Debug)]
@@ -46,22 +41,16 @@ pub enum LeaseOutcome {
         holder: String,
         expires: i64,
     },
-    /// Free, but a run finished at `finished` (Unix seconds), less than
-    /// the interval asked for ago: another replica's schedule did the work.
-    RanRecently {
-        finished: i64,
-    },
 }
 
 fn unix_now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
-fn record(holder: &str, expires: i64, finished: i64) -> PutPayload {
+fn record(holder: &str, expires: i64) -> PutPayload {
     let json = serde_json::to_vec(&LeaseRecord {
         holder: holder.to_owned(),
         expires,
-        finished,
     })
     .unwrap_or_default();
     PutPayload::from(Bytes::from(json))
@@ -106,15 +95,12 @@ impl S3Storage {
     }
 
     /// Takes the lease `name` for `ttl` if nobody holds it (or its holder
-    /// let it expire) and, with `interval`, no run finished within about
-    /// that long (nine tenths of it, so that replicas' timers firing a
-    /// moment early do not skip a round).
+    /// let it expire).
     pub async fn acquire_lease(
         &self,
         name: &str,
         holder: &str,
         ttl: Duration,
-        interval: Option<Duration>,
     ) -> Result<LeaseOutcome> {
         if !self.enforces_conditional_writes() {
             return Err(StorageError::Unavailable(format!(
@@ -123,19 +109,18 @@ impl S3Storage {
             )));
         }
         let key = self.lease_key(name);
-        let ticket = |e_tag, finished| {
+        let ticket = |e_tag| {
             LeaseOutcome::Acquired(LeaseTicket {
                 key: key.clone(),
                 holder: holder.to_owned(),
                 e_tag,
-                finished,
             })
         };
         if let Some(e_tag) = self
-            .put_conditional(&key, record(holder, deadline(ttl), 0), PutMode::Create)
+            .put_conditional(&key, record(holder, deadline(ttl)), PutMode::Create)
             .await?
         {
-            return Ok(ticket(e_tag, 0));
+            return Ok(ticket(e_tag));
         }
         let Some((bytes, e_tag)) = self.get_small(&key, 4096).await? else {
             // Gone between the two requests (an operator removed it): next time.
@@ -145,20 +130,12 @@ impl S3Storage {
             });
         };
         let current: Option<LeaseRecord> = serde_json::from_slice(&bytes).ok();
-        let mut finished = 0;
         if let Some(current) = &current {
             if current.expires > unix_now() {
                 return Ok(LeaseOutcome::Held {
                     holder: current.holder.clone(),
                     expires: current.expires,
                 });
-            }
-            finished = current.finished;
-            if let Some(interval) = interval {
-                let recent = i64::try_from((interval * 9 / 10).as_secs()).unwrap_or(i64::MAX);
-                if finished.saturating_add(recent) > unix_now() {
-                    return Ok(LeaseOutcome::RanRecently { finished });
-                }
             }
         }
         // Expired, released or unreadable: take it over, if nobody else
@@ -168,10 +145,10 @@ impl S3Storage {
             version: None,
         });
         match self
-            .put_conditional(&key, record(holder, deadline(ttl), finished), update)
+            .put_conditional(&key, record(holder, deadline(ttl)), update)
             .await?
         {
-            Some(e_tag) => Ok(ticket(e_tag, finished)),
+            Some(e_tag) => Ok(ticket(e_tag)),
             None => Ok(LeaseOutcome::Held {
                 holder: String::from("another replica (it took the lease over just now)"),
                 expires: deadline(ttl),
@@ -186,7 +163,7 @@ impl S3Storage {
             e_tag: Some(ticket.e_tag.clone()),
             version: None,
         });
-        let payload = record(&ticket.holder, deadline(ttl), ticket.finished);
+        let payload = record(&ticket.holder, deadline(ttl));
         match self.put_conditional(&ticket.key, payload, update).await? {
             Some(e_tag) => {
                 ticket.e_tag = e_tag;
@@ -197,19 +174,13 @@ impl S3Storage {
     }
 
     /// Gives the lease up (marks it expired), so the next run anywhere
-    /// need not wait for it to time out; `succeeded` records the run as
-    /// finished now, for the other replicas' schedules.
-    pub async fn release_lease(&self, ticket: LeaseTicket, succeeded: bool) -> Result<()> {
+    /// need not wait for it to time out.
+    pub async fn release_lease(&self, ticket: LeaseTicket) -> Result<()> {
         let update = PutMode::Update(UpdateVersion {
             e_tag: Some(ticket.e_tag),
             version: None,
         });
-        let finished = if succeeded {
-            unix_now()
-        } else {
-            ticket.finished
-        };
-        self.put_conditional(&ticket.key, record("", 0, finished), update)
+        self.put_conditional(&ticket.key, record("", 0), update)
             .await
             .map(|_| ())
     }

@@ -916,7 +916,9 @@ impl S3Storage {
     }
 
     /// Every tag of `name`, what it names, and its link's `Last-Modified`:
-    /// one listing of the tags' keys, then the links read `FAN_OUT` at a time.
+    /// one listing of the tags' keys, then the links read `FAN_OUT` at a
+    /// time (time and digest from the same GET, so a push landing between
+    /// the listing and the read is seen whole).
     pub async fn tag_history(&self, name: &RepositoryName) -> Result<Vec<TagRecord>> {
         let dir = paths::tags_dir(name).to_string_lossy().into_owned();
         let objects: Vec<object_store::ObjectMeta> = self
@@ -925,25 +927,33 @@ impl S3Storage {
             .try_collect()
             .await
             .map_err(|e| self.unavailable(e))?;
-        let links = objects.iter().filter_map(|meta| {
+        let tags = objects.iter().filter_map(|meta| {
             let tag = self
                 .relative(&meta.location)?
                 .strip_prefix(dir.as_str())?
                 .strip_prefix('/')?
                 .strip_suffix("/current/link")?;
-            let tag = Tag::parse(tag).ok()?;
-            Some((tag, std::time::SystemTime::from(meta.last_modified)))
+            Tag::parse(tag).ok()
         });
-        let reads = links.map(|(tag, pushed)| async move {
-            let digest = match self.read_link(paths::tag_current_link(name, &tag)).await {
-                Ok(digest) => digest,
-                Err(StorageError::Io(e)) => {
-                    tracing::warn!(repository = %name, %tag, error = %e, "tag link unreadable; left alone");
-                    None
-                }
-                Err(e) => return Err(e),
+        let reads = tags.map(|tag| async move {
+            let key = self.key(paths::tag_current_link(name, &tag));
+            let got = match self.s3.get(&key).await {
+                Ok(got) => got,
+                Err(object_store::Error::NotFound { .. }) => return Ok(None),
+                Err(e) => return Err(self.unavailable(e)),
             };
-            Ok(digest.map(|digest| TagRecord {
+            if got.meta.size > 256 {
+                tracing::warn!(repository = %name, %tag, "tag link larger than a digest; left alone");
+                return Ok(None);
+            }
+            let pushed = std::time::SystemTime::from(got.meta.last_modified);
+            let bytes = got.bytes().await.map_err(|e| self.unavailable(e))?;
+            let text = std::str::from_utf8(&bytes).unwrap_or("");
+            let Ok(digest) = Digest::parse(text.trim()) else {
+                tracing::warn!(repository = %name, %tag, "tag link unreadable; left alone");
+                return Ok(None);
+            };
+            Ok::<_, StorageError>(Some(TagRecord {
                 tag,
                 digest,
                 pushed,
