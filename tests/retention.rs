@@ -774,24 +774,41 @@ async fn schedule_needs_single_replica(mut config: Config) {
         .acquire_lease("gc", "x", Duration::from_secs(5))
         .await
         .is_err());
-    // Declared the single replica: it starts, and its schedule runs.
-    config.gc.single_replica = true;
-    let server = portcullis::server::Server::bind(config)
-        .await
-        .expect("starts");
-    let addr = server.local_addr();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server.run(async move {
-        let _ = stopped.await;
-    }));
+    // Declared the single replica: it starts, and its schedule applies
+    // retention to what the (real) store holds.
+    let facts = common::GarageFacts {
+        endpoint: config.storage.endpoint.clone().unwrap(),
+        bucket: config.storage.bucket.clone().unwrap(),
+        region: config.storage.region.clone(),
+        access_key: config.storage.access_key_id.clone().unwrap(),
+        secret_key: config
+            .storage
+            .secret_access_key
+            .as_ref()
+            .unwrap()
+            .expose()
+            .to_owned(),
+    };
+    let conditional_writes = config.storage.conditional_writes;
+    let registry = TestRegistry::start_s3_with(&facts, &config.storage.prefix, |c| {
+        c.storage.conditional_writes = conditional_writes;
+        c.gc.every = Some(Duration::from_secs(1));
+        c.gc.single_replica = true;
+        c.retention = vec![rule(&["team/*"], &["*"], Some(1), None, KeepIf::Any)];
+    })
+    .await;
+    for tag in ["older", "newer"] {
+        registry.push_image("team/one", tag, &Image::random()).await;
+        // S3 keeps times to the second: the two pushes must differ.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
     eventually(
         Duration::from_secs(15),
-        "the single replica's schedule runs",
-        || async { metric(addr, RUNS_OK).await >= 1 },
+        "the single replica's schedule applies retention",
+        || async { tags(&registry, "team/one").await == strings(&["newer"]) },
     )
     .await;
-    let _ = stop.send(());
-    let _ = task.await;
+    assert!(metric(registry.addr(), RUNS_OK).await >= 1);
 }
 
 #[tokio::test]
