@@ -542,20 +542,15 @@ async fn maintenance_command(
     let dry_run = options.dry_run;
     if let Some(retention) = &report.retention {
         print!("{}", retention.render());
+        let deleted = if dry_run {
+            "would be deleted"
+        } else {
+            "deleted"
+        };
         println!(
-            "retention: {} tags {}, {} manifests {}, {} refused by policies",
+            "retention: {} tags {deleted}, {} manifests {deleted}, {} refused by policies",
             retention.tags_deleted(),
-            if dry_run {
-                "would be deleted"
-            } else {
-                "deleted"
-            },
             retention.manifests_deleted(),
-            if dry_run {
-                "would be deleted"
-            } else {
-                "deleted"
-            },
             retention.refused(),
         );
     }
