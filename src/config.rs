@@ -54,6 +54,78 @@ pub struct Config {
     pub groups: BTreeMap<String, Vec<String>>,
     pub policy: PolicyConfig,
     pub proxy: ProxyConfig,
+    /// Which tags to keep (`[[retention]]`, in order; the first rule whose
+    /// globs match a tag decides it; tags no rule matches are kept).
+    pub retention: Vec<RetentionRule>,
+    /// Scheduled gc (and retention) inside the server.
+    pub gc: GcConfig,
+}
+
+/// One `[[retention]]` rule (applied by `maintenance::retention`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionRule {
+    /// Repositories the rule covers (globs, `!` excludes): `["team-a/**"]`.
+    pub repositories: Vec<String>,
+    /// Tags it decides (globs, `!` excludes).
+    #[serde(default = "every_tag")]
+    pub tags: Vec<String>,
+    /// Keep the N most recently pushed of the tags this rule decides in a repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_newest: Option<u32>,
+    /// Keep tags pushed (last set) within this long ("30d").
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub keep_within: Option<Duration>,
+    /// `any`: a tag is kept when either condition holds; `all`: only when
+    /// every condition given holds.
+    #[serde(default)]
+    pub keep_if: KeepIf,
+}
+
+fn every_tag() -> Vec<String> {
+    vec!["*".into()]
+}
+
+/// How a rule's conditions combine (see [`RetentionRule::keep_if`]).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum KeepIf {
+    #[default]
+    Any,
+    All,
+}
+
+/// `[gc]`: gc (and retention) on a schedule, inside the server.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GcConfig {
+    /// How often the server runs gc; unset: never (only `portcullis gc`).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub every: Option<Duration>,
+    /// Whether a scheduled run applies the `[[retention]]` rules before gc.
+    pub retention: bool,
+    /// The subject retention's deletes are decided as by the policy chain.
+    pub identity: String,
+    /// The groups that identity has (a tag-immutability `exempt_groups`
+    /// entry lets retention delete release tags).
+    pub groups: Vec<String>,
+    /// S3 on a store that does not enforce conditional writes: no lease can
+    /// keep two replicas from running gc at once, so the schedule starts
+    /// only when the operator declares that this replica is the only one
+    /// with `gc.every` set.
+    pub single_replica: bool,
+    /// S3: how long the gc lease in the bucket holds without being renewed
+    /// (a holder renews it every third of this while it runs).
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
 }
 
 /// Pull-through cache: repositories under `prefix` mirror `remote`.
@@ -172,6 +244,45 @@ pub struct OidcConfig {
     /// a key not seen yet (a rotation): bounds what a flood of unknown `kid`s costs.
     #[serde(default = "default_jwks_refetch", with = "humantime_serde")]
     pub jwks_refetch: Duration,
+}
+
+/// Refuses a retention glob that could never match or that says something
+/// other than the author meant: unbalanced `[`/`{`, or characters no
+/// repository name (lowercase) or tag can hold.
+fn check_glob(pattern: &str, tag: bool) -> Result<(), String> {
+    let body = pattern.strip_prefix('!').unwrap_or(pattern);
+    let (mut brackets, mut braces) = (0i32, 0i32);
+    for c in body.chars() {
+        match c {
+            '[' if brackets > 0 => return Err("`[` inside `[...]`".into()),
+            '[' => brackets += 1,
+            ']' => brackets -= 1,
+            '{' => braces += 1,
+            '}' => braces -= 1,
+            _ => {}
+        }
+        if brackets < 0 || braces < 0 {
+            return Err(format!("unbalanced {c:?}"));
+        }
+        let glob = matches!(c, '*' | '?' | '[' | ']' | '{' | '}' | ',' | '!' | '^');
+        let allowed = if tag {
+            c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
+        } else {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-' | '/')
+        };
+        if !glob && !allowed {
+            let what = if tag {
+                "a tag has only letters, digits, `.`, `_` and `-`"
+            } else {
+                "a repository name has only lowercase letters, digits, `.`, `_`, `-` and `/`"
+            };
+            return Err(format!("{c:?} can never match: {what}"));
+        }
+    }
+    if brackets != 0 || braces != 0 {
+        return Err("unbalanced `[` or `{`".into());
+    }
+    Ok(())
 }
 
 /// An issuer's keys are only fetched over https, except from this host.
@@ -572,6 +683,15 @@ impl Default for Config {
                 password: None,
                 tag_ttl: Duration::from_secs(300),
             },
+            retention: Vec::new(),
+            gc: GcConfig {
+                every: None,
+                retention: true,
+                identity: "system:retention".into(),
+                groups: Vec::new(),
+                single_replica: false,
+                lease_ttl: Duration::from_secs(600),
+            },
         }
     }
 }
@@ -718,6 +838,7 @@ impl Config {
             ));
         }
         self.validate_identity()?;
+        self.validate_maintenance()?;
         if self.policy.total_memory < self.policy.memory {
             return Err(ConfigError::Invalid(format!(
                 "policy.total_memory ({}) must be at least policy.memory ({}): \
@@ -826,6 +947,89 @@ impl Config {
         Ok(())
     }
 
+    fn validate_maintenance(&self) -> Result<(), ConfigError> {
+        const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+        for (i, rule) in self.retention.iter().enumerate() {
+            let at = format!("[[retention]] #{}", i + 1);
+            let invalid = |m: String| Err(ConfigError::Invalid(format!("{at}: {m}")));
+            for (key, patterns, tag) in [
+                ("repositories", &rule.repositories, false),
+                ("tags", &rule.tags, true),
+            ] {
+                if patterns.is_empty() {
+                    return invalid(format!("{key} is empty: name at least one glob"));
+                }
+                for pattern in patterns {
+                    if let Err(e) = check_glob(pattern, tag) {
+                        return invalid(format!("{key}: {pattern:?}: {e}"));
+                    }
+                }
+                let list = portcullis_patterns::PatternList::new(patterns)
+                    .map_err(|e| ConfigError::Invalid(format!("{at}: {key}: {e}")))?;
+                if list.is_empty() {
+                    return invalid(format!(
+                        "{key} has only exclusions (`!`): add what the rule covers, e.g. \"*\""
+                    ));
+                }
+            }
+            match (rule.keep_newest, rule.keep_within) {
+                (None, None) => {
+                    return invalid(
+                        "set keep_newest, keep_within or both: a rule with neither would \
+                         delete every tag it matches"
+                            .into(),
+                    )
+                }
+                (Some(0), _) => {
+                    return invalid(
+                        "keep_newest = 0 keeps nothing: leave it out (or use keep_within)".into(),
+                    )
+                }
+                _ => {}
+            }
+            if let Some(within) = rule.keep_within {
+                if within.is_zero() || within > CENTURY {
+                    return invalid(format!(
+                        "keep_within = {:?} must be longer than 0s and at most 100 years",
+                        humantime::format_duration(within).to_string()
+                    ));
+                }
+            }
+        }
+        let gc = &self.gc;
+        if gc
+            .every
+            .is_some_and(|e| e < Duration::from_secs(1) || e > CENTURY)
+        {
+            return Err(ConfigError::Invalid(
+                "gc.every must be at least 1s (and at most 100 years); leave it unset for no schedule"
+                    .into(),
+            ));
+        }
+        if gc.identity.is_empty()
+            || gc.identity.len() > 128
+            || gc.identity.chars().any(char::is_control)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "gc.identity = {:?}: a name of 1 to 128 characters",
+                gc.identity
+            )));
+        }
+        if gc
+            .groups
+            .iter()
+            .any(|g| g.is_empty() || g.chars().any(char::is_control))
+        {
+            return Err(ConfigError::Invalid("gc.groups: empty group name".into()));
+        }
+        if gc.lease_ttl < Duration::from_secs(1) {
+            return Err(ConfigError::Invalid(
+                "gc.lease_ttl must be at least 1s".into(),
+            ));
+        }
+        Ok(())
+    }
+
     pub fn policy_cache_dir(&self) -> PathBuf {
         self.policy
             .cache_dir
@@ -912,6 +1116,107 @@ mod tests {
             assert!(e.to_string().contains("listn"), "{e}");
             jail.create_file("bad2.toml", "listen = \"not an address\"\n")?;
             assert!(Config::load(Some(Path::new("bad2.toml"))).is_err());
+            Ok(())
+        });
+    }
+
+    /// Hostile `[[retention]]` and `[gc]` settings: each is refused with a
+    /// message naming the key and what to do.
+    #[test]
+    fn hostile_retention_and_gc_settings_are_refused_with_a_reason() {
+        let rule = |body: &str| format!("[[retention]]\nrepositories = [\"team/*\"]\n{body}\n");
+        let cases: Vec<(String, &str)> = vec![
+            (rule("keep_newest = 3\ntags = [\"pr-[\"]"), "unbalanced"),
+            (rule("keep_newest = 3\ntags = [\"pr-]\"]"), "unbalanced"),
+            (rule("keep_newest = 3\ntags = [\"{a,b\"]"), "unbalanced"),
+            (rule("keep_newest = 3\ntags = [\"[[a]]\"]"), "inside"),
+            (
+                rule("keep_newest = 3\ntags = [\"release/*\"]"),
+                "can never match",
+            ),
+            (
+                rule("keep_newest = 3\ntags = [\"pr *\"]"),
+                "can never match",
+            ),
+            (rule("keep_newest = 3\ntags = []"), "tags is empty"),
+            (rule("keep_newest = 3\ntags = [\"\"]"), "empty pattern"),
+            (
+                rule("keep_newest = 3\ntags = [\"!latest\"]"),
+                "only exclusions",
+            ),
+            (
+                "[[retention]]\nrepositories = [\"Team/*\"]\nkeep_newest = 1\n".into(),
+                "lowercase",
+            ),
+            (
+                "[[retention]]\nrepositories = []\nkeep_newest = 1\n".into(),
+                "repositories is empty",
+            ),
+            ("[[retention]]\nkeep_newest = 1\n".into(), "repositories"),
+            (rule(""), "set keep_newest, keep_within or both"),
+            (rule("keep_newest = 0"), "keep_newest = 0 keeps nothing"),
+            (
+                rule("keep_newest = 0\nkeep_within = \"1d\""),
+                "keep_newest = 0",
+            ),
+            (rule("keep_newest = -1"), "keep_newest"),
+            (rule("keep_newest = 99999999999"), "keep_newest"),
+            (rule("keep_newest = \"ten\""), "keep_newest"),
+            (rule("keep_within = \"-1d\""), "keep_within"),
+            (rule("keep_within = \"0s\""), "longer than 0s"),
+            (rule("keep_within = \"200years\""), "at most 100 years"),
+            (
+                rule("keep_within = \"99999999999999999999d\""),
+                "keep_within",
+            ),
+            (rule("keep_within = 30"), "keep_within"),
+            (rule("keep_newest = 3\nkeep_if = \"maybe\""), "keep_if"),
+            (rule("keep_last = 3"), "keep_last"),
+            (
+                "[gc]\nevery = \"0s\"\n".into(),
+                "gc.every must be at least 1s",
+            ),
+            (
+                "[gc]\nevery = \"500ms\"\n".into(),
+                "gc.every must be at least 1s",
+            ),
+            ("[gc]\nevery = \"soon\"\n".into(), "every"),
+            ("[gc]\nevery = \"1000years\"\n".into(), "at most 100 years"),
+            ("[gc]\nidentity = \"\"\n".into(), "gc.identity"),
+            ("[gc]\nidentity = \"a\\nb\"\n".into(), "gc.identity"),
+            ("[gc]\ngroups = [\"\"]\n".into(), "gc.groups"),
+            ("[gc]\nlease_ttl = \"0s\"\n".into(), "gc.lease_ttl"),
+            ("[gc]\ninterval = \"1h\"\n".into(), "interval"),
+            ("[retention]\nkeep_newest = 1\n".into(), "retention"),
+        ];
+        figment::Jail::expect_with(|jail| {
+            for (i, (toml, expected)) in cases.iter().enumerate() {
+                let file = format!("hostile-{i}.toml");
+                jail.create_file(&file, toml)?;
+                match Config::load(Some(Path::new(&file))) {
+                    Ok(_) => panic!("accepted:\n{toml}"),
+                    Err(e) => assert!(
+                        e.to_string().contains(expected),
+                        "{toml}\nerror {e:?} does not say {expected:?}"
+                    ),
+                }
+            }
+            // What is fine: both conditions, `all`, exclusions next to globs.
+            jail.create_file(
+                "fine.toml",
+                "[gc]\nevery = \"1s\"\ngroups = [\"release-admins\"]\n\
+                 [[retention]]\nrepositories = [\"team/**\", \"!team/keep\"]\n\
+                 tags = [\"pr-[0-9]*\", \"{a,b}-*\", \"!pr-1\"]\n\
+                 keep_newest = 10\nkeep_within = \"30d\"\nkeep_if = \"all\"\n",
+            )?;
+            let c = Config::load(Some(Path::new("fine.toml"))).expect("a good config loads");
+            assert_eq!(c.retention[0].keep_if, KeepIf::All);
+            assert_eq!(c.gc.every, Some(Duration::from_secs(1)));
+            assert!(
+                c.to_toml().contains("keep_within = \"30days\""),
+                "{}",
+                c.to_toml()
+            );
             Ok(())
         });
     }

@@ -3,11 +3,13 @@
 //! `reference` parses names at the edge, `api` speaks HTTP, `identity` says who
 //! is asking, `network` finds the real client behind proxies, `policy` decides
 //! what they may do, `storage` owns the on-disk layout, `config` loads
-//! settings, `server` ties them to a listener.
+//! settings, `maintenance` runs retention and gc, `server` ties them to a
+//! listener.
 
 pub mod api;
 pub mod config;
 pub mod identity;
+pub mod maintenance;
 pub mod metrics;
 pub mod network;
 pub mod policy;

@@ -1,4 +1,4 @@
-//! The `portcullis` command line: `serve`, `config`, `policy check|test`, `token create|list|revoke`, `gc`, `fsck`, `tls generate`.
+//! The `portcullis` command line: `serve`, `config`, `policy check|test`, `token create|list|revoke`, `gc`, `retention`, `fsck`, `tls generate`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,6 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tracing_subscriber::EnvFilter;
 
 use portcullis::config::Config;
+use portcullis::maintenance::{ChainSource, Maintenance, RunOptions};
 use portcullis::policy::{authoring, scaffold};
 use portcullis::policy::{PolicyChain, PolicyEngine};
 use portcullis::server::{shutdown_signal, Server};
@@ -69,6 +70,20 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// Report what would be removed without removing it.
+        #[arg(long)]
+        dry_run: bool,
+        /// Apply the [[retention]] rules first (what the server's schedule does).
+        #[arg(long)]
+        retention: bool,
+    },
+    /// Apply the [[retention]] rules: delete the tags they drop (through the
+    /// policy chain, as gc.identity) and the manifests only those tags kept.
+    /// `portcullis gc` then frees their blobs.
+    Retention {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print per repository which tags would go and which rule decided
+        /// each; write nothing.
         #[arg(long)]
         dry_run: bool,
     },
@@ -473,27 +488,98 @@ async fn run(command: Command) -> Result<(), String> {
             Ok(())
         }
         Command::Token { command } => token_command(command).await,
-        Command::Gc { config, dry_run } => {
-            let storage = open_storage(config.as_deref()).await?;
-            let report = storage
-                .collect_garbage(dry_run, progress_bar())
-                .await
-                .map_err(|e| e.to_string())?;
-            let verb = if dry_run { "would remove" } else { "removed" };
-            for removal in &report.removed {
-                println!("{verb} {removal}");
-            }
-            println!(
-                "{} manifests scanned, {} blobs kept, {} items {verb}, {} bytes {}",
-                report.manifests_scanned,
-                report.kept_blobs,
-                report.removed.len(),
-                report.freed_bytes(),
-                if dry_run { "would be freed" } else { "freed" },
-            );
-            Ok(())
+        Command::Gc {
+            config,
+            dry_run,
+            retention,
+        } => {
+            let options = RunOptions {
+                retention,
+                gc: true,
+                dry_run,
+            };
+            maintenance_command(config.as_deref(), options).await
+        }
+        Command::Retention { config, dry_run } => {
+            let options = RunOptions {
+                retention: true,
+                gc: false,
+                dry_run,
+            };
+            maintenance_command(config.as_deref(), options).await
         }
     }
+}
+
+/// `portcullis gc` and `portcullis retention`: one maintenance run, under
+/// the same lock as the server's schedule.
+async fn maintenance_command(
+    config: Option<&std::path::Path>,
+    options: RunOptions,
+) -> Result<(), String> {
+    let config = Config::load(config).map_err(|e| e.to_string())?;
+    let mut options = options;
+    if options.retention && config.retention.is_empty() {
+        if !options.gc {
+            return Err("the config has no [[retention]] rules".into());
+        }
+        eprintln!("note: the config has no [[retention]] rules; running gc only");
+        options.retention = false;
+    }
+    let (storage, chain) = if options.retention {
+        let (chain, storage) = authoring::chain_with_store(&config).await?;
+        (
+            storage,
+            Some(ChainSource::Fixed(std::sync::Arc::new(chain))),
+        )
+    } else {
+        (Storage::open(&config.storage).await?, None)
+    };
+    if let Storage::S3(s3) = &storage {
+        if !options.dry_run && !s3.enforces_conditional_writes() {
+            eprintln!(
+                "note: {} does not enforce conditional writes, so no lease keeps two runs \
+                 apart: make sure no other gc runs now (a CronJob with concurrencyPolicy: \
+                 Forbid, no replica with gc.every)",
+                s3.description()
+            );
+        }
+    }
+    let metrics = std::sync::Arc::new(portcullis::metrics::Metrics::new());
+    let maintenance = Maintenance::new(&config, storage, chain, metrics)
+        .map_err(|e| e.to_string())?
+        .with_progress(progress_bar());
+    let report = maintenance.run(options).await.map_err(|e| e.to_string())?;
+    let dry_run = options.dry_run;
+    if let Some(retention) = &report.retention {
+        print!("{}", retention.render());
+        let deleted = if dry_run {
+            "would be deleted"
+        } else {
+            "deleted"
+        };
+        println!(
+            "retention: {} tags {deleted}, {} manifests {deleted}, {} refused by policies",
+            retention.tags_deleted(),
+            retention.manifests_deleted(),
+            retention.refused(),
+        );
+    }
+    if let Some(report) = &report.gc {
+        let verb = if dry_run { "would remove" } else { "removed" };
+        for removal in &report.removed {
+            println!("{verb} {removal}");
+        }
+        println!(
+            "{} manifests scanned, {} blobs kept, {} items {verb}, {} bytes {}",
+            report.manifests_scanned,
+            report.kept_blobs,
+            report.removed.len(),
+            report.freed_bytes(),
+            if dry_run { "would be freed" } else { "freed" },
+        );
+    }
+    Ok(())
 }
 
 async fn token_command(command: TokenCommand) -> Result<(), String> {

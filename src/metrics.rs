@@ -48,6 +48,16 @@ struct ReloadLabels {
     result: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RunLabels {
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RetentionLabels {
+    outcome: String,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// No labels: a family of one series, which is absent until it is set (a
@@ -67,6 +77,11 @@ pub struct Metrics {
     lookup_bytes: Counter,
     storage_bytes: Gauge,
     tls_expiry: Family<Unlabelled, Gauge>,
+    gc_runs: Family<RunLabels, Counter>,
+    gc_running: Gauge,
+    gc_last_run: Gauge,
+    gc_freed_bytes: Counter,
+    retention: Family<RetentionLabels, Counter>,
 }
 
 fn request_buckets() -> Histogram {
@@ -99,6 +114,36 @@ impl Metrics {
         let lookup_bytes = Counter::default();
         let storage_bytes = Gauge::default();
         let tls_expiry = Family::<Unlabelled, Gauge>::default();
+        let gc_runs = Family::<RunLabels, Counter>::default();
+        let gc_running = Gauge::default();
+        let gc_last_run = Gauge::default();
+        let gc_freed_bytes = Counter::default();
+        let retention = Family::<RetentionLabels, Counter>::default();
+        registry.register(
+            "gc_runs",
+            "gc runs (with retention, when configured) by result: ok, failed, skipped (another run held the lock)",
+            gc_runs.clone(),
+        );
+        registry.register(
+            "gc_running",
+            "1 while this process runs gc or retention",
+            gc_running.clone(),
+        );
+        registry.register(
+            "gc_last_success_timestamp_seconds",
+            "When this process last finished a gc run without error (Unix time)",
+            gc_last_run.clone(),
+        );
+        registry.register(
+            "gc_freed_bytes",
+            "Bytes gc removed (blobs, upload sessions, staging files)",
+            gc_freed_bytes.clone(),
+        );
+        registry.register(
+            "retention",
+            "What retention did by outcome: tag_deleted, manifest_deleted, refused (by a policy)",
+            retention.clone(),
+        );
         registry.register(
             "http_requests",
             "HTTP requests by route, method and status",
@@ -167,6 +212,40 @@ impl Metrics {
             lookup_bytes,
             storage_bytes,
             tls_expiry,
+            gc_runs,
+            gc_running,
+            gc_last_run,
+            gc_freed_bytes,
+            retention,
+        }
+    }
+
+    /// A gc run ended: `result` is `ok`, `failed` or `skipped`.
+    pub fn record_gc_run(&self, result: &str, freed_bytes: u64) {
+        self.gc_runs
+            .get_or_create(&RunLabels {
+                result: result.to_owned(),
+            })
+            .inc();
+        self.gc_freed_bytes.inc_by(freed_bytes);
+        if result == "ok" {
+            let now = chrono::Utc::now().timestamp();
+            self.gc_last_run.set(now);
+        }
+    }
+
+    pub fn set_gc_running(&self, running: bool) {
+        self.gc_running.set(i64::from(running));
+    }
+
+    /// `outcome`: `tag_deleted`, `manifest_deleted` or `refused`.
+    pub fn record_retention(&self, outcome: &str, count: u64) {
+        if count > 0 {
+            self.retention
+                .get_or_create(&RetentionLabels {
+                    outcome: outcome.to_owned(),
+                })
+                .inc_by(count);
         }
     }
 

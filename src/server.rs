@@ -15,6 +15,7 @@ use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use crate::api::{self, AppState};
 use crate::config::Config;
 use crate::identity::{Identities, IdentityError};
+use crate::maintenance::{ChainSource, Maintenance};
 use crate::metrics::Metrics;
 use crate::network::proxy_protocol::ProxyProtocolAcceptor;
 use crate::network::TrustedProxies;
@@ -151,6 +152,17 @@ impl Server {
                 addr: config.listen,
                 source,
             })?;
+        if let Some(every) = config.gc.every {
+            let maintenance = Maintenance::new(
+                &config,
+                storage.clone(),
+                Some(ChainSource::Live(Arc::clone(&policies))),
+                Arc::clone(&metrics),
+            )
+            .and_then(|m| m.check_schedule().map(|()| m))
+            .map_err(|e| ServerError::Config(e.to_string()))?;
+            Arc::new(maintenance).spawn_schedule(every);
+        }
         let grace = config.shutdown_grace;
         let limits = config.limits.clone();
         let proxy = crate::proxy::Proxy::from_config(&config.proxy).map(Arc::new);

@@ -156,8 +156,9 @@ fn print_measured(measured: &Measured) {
     }
 }
 
-/// Loads `config`'s chain with lookups answered from its storage.
-async fn chain_with_store(config: &Config) -> Result<(PolicyChain, Storage), String> {
+/// Loads `config`'s chain with lookups answered from its storage, for the
+/// commands that decide offline (`policy audit`, `replay`, `retention`).
+pub async fn chain_with_store(config: &Config) -> Result<(PolicyChain, Storage), String> {
     let storage = Storage::open(&config.storage).await?;
     let engine = PolicyEngine::new(Some(config.policy_cache_dir())).map_err(|e| e.to_string())?;
     engine.attach_lookups(Lookups::new(storage.clone(), Arc::new(Metrics::new())));

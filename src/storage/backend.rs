@@ -18,7 +18,7 @@ use super::s3::S3Storage;
 use super::uploads::ChunkBounds;
 use super::{
     BlobInfo, Descriptor, FsStorage, ParsedManifest, Result, StorageError, StorageSettings,
-    StoredManifest, UploadStatus,
+    StoredManifest, TagRecord, UploadStatus,
 };
 use crate::config::{Backend, StorageConfig};
 use crate::reference::{Digest, Reference, RepositoryName, Tag, UploadId};
@@ -297,6 +297,16 @@ impl Storage {
 
     pub async fn list_tags(&self, name: &RepositoryName) -> Result<Vec<String>> {
         on_backend!(self, s => s.list_tags(name).await)
+    }
+
+    /// Every tag of `name` with what it names and when it was last set.
+    pub async fn tag_history(&self, name: &RepositoryName) -> Result<Vec<TagRecord>> {
+        on_backend!(self, s => s.tag_history(name).await)
+    }
+
+    /// Every manifest stored in `name` (its revisions), tagged or not.
+    pub async fn list_manifests(&self, name: &RepositoryName) -> Result<Vec<Digest>> {
+        on_backend!(self, s => s.list_manifests(name).await)
     }
 
     pub async fn list_referrers(

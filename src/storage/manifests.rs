@@ -381,6 +381,16 @@ impl ParsedManifest {
     }
 }
 
+/// A tag, what it names, and when it was last set (retention's input).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagRecord {
+    pub tag: Tag,
+    pub digest: Digest,
+    /// When the tag was last set: its link's modification time on the
+    /// filesystem, the link object's `Last-Modified` on S3.
+    pub pushed: std::time::SystemTime,
+}
+
 /// A manifest as read back: its bytes, digest and media type.
 #[derive(Debug, Clone)]
 pub struct StoredManifest {
@@ -642,6 +652,47 @@ impl FsStorage {
             Ok(())
         })
         .await
+    }
+
+    /// Every tag of `name` with what it names and when it was last set. A
+    /// tag whose link is corrupt is left out (and logged): `fsck` reports it.
+    pub async fn tag_history(&self, name: &RepositoryName) -> Result<Vec<TagRecord>> {
+        let name = name.clone();
+        self.blocking(move |root| {
+            let mut records = Vec::new();
+            for raw in list_dir(root, &paths::tags_dir(&name))? {
+                let Ok(tag) = Tag::parse(&raw) else { continue };
+                // Time and digest from one open file: a push renaming a new
+                // link into place meanwhile cannot pair the old time with
+                // the new digest.
+                let mut file = match root.open(paths::tag_current_link(&name, &tag)) {
+                    Ok(file) => file,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e.into()),
+                };
+                let pushed = file.metadata()?.modified()?.into_std();
+                let mut text = String::new();
+                Read::take(&mut file, 256).read_to_string(&mut text)?;
+                let Ok(digest) = Digest::parse(text.trim()) else {
+                    tracing::warn!(repository = %name, %tag, "tag link unreadable; left alone");
+                    continue;
+                };
+                records.push(TagRecord {
+                    tag,
+                    digest,
+                    pushed,
+                });
+            }
+            Ok(records)
+        })
+        .await
+    }
+
+    /// The manifests stored in `name` (its revisions), tagged or not.
+    pub async fn list_manifests(&self, name: &RepositoryName) -> Result<Vec<Digest>> {
+        let dir = paths::revisions_dir(name);
+        self.blocking(move |root| Ok(list_digest_dirs(root, &dir)?))
+            .await
     }
 
     /// All tags of a repository, sorted.

@@ -34,8 +34,8 @@ pub use backend::Storage;
 pub use blobs::{BlobInfo, BlobReader};
 pub use manifests::{
     refuse_folded_keys, Descriptor, ManifestKind, ObjectKeys, ParsedManifest, Platform,
-    StoredManifest, MEDIA_TYPE_DOCKER_LIST, MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_OCI_INDEX,
-    MEDIA_TYPE_OCI_MANIFEST,
+    StoredManifest, TagRecord, MEDIA_TYPE_DOCKER_LIST, MEDIA_TYPE_DOCKER_MANIFEST,
+    MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_MANIFEST,
 };
 pub use uploads::UploadStatus;
 

@@ -1,4 +1,4 @@
-//! Small records of the registry's own (robot tokens), kept in the content
+//! Small records of the registry's own (robot tokens, maintenance state), kept in the content
 //! store beside Distribution's layout, under `_portcullis/<kind>/<name>`, so
 //! that every replica on one bucket reads the same ones. Names are checked
 //! here: a record name is `[a-z0-9._-]`, never a path.
@@ -21,6 +21,8 @@ pub enum RecordKind {
     /// When each token was last used (written apart from the token, so a
     /// use never races a revocation).
     TokenUses,
+    /// Maintenance state: when gc last finished well (`maintenance`).
+    Maintenance,
 }
 
 impl RecordKind {
@@ -28,6 +30,7 @@ impl RecordKind {
         match self {
             RecordKind::Tokens => "_portcullis/tokens",
             RecordKind::TokenUses => "_portcullis/token-uses",
+            RecordKind::Maintenance => "_portcullis/maintenance",
         }
     }
 }

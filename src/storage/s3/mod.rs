@@ -14,8 +14,11 @@
 //! tag moves with a conditional write where the store enforces those
 //! (detected at start-up), else with a check immediately before the write.
 
+mod lease;
 mod maintenance;
 mod uploads;
+
+pub use lease::{LeaseOutcome, LeaseTicket};
 
 use std::path::Path as FsPath;
 use std::sync::Arc;
@@ -31,7 +34,7 @@ use object_store::{
 };
 
 use super::manifests::{
-    manifest_digest, stored_media_type, Descriptor, ParsedManifest, StoredManifest,
+    manifest_digest, stored_media_type, Descriptor, ParsedManifest, StoredManifest, TagRecord,
 };
 use super::{paths, stripe, BlobInfo, Result, StorageError, StorageSettings};
 use crate::config::{ConditionalWrites, StorageConfig};
@@ -910,6 +913,58 @@ impl S3Storage {
     async fn holds_content(&self, name: &RepositoryName) -> Result<bool> {
         let children = self.list_dir(paths::repository_dir(name)).await?;
         Ok(children.iter().any(|c| c == "_manifests" || c == "_layers"))
+    }
+
+    /// Every tag of `name`, what it names, and its link's `Last-Modified`:
+    /// one listing of the tags' keys, then the links read `FAN_OUT` at a
+    /// time (time and digest from the same GET, so a push landing between
+    /// the listing and the read is seen whole).
+    pub async fn tag_history(&self, name: &RepositoryName) -> Result<Vec<TagRecord>> {
+        let dir = paths::tags_dir(name).to_string_lossy().into_owned();
+        let objects: Vec<object_store::ObjectMeta> = self
+            .s3
+            .list(Some(&self.key(&dir)))
+            .try_collect()
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        let tags = objects.iter().filter_map(|meta| {
+            let tag = self
+                .relative(&meta.location)?
+                .strip_prefix(dir.as_str())?
+                .strip_prefix('/')?
+                .strip_suffix("/current/link")?;
+            Tag::parse(tag).ok()
+        });
+        let reads = tags.map(|tag| async move {
+            let key = self.key(paths::tag_current_link(name, &tag));
+            let got = match self.s3.get(&key).await {
+                Ok(got) => got,
+                Err(object_store::Error::NotFound { .. }) => return Ok(None),
+                Err(e) => return Err(self.unavailable(e)),
+            };
+            if got.meta.size > 256 {
+                tracing::warn!(repository = %name, %tag, "tag link larger than a digest; left alone");
+                return Ok(None);
+            }
+            let pushed = std::time::SystemTime::from(got.meta.last_modified);
+            let bytes = got.bytes().await.map_err(|e| self.unavailable(e))?;
+            let text = std::str::from_utf8(&bytes).unwrap_or("");
+            let Ok(digest) = Digest::parse(text.trim()) else {
+                tracing::warn!(repository = %name, %tag, "tag link unreadable; left alone");
+                return Ok(None);
+            };
+            Ok::<_, StorageError>(Some(TagRecord {
+                tag,
+                digest,
+                pushed,
+            }))
+        });
+        let found = fan_out(reads.collect()).await?;
+        Ok(found.into_iter().flatten().collect())
+    }
+
+    pub async fn list_manifests(&self, name: &RepositoryName) -> Result<Vec<Digest>> {
+        self.list_digest_dirs(&paths::revisions_dir(name)).await
     }
 
     pub async fn list_tags(&self, name: &RepositoryName) -> Result<Vec<String>> {
