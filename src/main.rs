@@ -11,7 +11,7 @@ use portcullis::config::Config;
 use portcullis::policy::{authoring, scaffold};
 use portcullis::policy::{PolicyChain, PolicyEngine};
 use portcullis::server::{shutdown_signal, Server};
-use portcullis::storage::Storage;
+use portcullis::storage::{OpenMode, Storage};
 
 #[derive(Parser)]
 #[command(name = "portcullis", version, about = "A self-hosted OCI registry")]
@@ -46,8 +46,22 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// Quarantine corrupt blobs and remove links and tags that point at nothing.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "fix_permissions")]
         repair: bool,
+        /// Only this: give every file and directory of the store
+        /// storage.file_mode, storage.dir_mode and storage.group (a
+        /// `registry:2` directory taken over by a registry running as
+        /// another user); symbolic links are reported, never followed.
+        #[arg(long)]
+        fix_permissions: bool,
+        /// With --fix-permissions: also make this user (a name or a uid)
+        /// the owner of everything (run as root), e.g. the uid a non-root
+        /// pod runs as.
+        #[arg(long, requires = "fix_permissions")]
+        owner: Option<String>,
+        /// With --fix-permissions: report what would change, change nothing.
+        #[arg(long, requires = "fix_permissions")]
+        dry_run: bool,
     },
     /// Certificates for TLS without a proxy.
     Tls {
@@ -302,8 +316,8 @@ async fn run(command: Command) -> Result<(), String> {
             command: PolicyCommand::Check { config },
         } => {
             let config = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
-            let engine =
-                PolicyEngine::new(Some(config.policy_cache_dir())).map_err(|e| e.to_string())?;
+            let engine = PolicyEngine::new(authoring::cache_dir_outside_serve(&config))
+                .map_err(|e| e.to_string())?;
             // `oci://` modules of this registry are read from its storage.
             if config
                 .policy
@@ -311,7 +325,7 @@ async fn run(command: Command) -> Result<(), String> {
                 .iter()
                 .any(|p| p.module.starts_with("oci://"))
             {
-                let storage = Storage::open(&config.storage).await?;
+                let storage = Storage::open_with(&config.storage, OpenMode::ReadOnly).await?;
                 engine.attach_lookups(portcullis::policy::lookups::Lookups::new(
                     storage,
                     std::sync::Arc::new(portcullis::metrics::Metrics::new()),
@@ -410,8 +424,22 @@ async fn run(command: Command) -> Result<(), String> {
             let config = Config::load(Some(&config)).map_err(|e| e.to_string())?;
             exit_with(authoring::audit(&config, user.as_deref()).await)
         }
-        Command::Fsck { config, repair } => {
-            let storage = open_storage(config.as_deref()).await?;
+        Command::Fsck {
+            config,
+            repair,
+            fix_permissions,
+            owner,
+            dry_run,
+        } => {
+            if fix_permissions {
+                return fix_permissions_command(config.as_deref(), owner.as_deref(), dry_run);
+            }
+            let mode = if repair {
+                OpenMode::Maintain
+            } else {
+                OpenMode::ReadOnly
+            };
+            let storage = open_storage(config.as_deref(), mode).await?;
             let report = storage
                 .fsck(repair, progress_bar())
                 .await
@@ -463,22 +491,46 @@ async fn run(command: Command) -> Result<(), String> {
         }
         Command::Token { command } => token_command(command).await,
         Command::Gc { config, dry_run } => {
-            let storage = open_storage(config.as_deref()).await?;
+            let mode = if dry_run {
+                OpenMode::ReadOnly
+            } else {
+                OpenMode::Maintain
+            };
+            let storage = open_storage(config.as_deref(), mode).await?;
             let report = storage
                 .collect_garbage(dry_run, progress_bar())
                 .await
                 .map_err(|e| e.to_string())?;
+            eprintln!(
+                "gc{} of {}",
+                if dry_run {
+                    " (dry run: nothing is changed)"
+                } else {
+                    ""
+                },
+                storage.location()
+            );
             let verb = if dry_run { "would remove" } else { "removed" };
             for removal in &report.removed {
                 println!("{verb} {removal}");
             }
+            let max_age = humantime::format_duration(storage.settings().upload_max_age);
+            for kept in &report.kept_young {
+                println!("kept {kept}: younger than storage.upload_max_age ({max_age})");
+            }
+            for note in &report.notes {
+                println!("{note}");
+            }
             println!(
-                "{} manifests scanned, {} blobs kept, {} items {verb}, {} bytes {}",
+                "{} manifests scanned, {} blobs kept, {} items {verb}, {} bytes {}; \
+                 {} items ({} bytes) kept as younger than storage.upload_max_age ({max_age})",
                 report.manifests_scanned,
                 report.kept_blobs,
                 report.removed.len(),
                 report.freed_bytes(),
                 if dry_run { "would be freed" } else { "freed" },
+                report.kept_young.len(),
+                report.kept_young_bytes(),
             );
             Ok(())
         }
@@ -504,7 +556,7 @@ async fn token_command(command: TokenCommand) -> Result<(), String> {
             if user.is_empty() || user.len() > 256 || user.chars().any(char::is_control) {
                 return Err("--user must be a name of at most 256 characters".into());
             }
-            let storage = Storage::open(&loaded.storage).await?;
+            let storage = Storage::open_with(&loaded.storage, OpenMode::AddTo).await?;
             let expires = expires.map(|d| {
                 portcullis::identity::jwt::now()
                     .saturating_add(i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
@@ -533,7 +585,7 @@ async fn token_command(command: TokenCommand) -> Result<(), String> {
             Ok(())
         }
         TokenCommand::List { config } => {
-            let storage = open_storage(config.as_deref()).await?;
+            let storage = open_storage(config.as_deref(), OpenMode::ReadOnly).await?;
             let tokens = robots::list(&storage).await.map_err(|e| e.to_string())?;
             println!("ID                USER  GROUPS  CREATED  EXPIRES  LAST USED  DESCRIPTION");
             for t in tokens {
@@ -554,7 +606,7 @@ async fn token_command(command: TokenCommand) -> Result<(), String> {
             Ok(())
         }
         TokenCommand::Revoke { config, id } => {
-            let storage = open_storage(config.as_deref()).await?;
+            let storage = open_storage(config.as_deref(), OpenMode::Maintain).await?;
             if robots::revoke(&storage, &id)
                 .await
                 .map_err(|e| e.to_string())?
@@ -568,10 +620,64 @@ async fn token_command(command: TokenCommand) -> Result<(), String> {
     }
 }
 
-/// The store a config names, for the offline commands (gc, fsck).
-async fn open_storage(config: Option<&std::path::Path>) -> Result<Storage, String> {
+/// The store a config names, for the maintenance commands: a missing root
+/// or bucket is an error, and nothing is made that `mode` does not allow.
+async fn open_storage(config: Option<&std::path::Path>, mode: OpenMode) -> Result<Storage, String> {
     let config = Config::load(config).map_err(|e| e.to_string())?;
-    Storage::open(&config.storage).await
+    Storage::open_with(&config.storage, mode).await
+}
+
+/// `portcullis fsck --fix-permissions`: the filesystem store's modes, group
+/// and (with `--owner`) owner made what the config says.
+fn fix_permissions_command(
+    config: Option<&std::path::Path>,
+    owner: Option<&str>,
+    dry_run: bool,
+) -> Result<(), String> {
+    use portcullis::storage::permissions;
+    let config = Config::load(config).map_err(|e| e.to_string())?;
+    if config.storage.backend != portcullis::config::Backend::Filesystem {
+        return Err(
+            "--fix-permissions works on a filesystem store; an S3 bucket's objects have no modes"
+                .into(),
+        );
+    }
+    let settings = portcullis::storage::StorageSettings::from_config(&config.storage)?;
+    let owner = owner.map(permissions::resolve_user).transpose()?;
+    let target = permissions::Target {
+        permissions: settings.permissions,
+        owner,
+    };
+    let report =
+        permissions::fix(&config.storage.root, &target, dry_run).map_err(|e| e.to_string())?;
+    let verb = if dry_run { "would change" } else { "changed" };
+    for line in &report.changes {
+        println!("{verb}: {line}");
+    }
+    for line in &report.skipped {
+        println!("skipped: {line}");
+    }
+    for line in &report.failures {
+        println!("failed: {line}");
+    }
+    println!(
+        "{} directories and {} files looked at below {}; modes {verb} on {}, owner or group on {}; \
+         {} skipped, {} failed",
+        report.dirs,
+        report.files,
+        report.root.display(),
+        report.modes_changed,
+        report.owners_changed,
+        report.skipped.len(),
+        report.failures.len()
+    );
+    if !report.failures.is_empty() {
+        return Err(format!(
+            "{} entries could not be changed (run as root, or as their owner)",
+            report.failures.len()
+        ));
+    }
+    Ok(())
 }
 
 /// A progress bar drawn on a terminal only (indicatif hides it otherwise).

@@ -20,7 +20,7 @@ use crate::config::{Action, Config};
 use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::reference::{Reference, Tag};
-use crate::storage::Storage;
+use crate::storage::{OpenMode, Storage};
 
 /// The default compile cache of `policy test`: `$XDG_CACHE_HOME/portcullis`
 /// or `~/.cache/portcullis`.
@@ -156,10 +156,22 @@ fn print_measured(measured: &Measured) {
     }
 }
 
-/// Loads `config`'s chain with lookups answered from its storage.
+/// Where a command other than `serve` caches compiled policies: the
+/// configured `policy.cache_dir`, or the default below `storage.root` only
+/// when that root exists (no command but `serve` creates a missing root:
+/// without it, policies are compiled and not cached).
+pub fn cache_dir_outside_serve(config: &Config) -> Option<PathBuf> {
+    if config.policy.cache_dir.is_none() && !config.storage.root.is_dir() {
+        return None;
+    }
+    Some(config.policy_cache_dir())
+}
+
+/// Loads `config`'s chain with lookups answered from its storage (opened
+/// read-only: a missing root is an error, and nothing is written to it).
 async fn chain_with_store(config: &Config) -> Result<(PolicyChain, Storage), String> {
-    let storage = Storage::open(&config.storage).await?;
-    let engine = PolicyEngine::new(Some(config.policy_cache_dir())).map_err(|e| e.to_string())?;
+    let storage = Storage::open_with(&config.storage, OpenMode::ReadOnly).await?;
+    let engine = PolicyEngine::new(cache_dir_outside_serve(config)).map_err(|e| e.to_string())?;
     engine.attach_lookups(Lookups::new(storage.clone(), Arc::new(Metrics::new())));
     let engine = Arc::new(engine);
     let config = config.clone();
