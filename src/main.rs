@@ -1,4 +1,6 @@
 //! The `portcullis` command line: `serve`, `config`, `policy check|test`, `token create|list|revoke`, `gc`, `fsck`, `tls generate`.
+//! Only `serve` creates a missing storage root; every other command that
+//! opens the store says it is missing (`storage::OpenMode`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -78,11 +80,14 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
-    /// Remove blobs no manifest references and abandoned uploads.
+    /// Remove blobs no manifest references, abandoned uploads, and
+    /// repositories left with no manifest, tag or upload; list what is kept
+    /// as younger than storage.upload_max_age.
     Gc {
         #[arg(long, short)]
         config: Option<PathBuf>,
-        /// Report what would be removed without removing it.
+        /// Report what would be removed without removing it (nothing at all
+        /// is written).
         #[arg(long)]
         dry_run: bool,
     },

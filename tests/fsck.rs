@@ -120,7 +120,9 @@ fn fix_permissions(
         .args(extra)
         .env("PORTCULLIS_STORAGE__ROOT", root)
         .envs(env.iter().copied());
-    let output = command.output().expect("portcullis fsck --fix-permissions runs");
+    let output = command
+        .output()
+        .expect("portcullis fsck --fix-permissions runs");
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),
@@ -131,7 +133,11 @@ fn fix_permissions(
 
 fn mode(path: &std::path::Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::symlink_metadata(path).unwrap().permissions().mode() & 0o7777
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777
 }
 
 fn owner(path: &std::path::Path) -> (u32, u32) {
@@ -215,12 +221,10 @@ async fn fix_permissions_takes_over_a_world_writable_registry_2_directory() {
     let outside = tempfile::tempdir().unwrap();
     let secret = outside.path().join("secret");
     std::fs::write(&secret, "not the registry's").unwrap();
-    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let shared = outside.path().join("hard-linked");
     std::fs::write(&shared, "linked in").unwrap();
-    std::fs::set_permissions(&shared, std::os::unix::fs::PermissionsExt::from_mode(0o604))
-        .unwrap();
+    std::fs::set_permissions(&shared, std::os::unix::fs::PermissionsExt::from_mode(0o604)).unwrap();
     let outside_dir = outside.path().join("etc");
     std::fs::create_dir(&outside_dir).unwrap();
     std::fs::write(outside_dir.join("passwd"), "x").unwrap();
@@ -243,22 +247,36 @@ async fn fix_permissions_takes_over_a_world_writable_registry_2_directory() {
     )
     .unwrap();
     let tag_link = v2.join("repositories/team/app/_manifests/tags/v1/current/link");
-    std::fs::set_permissions(&tag_link, std::os::unix::fs::PermissionsExt::from_mode(0o000))
-        .unwrap();
+    std::fs::set_permissions(
+        &tag_link,
+        std::os::unix::fs::PermissionsExt::from_mode(0o000),
+    )
+    .unwrap();
     let locked = v2.join("repositories/team/app/_manifests/tags");
     let setgid = v2.join("repositories/team");
-    std::fs::set_permissions(&setgid, std::os::unix::fs::PermissionsExt::from_mode(0o2777))
-        .unwrap();
-    std::fs::set_permissions(&locked, std::os::unix::fs::PermissionsExt::from_mode(0o000))
-        .unwrap();
+    std::fs::set_permissions(
+        &setgid,
+        std::os::unix::fs::PermissionsExt::from_mode(0o2777),
+    )
+    .unwrap();
+    std::fs::set_permissions(&locked, std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
 
     let bin = std::path::Path::new(env!("CARGO_BIN_EXE_portcullis"));
     let env = [("PORTCULLIS_STORAGE__GROUP", "4242")];
-    let before: Vec<_> = tree(&root).iter().map(|p| (p.clone(), mode(p), owner(p))).collect();
+    let before: Vec<_> = tree(&root)
+        .iter()
+        .map(|p| (p.clone(), mode(p), owner(p)))
+        .collect();
     let (ok, text) = fix_permissions(bin, &root, &["--owner", "65532", "--dry-run"], &env, None);
     assert!(ok, "{text}");
-    assert!(text.contains("would change: .: mode 0777 -> 0750"), "{text}");
-    let after: Vec<_> = tree(&root).iter().map(|p| (p.clone(), mode(p), owner(p))).collect();
+    assert!(
+        text.contains("would change: .: mode 0777 -> 0750"),
+        "{text}"
+    );
+    let after: Vec<_> = tree(&root)
+        .iter()
+        .map(|p| (p.clone(), mode(p), owner(p)))
+        .collect();
     assert_eq!(before, after, "a dry run changes nothing");
 
     let (ok, text) = fix_permissions(bin, &root, &["--owner", "65532"], &env, None);
@@ -278,8 +296,8 @@ async fn fix_permissions_takes_over_a_world_writable_registry_2_directory() {
         "{text}"
     );
     assert!(
-        text.lines().any(|l| l.contains("repositories/inside")
-            && !l.contains("outside the storage root")),
+        text.lines()
+            .any(|l| l.contains("repositories/inside") && !l.contains("outside the storage root")),
         "{text}"
     );
     // What is outside the root is as it was.
@@ -297,10 +315,7 @@ async fn fix_permissions_takes_over_a_world_writable_registry_2_directory() {
     let mut counted = (0, 0);
     for path in tree(&root.join("docker")) {
         let meta = std::fs::symlink_metadata(&path).unwrap();
-        if meta.file_type().is_symlink()
-            || path.ends_with("hard")
-            || path.ends_with("fifo")
-        {
+        if meta.file_type().is_symlink() || path.ends_with("hard") || path.ends_with("fifo") {
             continue;
         }
         assert_eq!(owner(&path), (65532, 4242), "{}", path.display());
@@ -316,11 +331,20 @@ async fn fix_permissions_takes_over_a_world_writable_registry_2_directory() {
     // Run again, nothing is left to change.
     let (ok, text) = fix_permissions(bin, &root, &["--owner", "65532"], &env, None);
     assert!(ok, "{text}");
-    assert!(text.contains("modes changed on 0, owner or group on 0"), "{text}");
+    assert!(
+        text.contains("modes changed on 0, owner or group on 0"),
+        "{text}"
+    );
 
     // The registry serves it (as root here; the modes are what a non-root
     // registry of uid 65532 would have made) and fsck finds it whole.
-    for hostile in ["blobs/escape", "repositories/escape", "repositories/inside", "repositories/hard", "_tmp/fifo"] {
+    for hostile in [
+        "blobs/escape",
+        "repositories/escape",
+        "repositories/inside",
+        "repositories/hard",
+        "_tmp/fifo",
+    ] {
         std::fs::remove_file(v2.join(hostile)).unwrap();
     }
     let (ok, text) = fsck(&root, false);
@@ -341,7 +365,9 @@ async fn fix_permissions_as_a_user_reports_what_it_cannot_change() {
     }
     use std::os::unix::fs::PermissionsExt;
     let mut registry = TestRegistry::start().await;
-    registry.push_image("team/app", "v1", &Image::random()).await;
+    registry
+        .push_image("team/app", "v1", &Image::random())
+        .await;
     registry.stop().await;
     let root = registry.root().to_owned();
     let _ = std::fs::remove_dir_all(root.join("portcullis"));
@@ -350,7 +376,8 @@ async fn fix_permissions_as_a_user_reports_what_it_cannot_change() {
     for path in tree(&root) {
         std::os::unix::fs::lchown(&path, Some(USER), Some(USER)).unwrap();
     }
-    let theirs = root.join("docker/registry/v2/repositories/team/app/_manifests/tags/v1/current/link");
+    let theirs =
+        root.join("docker/registry/v2/repositories/team/app/_manifests/tags/v1/current/link");
     std::os::unix::fs::chown(&theirs, Some(0), Some(0)).unwrap();
     let unreadable = root.join("docker/registry/v2/repositories/team/app/_manifests/tags/v1/index");
     std::fs::set_permissions(&unreadable, std::fs::Permissions::from_mode(0o000)).unwrap();
@@ -362,7 +389,11 @@ async fn fix_permissions_as_a_user_reports_what_it_cannot_change() {
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
     let parent = root.parent().unwrap();
     let parent_mode = mode(parent);
-    assert!(parent_mode & 0o001 != 0, "{} must be searchable by others", parent.display());
+    assert!(
+        parent_mode & 0o001 != 0,
+        "{} must be searchable by others",
+        parent.display()
+    );
 
     let (ok, text) = fix_permissions(&bin, &root, &[], &[], Some(USER));
     assert!(!ok, "a failure makes the command fail: {text}");
@@ -373,11 +404,21 @@ async fn fix_permissions_as_a_user_reports_what_it_cannot_change() {
         "{text}"
     );
     assert!(text.contains("1 entries could not be changed"), "{text}");
-    assert_eq!(mode(&theirs), 0o666, "another user's file is left as it was");
-    assert_eq!(mode(&unreadable), 0o750, "its own unreadable directory is fixed");
+    assert_eq!(
+        mode(&theirs),
+        0o666,
+        "another user's file is left as it was"
+    );
+    assert_eq!(
+        mode(&unreadable),
+        0o750,
+        "its own unreadable directory is fixed"
+    );
     assert_eq!(mode(&root), 0o750);
     assert_eq!(
-        mode(&root.join("docker/registry/v2/repositories/team/app/_manifests/tags/v1/index/sha256")),
+        mode(
+            &root.join("docker/registry/v2/repositories/team/app/_manifests/tags/v1/index/sha256")
+        ),
         0o750,
         "and what was below it"
     );
