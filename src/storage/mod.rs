@@ -760,3 +760,92 @@ pub(crate) fn list_digest_dirs(root: &Dir, dir: &Path) -> io::Result<Vec<Digest>
     }
     Ok(digests)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> StorageSettings {
+        StorageSettings {
+            upload_max_age: Duration::from_secs(60),
+            small_reads: crate::config::SmallReads::Auto,
+            permissions: Permissions {
+                file_mode: 0o640,
+                dir_mode: 0o750,
+                gid: None,
+            },
+        }
+    }
+
+    /// What `gc` may do between a writer's `mkdir` and its file: remove the
+    /// directory as empty. The writer makes it again.
+    #[test]
+    fn writers_make_again_a_directory_gc_removed_as_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStorage::open(dir.path(), settings()).unwrap();
+        let root = &store.root;
+        let session = Path::new("repositories/a/b/_uploads/x");
+        root.create_dirs(session).unwrap();
+        for gone in [
+            "repositories/a/b/_uploads/x",
+            "repositories/a/b/_uploads",
+            "repositories/a/b",
+        ] {
+            root.remove_dir(gone).unwrap();
+        }
+        root.create_file(&session.join("data")).unwrap();
+        assert!(root.is_file(session.join("data")));
+
+        let link = Path::new("repositories/c/_layers/sha256/ab/link");
+        let (staged, file) = stage_file(root, b"sha256:ab").unwrap();
+        drop(file);
+        root.create_dirs(parent_of(link)).unwrap();
+        root.remove_dir("repositories/c/_layers/sha256/ab").unwrap();
+        root.remove_dir("repositories/c/_layers/sha256").unwrap();
+        move_into(root, &staged, link).unwrap();
+        assert_eq!(root.read(link).unwrap(), b"sha256:ab");
+    }
+
+    #[test]
+    fn a_read_only_store_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        FsStorage::open(dir.path(), settings()).unwrap();
+        let store = FsStorage::open_with(dir.path(), settings(), OpenMode::ReadOnly).unwrap();
+        let error = store
+            .root
+            .create_dirs(Path::new("repositories/x"))
+            .unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::PermissionDenied);
+        let error = store.root.create_file(Path::new("_tmp/0/y")).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::PermissionDenied);
+        assert!(!store.root.exists("repositories/x") && !store.root.exists("_tmp/0/y"));
+    }
+
+    #[test]
+    fn only_serve_makes_a_missing_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing");
+        for mode in [OpenMode::AddTo, OpenMode::Maintain, OpenMode::ReadOnly] {
+            let error = FsStorage::open_with(&missing, settings(), mode)
+                .err()
+                .unwrap();
+            assert!(
+                error.to_string().contains("does not exist"),
+                "{mode:?}: {error}"
+            );
+            assert!(!missing.exists(), "{mode:?}");
+        }
+        std::fs::create_dir(&missing).unwrap();
+        for mode in [OpenMode::Maintain, OpenMode::ReadOnly] {
+            let error = FsStorage::open_with(&missing, settings(), mode)
+                .err()
+                .unwrap();
+            assert!(
+                error.to_string().contains("holds no registry data"),
+                "{mode:?}: {error}"
+            );
+        }
+        FsStorage::open_with(&missing, settings(), OpenMode::AddTo).unwrap();
+        assert!(missing.join(paths::LAYOUT_ROOT).is_dir());
+    }
+}
