@@ -1,4 +1,6 @@
 //! The `portcullis` command line: `serve`, `config`, `policy check|test`, `token create|list|revoke`, `gc`, `retention`, `fsck`, `tls generate`.
+//! Only `serve` creates a missing storage root; every other command that
+//! opens the store says it is missing (`storage::OpenMode`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,7 +14,7 @@ use portcullis::maintenance::{ChainSource, Maintenance, RunOptions};
 use portcullis::policy::{authoring, scaffold};
 use portcullis::policy::{PolicyChain, PolicyEngine};
 use portcullis::server::{shutdown_signal, Server};
-use portcullis::storage::Storage;
+use portcullis::storage::{OpenMode, Storage};
 
 #[derive(Parser)]
 #[command(name = "portcullis", version, about = "A self-hosted OCI registry")]
@@ -47,8 +49,22 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// Quarantine corrupt blobs and remove links and tags that point at nothing.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "fix_permissions")]
         repair: bool,
+        /// Only this: give every file and directory of the store
+        /// storage.file_mode, storage.dir_mode and storage.group (a
+        /// `registry:2` directory taken over by a registry running as
+        /// another user); symbolic links are reported, never followed.
+        #[arg(long)]
+        fix_permissions: bool,
+        /// With --fix-permissions: also make this user (a name or a uid)
+        /// the owner of everything (run as root), e.g. the uid a non-root
+        /// pod runs as.
+        #[arg(long, requires = "fix_permissions")]
+        owner: Option<String>,
+        /// With --fix-permissions: report what would change, change nothing.
+        #[arg(long, requires = "fix_permissions")]
+        dry_run: bool,
     },
     /// Certificates for TLS without a proxy.
     Tls {
@@ -65,11 +81,14 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
-    /// Remove blobs no manifest references and abandoned uploads.
+    /// Remove blobs no manifest references, abandoned uploads, and
+    /// repositories left with no manifest, tag or upload; list what is kept
+    /// as younger than storage.upload_max_age.
     Gc {
         #[arg(long, short)]
         config: Option<PathBuf>,
-        /// Report what would be removed without removing it.
+        /// Report what would be removed without removing it (nothing at all
+        /// is written).
         #[arg(long)]
         dry_run: bool,
         /// Apply the [[retention]] rules first (what the server's schedule does).
@@ -327,8 +346,8 @@ async fn run(command: Command) -> Result<(), String> {
             command: PolicyCommand::Check { config },
         } => {
             let config = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
-            let engine =
-                PolicyEngine::new(Some(config.policy_cache_dir())).map_err(|e| e.to_string())?;
+            let engine = PolicyEngine::new(authoring::cache_dir_outside_serve(&config))
+                .map_err(|e| e.to_string())?;
             // `oci://` modules of this registry are read from its storage.
             if config
                 .policy
@@ -336,7 +355,7 @@ async fn run(command: Command) -> Result<(), String> {
                 .iter()
                 .any(|p| p.module.starts_with("oci://"))
             {
-                let storage = Storage::open(&config.storage).await?;
+                let storage = Storage::open_with(&config.storage, OpenMode::ReadOnly).await?;
                 engine.attach_lookups(portcullis::policy::lookups::Lookups::new(
                     storage,
                     std::sync::Arc::new(portcullis::metrics::Metrics::new()),
@@ -435,8 +454,22 @@ async fn run(command: Command) -> Result<(), String> {
             let config = Config::load(Some(&config)).map_err(|e| e.to_string())?;
             exit_with(authoring::audit(&config, user.as_deref()).await)
         }
-        Command::Fsck { config, repair } => {
-            let storage = open_storage(config.as_deref()).await?;
+        Command::Fsck {
+            config,
+            repair,
+            fix_permissions,
+            owner,
+            dry_run,
+        } => {
+            if fix_permissions {
+                return fix_permissions_command(config.as_deref(), owner.as_deref(), dry_run);
+            }
+            let mode = if repair {
+                OpenMode::Maintain
+            } else {
+                OpenMode::ReadOnly
+            };
+            let storage = open_storage(config.as_deref(), mode).await?;
             let report = storage
                 .fsck(repair, progress_bar())
                 .await
@@ -526,15 +559,22 @@ async fn maintenance_command(
         eprintln!("note: the config has no [[retention]] rules; running gc only");
         options.retention = false;
     }
+    // A dry run opens the store read-only: nothing at all is written.
+    let mode = if options.dry_run {
+        OpenMode::ReadOnly
+    } else {
+        OpenMode::Maintain
+    };
     let (storage, chain) = if options.retention {
-        let (chain, storage) = authoring::chain_with_store(&config).await?;
+        let (chain, storage) = authoring::chain_with_store(&config, mode).await?;
         (
             storage,
             Some(ChainSource::Fixed(std::sync::Arc::new(chain))),
         )
     } else {
-        (Storage::open(&config.storage).await?, None)
+        (Storage::open_with(&config.storage, mode).await?, None)
     };
+    let max_age = humantime::format_duration(config.storage.upload_max_age);
     if let Storage::S3(s3) = &storage {
         if !options.dry_run && !s3.enforces_conditional_writes() {
             eprintln!(
@@ -570,13 +610,22 @@ async fn maintenance_command(
         for removal in &report.removed {
             println!("{verb} {removal}");
         }
+        for kept in &report.kept_young {
+            println!("kept {kept}: younger than storage.upload_max_age ({max_age})");
+        }
+        for note in &report.notes {
+            println!("{note}");
+        }
         println!(
-            "{} manifests scanned, {} blobs kept, {} items {verb}, {} bytes {}",
+            "{} manifests scanned, {} blobs kept, {} items {verb}, {} bytes {}; \
+             {} items ({} bytes) kept as younger than storage.upload_max_age ({max_age})",
             report.manifests_scanned,
             report.kept_blobs,
             report.removed.len(),
             report.freed_bytes(),
             if dry_run { "would be freed" } else { "freed" },
+            report.kept_young.len(),
+            report.kept_young_bytes(),
         );
     }
     Ok(())
@@ -601,7 +650,7 @@ async fn token_command(command: TokenCommand) -> Result<(), String> {
             if user.is_empty() || user.len() > 256 || user.chars().any(char::is_control) {
                 return Err("--user must be a name of at most 256 characters".into());
             }
-            let storage = Storage::open(&loaded.storage).await?;
+            let storage = Storage::open_with(&loaded.storage, OpenMode::AddTo).await?;
             let expires = expires.map(|d| {
                 portcullis::identity::jwt::now()
                     .saturating_add(i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
@@ -630,7 +679,7 @@ async fn token_command(command: TokenCommand) -> Result<(), String> {
             Ok(())
         }
         TokenCommand::List { config } => {
-            let storage = open_storage(config.as_deref()).await?;
+            let storage = open_storage(config.as_deref(), OpenMode::ReadOnly).await?;
             let tokens = robots::list(&storage).await.map_err(|e| e.to_string())?;
             println!("ID                USER  GROUPS  CREATED  EXPIRES  LAST USED  DESCRIPTION");
             for t in tokens {
@@ -651,7 +700,7 @@ async fn token_command(command: TokenCommand) -> Result<(), String> {
             Ok(())
         }
         TokenCommand::Revoke { config, id } => {
-            let storage = open_storage(config.as_deref()).await?;
+            let storage = open_storage(config.as_deref(), OpenMode::Maintain).await?;
             if robots::revoke(&storage, &id)
                 .await
                 .map_err(|e| e.to_string())?
@@ -665,10 +714,64 @@ async fn token_command(command: TokenCommand) -> Result<(), String> {
     }
 }
 
-/// The store a config names, for the offline commands (gc, fsck).
-async fn open_storage(config: Option<&std::path::Path>) -> Result<Storage, String> {
+/// The store a config names, for the maintenance commands: a missing root
+/// or bucket is an error, and nothing is made that `mode` does not allow.
+async fn open_storage(config: Option<&std::path::Path>, mode: OpenMode) -> Result<Storage, String> {
     let config = Config::load(config).map_err(|e| e.to_string())?;
-    Storage::open(&config.storage).await
+    Storage::open_with(&config.storage, mode).await
+}
+
+/// `portcullis fsck --fix-permissions`: the filesystem store's modes, group
+/// and (with `--owner`) owner made what the config says.
+fn fix_permissions_command(
+    config: Option<&std::path::Path>,
+    owner: Option<&str>,
+    dry_run: bool,
+) -> Result<(), String> {
+    use portcullis::storage::permissions;
+    let config = Config::load(config).map_err(|e| e.to_string())?;
+    if config.storage.backend != portcullis::config::Backend::Filesystem {
+        return Err(
+            "--fix-permissions works on a filesystem store; an S3 bucket's objects have no modes"
+                .into(),
+        );
+    }
+    let settings = portcullis::storage::StorageSettings::from_config(&config.storage)?;
+    let owner = owner.map(permissions::resolve_user).transpose()?;
+    let target = permissions::Target {
+        permissions: settings.permissions,
+        owner,
+    };
+    let report =
+        permissions::fix(&config.storage.root, &target, dry_run).map_err(|e| e.to_string())?;
+    let verb = if dry_run { "would change" } else { "changed" };
+    for line in &report.changes {
+        println!("{verb}: {line}");
+    }
+    for line in &report.skipped {
+        println!("skipped: {line}");
+    }
+    for line in &report.failures {
+        println!("failed: {line}");
+    }
+    println!(
+        "{} directories and {} files looked at below {}; modes {verb} on {}, owner or group on {}; \
+         {} skipped, {} failed",
+        report.dirs,
+        report.files,
+        report.root.display(),
+        report.modes_changed,
+        report.owners_changed,
+        report.skipped.len(),
+        report.failures.len()
+    );
+    if !report.failures.is_empty() {
+        return Err(format!(
+            "{} entries could not be changed (run as root, or as their owner)",
+            report.failures.len()
+        ));
+    }
+    Ok(())
 }
 
 /// A progress bar drawn on a terminal only (indicatif hides it otherwise).

@@ -325,3 +325,232 @@ fn an_invalid_config_is_refused_with_a_clear_message() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("does not exist"), "{stderr}");
 }
+
+/// Every command besides `serve` that opens the store, with the arguments
+/// it needs (`CONFIG` is replaced by a config file's path).
+const MAINTENANCE: &[&[&str]] = &[
+    &["gc"],
+    &["gc", "--dry-run"],
+    &["fsck"],
+    &["fsck", "--repair"],
+    &["fsck", "--fix-permissions"],
+    &["fsck", "--fix-permissions", "--dry-run"],
+    &["token", "list"],
+    &["token", "create", "--user", "ci"],
+    &["token", "revoke", "0123456789abcdef"],
+    &["policy", "audit", "--config", "CONFIG"],
+];
+
+/// Runs `args` in `cwd` with the config file `config` (via `--config` for
+/// the commands that take it that way, `PORTCULLIS_*` otherwise).
+fn run_in(cwd: &Path, args: &[&str], config: &Path, env: &[(&str, &str)]) -> Output {
+    let config = config.to_str().expect("UTF-8 temp path");
+    let mut args: Vec<&str> = args
+        .iter()
+        .map(|a| if *a == "CONFIG" { config } else { a })
+        .collect();
+    if !args.contains(&config) {
+        args.extend(["--config", config]);
+    }
+    let mut command = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("PORTCULLIS_") {
+            command.env_remove(key);
+        }
+    }
+    command
+        .current_dir(cwd)
+        .args(&args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run the portcullis binary")
+}
+
+/// Every path below `dir` with what a write would change: type, size,
+/// mode, owner and modification time (not the access time: reads change it).
+fn snapshot(dir: &Path) -> std::collections::BTreeMap<std::path::PathBuf, String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = std::collections::BTreeMap::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        let meta = std::fs::symlink_metadata(&path).expect("stat");
+        out.insert(
+            path.strip_prefix(dir).unwrap().to_path_buf(),
+            format!(
+                "{:?} {} {:o} {}:{} {}.{}",
+                meta.file_type(),
+                meta.len(),
+                meta.mode(),
+                meta.uid(),
+                meta.gid(),
+                meta.mtime(),
+                meta.mtime_nsec()
+            ),
+        );
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&path).expect("list") {
+                pending.push(entry.expect("entry").path());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_missing_storage_root_is_an_error_and_nothing_is_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path().join("elsewhere");
+    std::fs::create_dir(&cwd).unwrap();
+    let missing = dir.path().join("typo/data");
+    let config = dir.path().join("portcullis.toml");
+    // A typo in the configured root, and the relative default `./data` run
+    // from another directory: both are reported, with the absolute path.
+    for (root_line, shown) in [
+        (
+            format!("root = {:?}", missing.to_str().unwrap()),
+            missing.clone(),
+        ),
+        (String::new(), cwd.join("data")),
+    ] {
+        std::fs::write(&config, format!("[storage]\n{root_line}\n")).unwrap();
+        for args in MAINTENANCE {
+            let output = run_in(&cwd, args, &config, &[]);
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(!output.status.success(), "{args:?} succeeded: {stderr}");
+            assert!(
+                stderr.contains(&format!("storage root {} does not exist", shown.display()))
+                    && stderr.contains("storage.root"),
+                "{args:?}: {stderr}"
+            );
+            assert!(
+                !dir.path().join("typo").exists(),
+                "{args:?} created the root"
+            );
+            assert_eq!(
+                std::fs::read_dir(&cwd).unwrap().count(),
+                0,
+                "{args:?} created something in the working directory"
+            );
+        }
+        // `policy check` needs no store: it compiles the chain without
+        // caching it below a root that is not there.
+        let output = run_in(&cwd, &["policy", "check"], &config, &[]);
+        assert!(output.status.success(), "{output:?}");
+        assert_eq!(std::fs::read_dir(&cwd).unwrap().count(), 0, "policy check");
+        assert!(!dir.path().join("typo").exists(), "policy check");
+    }
+
+    // A root that exists but holds no registry (the directory above the
+    // right one, say) is refused too, by every command that would read or
+    // clean it; `token create` may lay the store out in it.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    std::fs::write(
+        &config,
+        format!("[storage]\nroot = {:?}\n", empty.to_str().unwrap()),
+    )
+    .unwrap();
+    for args in MAINTENANCE.iter().filter(|a| a.get(1) != Some(&"create")) {
+        let output = run_in(&cwd, args, &config, &[]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} succeeded: {stderr}");
+        assert!(
+            stderr.contains("holds no registry data (docker/registry/v2 does not exist"),
+            "{args:?}: {stderr}"
+        );
+        assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0, "{args:?}");
+    }
+    let output = run_in(&cwd, &["token", "create", "--user", "ci"], &config, &[]);
+    assert!(output.status.success(), "{output:?}");
+    assert!(empty.join("docker/registry/v2/_portcullis/tokens").is_dir());
+    let output = run_in(&cwd, &["token", "list"], &config, &[]);
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("ci"),
+        "{output:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_dry_run_and_a_check_write_nothing_at_all() {
+    let mut registry = TestRegistry::start().await;
+    if common::s3_backend() {
+        return; // the files are what this test looks at
+    }
+    let image = common::Image::random();
+    registry.push_image("kept/app", "v1", &image).await;
+    registry.push_blob("kept/app", &random_bytes(999)).await;
+    let emptied = common::Image::random();
+    registry.push_image("emptied/app", "v1", &emptied).await;
+    let deleted = registry
+        .send(
+            reqwest::Method::DELETE,
+            &format!("/v2/emptied/app/manifests/{}", emptied.digest),
+        )
+        .await;
+    assert_eq!(deleted.status(), StatusCode::ACCEPTED);
+    let session = registry.start_upload("kept/app").await;
+    registry
+        .http
+        .patch(&session)
+        .body(vec![0u8; 10])
+        .send()
+        .await
+        .unwrap();
+    registry.stop().await;
+    let root = registry.root().to_owned();
+    // A registry:2 directory has no `_tmp`: nothing may make one.
+    std::fs::remove_dir_all(root.join("docker/registry/v2/_tmp")).unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let config = scratch.path().join("maintenance.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[storage]\nroot = {:?}\nupload_max_age = \"0s\"\nfile_mode = \"0600\"\ndir_mode = \"0710\"\n",
+            root.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+
+    let before = snapshot(&root);
+    for args in [
+        &["gc", "--dry-run"][..],
+        &["fsck"],
+        &["token", "list"],
+        &["fsck", "--fix-permissions", "--dry-run"],
+    ] {
+        let output = run_in(&root, args, &config, &[]);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{args:?}: {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        if args[0] == "gc" {
+            // It had plenty to do: it only said so.
+            assert!(
+                stdout.contains("would remove repository emptied/app"),
+                "{stdout}"
+            );
+            assert!(stdout.contains("would remove upload kept/app/"), "{stdout}");
+            assert!(stdout.contains("would remove blob"), "{stdout}");
+        }
+        if args.get(1) == Some(&"--fix-permissions") {
+            assert!(
+                stdout
+                    .lines()
+                    .any(|l| l.starts_with("would change: .: mode ") && l.ends_with(" -> 0710")),
+                "{stdout}"
+            );
+        }
+        let after = snapshot(&root);
+        assert!(
+            before == after,
+            "{args:?} changed the store: {:?}",
+            before
+                .iter()
+                .filter(|(path, meta)| after.get(*path) != Some(*meta))
+                .chain(after.iter().filter(|(path, _)| !before.contains_key(*path)))
+                .collect::<Vec<_>>()
+        );
+    }
+}

@@ -86,7 +86,7 @@ stage "cargo test (filesystem; s3.rs on Garage, moto)" "${LINTED[@]}" cargo test
 stage "cargo test (again on S3: Garage)" "${LINTED[@]}" PCTEST_BACKEND=s3 cargo test \
     --test blobs --test uploads --test manifests --test push_pull --test errors --test discovery \
     --test policies --test hostile --test proxy --test memory --test crash --test accounts \
-    --test sandbox --test identity --test signatures
+    --test sandbox --test identity --test signatures --test gc
 # Each fuzz target for a bounded time (long runs: README.md, "Reliability").
 stage "fuzz: build, then ${FUZZ_SECONDS:-60} s a target" env FUZZ_JOBS=2 bash fuzz/run.sh "${FUZZ_SECONDS:-60}"
 

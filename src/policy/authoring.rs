@@ -20,7 +20,7 @@ use crate::config::{Action, Config};
 use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::reference::{Reference, Tag};
-use crate::storage::Storage;
+use crate::storage::{OpenMode, Storage};
 
 /// The default compile cache of `policy test`: `$XDG_CACHE_HOME/portcullis`
 /// or `~/.cache/portcullis`.
@@ -156,11 +156,26 @@ fn print_measured(measured: &Measured) {
     }
 }
 
-/// Loads `config`'s chain with lookups answered from its storage, for the
-/// commands that decide offline (`policy audit`, `replay`, `retention`).
-pub async fn chain_with_store(config: &Config) -> Result<(PolicyChain, Storage), String> {
-    let storage = Storage::open(&config.storage).await?;
-    let engine = PolicyEngine::new(Some(config.policy_cache_dir())).map_err(|e| e.to_string())?;
+/// Where a command other than `serve` caches compiled policies: the
+/// configured `policy.cache_dir`, or the default below `storage.root` only
+/// when that root exists (no command but `serve` creates a missing root:
+/// without it, policies are compiled and not cached).
+pub fn cache_dir_outside_serve(config: &Config) -> Option<PathBuf> {
+    if config.policy.cache_dir.is_none() && !config.storage.root.is_dir() {
+        return None;
+    }
+    Some(config.policy_cache_dir())
+}
+
+/// Loads `config`'s chain with lookups answered from its storage, opened in
+/// `mode` (a missing root is an error), for the commands that decide
+/// offline (`policy audit`, `replay`: read-only; `retention`).
+pub async fn chain_with_store(
+    config: &Config,
+    mode: OpenMode,
+) -> Result<(PolicyChain, Storage), String> {
+    let storage = Storage::open_with(&config.storage, mode).await?;
+    let engine = PolicyEngine::new(cache_dir_outside_serve(config)).map_err(|e| e.to_string())?;
     engine.attach_lookups(Lookups::new(storage.clone(), Arc::new(Metrics::new())));
     let engine = Arc::new(engine);
     let config = config.clone();
@@ -182,7 +197,7 @@ fn verdict_text(v: &Verdict) -> String {
 
 /// `portcullis policy replay`.
 pub async fn replay(log: &Path, config: &Config) -> Result<u8, String> {
-    let (chain, _storage) = chain_with_store(config).await?;
+    let (chain, _storage) = chain_with_store(config, OpenMode::ReadOnly).await?;
     let text = std::fs::read_to_string(log).map_err(|e| format!("{}: {e}", log.display()))?;
     let metrics = Metrics::new();
     let (mut total, mut changed, mut unreadable) = (0, 0, 0);
@@ -234,7 +249,7 @@ pub async fn replay(log: &Path, config: &Config) -> Result<u8, String> {
 
 /// `portcullis policy audit`.
 pub async fn audit(config: &Config, user: Option<&str>) -> Result<u8, String> {
-    let (chain, storage) = chain_with_store(config).await?;
+    let (chain, storage) = chain_with_store(config, OpenMode::ReadOnly).await?;
     let identity = match user {
         Some(name) => Identity {
             subject: Some(name.to_owned()),

@@ -17,8 +17,8 @@ use super::gc::{GcReport, Removal};
 use super::s3::S3Storage;
 use super::uploads::ChunkBounds;
 use super::{
-    BlobInfo, Descriptor, FsStorage, ParsedManifest, Result, StorageError, StorageSettings,
-    StoredManifest, TagRecord, UploadStatus,
+    BlobInfo, Descriptor, FsStorage, OpenMode, ParsedManifest, Result, StorageError,
+    StorageSettings, StoredManifest, TagRecord, UploadStatus,
 };
 use crate::config::{Backend, StorageConfig};
 use crate::reference::{Digest, Reference, RepositoryName, Tag, UploadId};
@@ -40,15 +40,26 @@ macro_rules! on_backend {
 }
 
 impl Storage {
-    /// Opens the store the config names: the filesystem root, or the bucket
-    /// (probed: reachable, writable, conditional writes or not).
+    /// Opens the store the config names as `serve` does: the filesystem
+    /// root (made if missing), or the bucket (probed: reachable, writable,
+    /// conditional writes or not).
     pub async fn open(config: &StorageConfig) -> std::result::Result<Self, String> {
+        Self::open_with(config, OpenMode::Serve).await
+    }
+
+    /// Opens the store for a command that does only what `mode` allows (see
+    /// [`OpenMode`]): a missing root or bucket is an error, and nothing is
+    /// made unless the mode says so.
+    pub async fn open_with(
+        config: &StorageConfig,
+        mode: OpenMode,
+    ) -> std::result::Result<Self, String> {
         let settings = StorageSettings::from_config(config)?;
         match config.backend {
-            Backend::Filesystem => FsStorage::open(&config.root, settings)
+            Backend::Filesystem => FsStorage::open_with(&config.root, settings, mode)
                 .map(Storage::Filesystem)
                 .map_err(|e| e.to_string()),
-            Backend::S3 => S3Storage::open(config, settings)
+            Backend::S3 => S3Storage::open(config, settings, mode)
                 .await
                 .map(|s| Storage::S3(Arc::new(s)))
                 .map_err(|e| e.to_string()),

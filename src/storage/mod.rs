@@ -14,6 +14,7 @@ pub mod fsck;
 pub mod gc;
 mod manifests;
 pub mod paths;
+pub mod permissions;
 pub mod records;
 pub mod s3;
 pub mod uploads;
@@ -171,6 +172,89 @@ impl StorageSettings {
     }
 }
 
+/// How a command opens the store: what it may create, and whether it may
+/// write at all. Only `serve` makes a missing root: every other command that
+/// opens the store (gc, fsck, token, policy audit) is told of a missing root
+/// (a typo, or the relative default `./data` run from another directory)
+/// instead of making an empty store and reporting on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// `serve`: the root and the layout in it are made if missing (a first
+    /// start).
+    Serve,
+    /// The root must exist; the layout is made in it if missing
+    /// (`token create` before the registry's first start, in a root a
+    /// package or systemd's `StateDirectory=` made).
+    AddTo,
+    /// The root must exist and hold the layout (`docker/registry/v2`);
+    /// opening makes nothing (gc, `fsck --repair`, `token revoke`).
+    Maintain,
+    /// As `Maintain`, and nothing is written at all, not even a probe: a dry
+    /// run, `fsck` without `--repair`, `token list`, `policy audit`.
+    ReadOnly,
+}
+
+impl OpenMode {
+    fn makes_root(self) -> bool {
+        self == OpenMode::Serve
+    }
+
+    fn makes_layout(self) -> bool {
+        matches!(self, OpenMode::Serve | OpenMode::AddTo)
+    }
+}
+
+/// The root of a maintenance command that does not exist, or holds no
+/// registry: what to tell the operator (`what` the root is, then `hint`).
+fn missing_root(root: &Path, what: &str, hint: &str) -> io::Error {
+    let shown = std::path::absolute(root).unwrap_or_else(|_| root.to_owned());
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!(
+            "storage root {} {what}; {hint} storage.root (in the file given with --config, \
+             or PORTCULLIS_STORAGE__ROOT)",
+            shown.display()
+        ),
+    )
+}
+
+const SET_ROOT: &str = "only `portcullis serve` creates a missing root, no other command \
+                        does: set it to the registry's data directory with";
+
+/// That `root` exists and is a directory (the maintenance commands' check).
+fn check_root_is_dir(root: &Path) -> io::Result<()> {
+    match std::fs::metadata(root) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => Err(missing_root(root, "is not a directory", SET_ROOT)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Err(missing_root(root, "does not exist", SET_ROOT))
+        }
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!("cannot read storage root {}: {e}", root.display()),
+        )),
+    }
+}
+
+/// That `root` exists and holds a registry (`docker/registry/v2`): a root
+/// that `serve` never used, or the directory above or below the right one,
+/// is not taken for an empty store.
+pub(crate) fn check_existing_root(root: &Path) -> io::Result<()> {
+    check_root_is_dir(root)?;
+    if root.join(paths::LAYOUT_ROOT).is_dir() {
+        return Ok(());
+    }
+    Err(missing_root(
+        root,
+        &format!(
+            "holds no registry data ({} does not exist in it)",
+            paths::LAYOUT_ROOT
+        ),
+        "a root `portcullis serve` never started on has none, and neither has the directory \
+         above or below the right one: check",
+    ))
+}
+
 /// What every file and directory the registry creates gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Permissions {
@@ -185,6 +269,9 @@ pub struct Permissions {
 pub(crate) struct Root {
     dir: Dir,
     permissions: Permissions,
+    /// Opened with [`OpenMode::ReadOnly`]: creating anything is refused (a
+    /// fence behind the callers' own `dry_run` checks).
+    read_only: bool,
 }
 
 impl std::ops::Deref for Root {
@@ -199,6 +286,19 @@ impl Root {
     /// Like `create_dir_all`: one `mkdir` when the parent exists (the common
     /// case), walking up only as far as directories are missing.
     pub(crate) fn create_dirs(&self, path: &Path) -> io::Result<()> {
+        self.refuse_if_read_only(path)?;
+        // A parent made a moment ago can be gone again (`gc` removes empty
+        // directories): start over a few times.
+        let mut tries = 0;
+        loop {
+            match self.create_dirs_once(path) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound && tries < 3 => tries += 1,
+                other => return other,
+            }
+        }
+    }
+
+    fn create_dirs_once(&self, path: &Path) -> io::Result<()> {
         use cap_std::fs::DirBuilderExt;
         if path.as_os_str().is_empty() {
             return Ok(());
@@ -208,7 +308,7 @@ impl Root {
         let created = match self.dir.create_dir_with(path, &builder) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => match path.parent() {
                 Some(parent) if !parent.as_os_str().is_empty() => {
-                    self.create_dirs(parent)?;
+                    self.create_dirs_once(parent)?;
                     self.dir.create_dir_with(path, &builder)
                 }
                 _ => Err(e),
@@ -241,19 +341,54 @@ impl Root {
         .map_err(io::Error::from)
     }
 
+    fn refuse_if_read_only(&self, path: &Path) -> io::Result<()> {
+        if self.read_only {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("{}: the store was opened read-only", path.display()),
+            ));
+        }
+        Ok(())
+    }
+
     /// Creates a new file (it must not exist) with the file mode and group.
+    /// A missing parent directory is made (again): `gc` removes directories
+    /// it finds empty, and one may go just before a file is made in it.
     pub(crate) fn create_file(&self, path: &Path) -> io::Result<cap_std::fs::File> {
         use cap_std::fs::OpenOptionsExt;
+        self.refuse_if_read_only(path)?;
         let mut options = cap_std::fs::OpenOptions::new();
         options
             .write(true)
             .create_new(true)
             .mode(self.permissions.file_mode);
-        let file = self.dir.open_with(path, &options)?;
+        let file = retry_in_parent(self, path, || self.dir.open_with(path, &options))?;
         if let Some(gid) = self.permissions.gid {
             chown_group(&file, gid)?;
         }
         Ok(file)
+    }
+}
+
+/// Runs `make` (which creates `path`), and again after making `path`'s
+/// parent when it failed for want of that parent: `gc` removes empty
+/// directories with `rmdir`, and a writer may lose the directory it just
+/// made in that moment. A few tries; a directory that keeps vanishing is an
+/// error.
+fn retry_in_parent<T>(
+    root: &Root,
+    path: &Path,
+    mut make: impl FnMut() -> io::Result<T>,
+) -> io::Result<T> {
+    let mut tries = 0;
+    loop {
+        match make() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound && tries < 3 => {
+                tries += 1;
+                root.create_dirs(parent_of(path))?;
+            }
+            other => return other,
+        }
     }
 }
 
@@ -298,8 +433,13 @@ pub struct FsStorage {
 }
 
 impl FsStorage {
-    /// Opens (creating if needed) the data directory at `root`.
+    /// Opens (creating if needed) the data directory at `root`, as `serve` does.
     pub fn open(root: &Path, settings: StorageSettings) -> io::Result<Self> {
+        Self::open_with(root, settings, OpenMode::Serve)
+    }
+
+    /// Opens the data directory at `root`, creating only what `mode` allows.
+    pub fn open_with(root: &Path, settings: StorageSettings, mode: OpenMode) -> io::Result<Self> {
         let layout = root.join(paths::LAYOUT_ROOT);
         let context = |what: &str, e: io::Error| {
             io::Error::new(
@@ -307,29 +447,46 @@ impl FsStorage {
                 format!("cannot {what} storage root {}: {e}", root.display()),
             )
         };
+        if !mode.makes_root() {
+            check_root_is_dir(root)?;
+        }
+        if !mode.makes_layout() {
+            check_existing_root(root)?;
+        }
         // The configured root is the operator's; everything below it is ours
         // and gets our modes and group.
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(settings.permissions.dir_mode)
-            .create(root)
-            .map_err(|e| context("create", e))?;
+        if mode.makes_root() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(settings.permissions.dir_mode)
+                .create(root)
+                .map_err(|e| context("create", e))?;
+        }
+        let read_only = mode == OpenMode::ReadOnly;
         let base = Root {
             dir: Dir::open_ambient_dir(root, ambient_authority())
                 .map_err(|e| context("open", e))?,
             permissions: settings.permissions,
+            read_only,
         };
-        base.create_dirs(Path::new(paths::LAYOUT_ROOT))
-            .map_err(|e| context("create the layout in", e))?;
+        if mode.makes_layout() {
+            base.create_dirs(Path::new(paths::LAYOUT_ROOT))
+                .map_err(|e| context("create the layout in", e))?;
+        }
         let root = Root {
             dir: base.open_dir(paths::LAYOUT_ROOT)?,
             permissions: settings.permissions,
+            read_only,
         };
-        for dir in [paths::TMP, paths::BLOBS, paths::REPOSITORIES] {
-            root.create_dirs(Path::new(dir))?;
-        }
-        for shard in paths::TMP_SHARDS {
-            root.create_dirs(&Path::new(paths::TMP).join(shard))?;
+        // A `registry:2` directory has no `_tmp`; writers make what they
+        // miss (`retry_in_parent`), so only `serve` lays it all out up front.
+        if mode.makes_layout() {
+            for dir in [paths::TMP, paths::BLOBS, paths::REPOSITORIES] {
+                root.create_dirs(Path::new(dir))?;
+            }
+            for shard in paths::TMP_SHARDS {
+                root.create_dirs(&Path::new(paths::TMP).join(shard))?;
+            }
         }
         let inline_small_reads = match settings.small_reads {
             crate::config::SmallReads::Inline => true,
@@ -502,7 +659,12 @@ pub(crate) fn stage_file(root: &Root, contents: &[u8]) -> io::Result<(PathBuf, c
 pub(crate) fn move_into<'a>(root: &Root, from: &Path, path: &'a Path) -> io::Result<&'a Path> {
     let parent = parent_of(path);
     root.create_dirs(parent)?;
-    root.rename(from, root, path)?;
+    // The source is ours and stays; only the target's directory can vanish
+    // (a `gc` removing it as empty just now).
+    retry_in_parent(root, path, || {
+        root.rename(from, root, path)?;
+        Ok(())
+    })?;
     Ok(parent)
 }
 
@@ -597,4 +759,93 @@ pub(crate) fn list_digest_dirs(root: &Dir, dir: &Path) -> io::Result<Vec<Digest>
         }
     }
     Ok(digests)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> StorageSettings {
+        StorageSettings {
+            upload_max_age: Duration::from_secs(60),
+            small_reads: crate::config::SmallReads::Auto,
+            permissions: Permissions {
+                file_mode: 0o640,
+                dir_mode: 0o750,
+                gid: None,
+            },
+        }
+    }
+
+    /// What `gc` may do between a writer's `mkdir` and its file: remove the
+    /// directory as empty. The writer makes it again.
+    #[test]
+    fn writers_make_again_a_directory_gc_removed_as_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStorage::open(dir.path(), settings()).unwrap();
+        let root = &store.root;
+        let session = Path::new("repositories/a/b/_uploads/x");
+        root.create_dirs(session).unwrap();
+        for gone in [
+            "repositories/a/b/_uploads/x",
+            "repositories/a/b/_uploads",
+            "repositories/a/b",
+        ] {
+            root.remove_dir(gone).unwrap();
+        }
+        root.create_file(&session.join("data")).unwrap();
+        assert!(root.is_file(session.join("data")));
+
+        let link = Path::new("repositories/c/_layers/sha256/ab/link");
+        let (staged, file) = stage_file(root, b"sha256:ab").unwrap();
+        drop(file);
+        root.create_dirs(parent_of(link)).unwrap();
+        root.remove_dir("repositories/c/_layers/sha256/ab").unwrap();
+        root.remove_dir("repositories/c/_layers/sha256").unwrap();
+        move_into(root, &staged, link).unwrap();
+        assert_eq!(root.read(link).unwrap(), b"sha256:ab");
+    }
+
+    #[test]
+    fn a_read_only_store_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        FsStorage::open(dir.path(), settings()).unwrap();
+        let store = FsStorage::open_with(dir.path(), settings(), OpenMode::ReadOnly).unwrap();
+        let error = store
+            .root
+            .create_dirs(Path::new("repositories/x"))
+            .unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::PermissionDenied);
+        let error = store.root.create_file(Path::new("_tmp/0/y")).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::PermissionDenied);
+        assert!(!store.root.exists("repositories/x") && !store.root.exists("_tmp/0/y"));
+    }
+
+    #[test]
+    fn only_serve_makes_a_missing_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing");
+        for mode in [OpenMode::AddTo, OpenMode::Maintain, OpenMode::ReadOnly] {
+            let error = FsStorage::open_with(&missing, settings(), mode)
+                .err()
+                .unwrap();
+            assert!(
+                error.to_string().contains("does not exist"),
+                "{mode:?}: {error}"
+            );
+            assert!(!missing.exists(), "{mode:?}");
+        }
+        std::fs::create_dir(&missing).unwrap();
+        for mode in [OpenMode::Maintain, OpenMode::ReadOnly] {
+            let error = FsStorage::open_with(&missing, settings(), mode)
+                .err()
+                .unwrap();
+            assert!(
+                error.to_string().contains("holds no registry data"),
+                "{mode:?}: {error}"
+            );
+        }
+        FsStorage::open_with(&missing, settings(), OpenMode::AddTo).unwrap();
+        assert!(missing.join(paths::LAYOUT_ROOT).is_dir());
+    }
 }

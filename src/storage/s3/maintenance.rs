@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use indicatif::ProgressBar;
 use object_store::{ObjectStore, ObjectStoreExt};
 use sha2::Digest as _;
@@ -13,13 +13,18 @@ use sha2::Digest as _;
 use super::S3Storage;
 use crate::reference::{Algorithm, Digest, RepositoryName, Tag, UploadId};
 use crate::storage::fsck::{check_manifest, Finding, FsckReport, QUARANTINE};
-use crate::storage::gc::{mark_references, GcReport, Removal};
+use crate::storage::gc::{mark_references, GcReport, Kept, Removal};
 use crate::storage::{paths, Result, StorageError};
 
 fn older_than(time: chrono::DateTime<chrono::Utc>, age: Duration) -> bool {
     (chrono::Utc::now() - time)
         .to_std()
         .is_ok_and(|elapsed| elapsed > age)
+}
+
+/// How long ago `time` was (zero if in the future).
+fn age(time: chrono::DateTime<chrono::Utc>) -> Duration {
+    (chrono::Utc::now() - time).to_std().unwrap_or_default()
 }
 
 /// The digest of a blob data key's layout path (`blobs/<alg>/<xx>/<hex>/data`).
@@ -40,9 +45,16 @@ fn blob_digest(relative: &str) -> Option<Digest> {
 
 impl S3Storage {
     /// Removes sessions (and their multipart uploads and tails) untouched
-    /// for longer than `max_age`.
-    async fn expire(&self, max_age: Duration, dry_run: bool) -> Result<Vec<Removal>> {
+    /// for longer than `max_age`; with `report_young`, the younger ones
+    /// (and their sizes, a read each) are returned too.
+    async fn expire(
+        &self,
+        max_age: Duration,
+        dry_run: bool,
+        report_young: bool,
+    ) -> Result<(Vec<Removal>, Vec<Kept>)> {
         let mut removed = Vec::new();
+        let mut young = Vec::new();
         for name in self.walk_repositories(true).await? {
             for id in self.list_dir(paths::uploads_dir(&name)).await? {
                 let Ok(upload) = UploadId::parse(&id) else {
@@ -57,6 +69,21 @@ impl S3Storage {
                     newest = newest.max(Some(meta.last_modified));
                 }
                 if !newest.is_some_and(|t| older_than(t, max_age)) {
+                    if report_young {
+                        let bytes = self
+                            .load_session(&name, upload)
+                            .await
+                            .map(|(s, _)| s.size)
+                            .unwrap_or(0);
+                        young.push(Kept {
+                            what: Removal::Upload {
+                                repository: name.clone(),
+                                id,
+                                bytes,
+                            },
+                            age: newest.map(age).unwrap_or_default(),
+                        });
+                    }
                     continue;
                 }
                 let bytes = if dry_run {
@@ -74,11 +101,14 @@ impl S3Storage {
                 });
             }
         }
-        Ok(removed)
+        Ok((removed, young))
     }
 
     pub async fn expire_uploads(&self) -> Result<Vec<Removal>> {
-        self.expire(self.settings.upload_max_age, false).await
+        Ok(self
+            .expire(self.settings.upload_max_age, false, false)
+            .await?
+            .0)
     }
 
     /// Marks a manifest and everything it references (iteratively).
@@ -102,6 +132,8 @@ impl S3Storage {
         let grace = self.settings.upload_max_age;
         let mut report = GcReport::default();
         let repositories = self.walk_repositories(true).await?;
+        let catalog: HashSet<RepositoryName> =
+            self.walk_repositories(false).await?.into_iter().collect();
         progress.set_length(repositories.len() as u64);
         progress.set_message("marking");
         let mut marked = HashSet::new();
@@ -122,8 +154,19 @@ impl S3Storage {
             let Some(digest) = self.relative(&meta.location).and_then(blob_digest) else {
                 continue;
             };
-            if marked.contains(&digest) || !older_than(meta.last_modified, grace) {
+            if marked.contains(&digest) {
                 report.kept_blobs += 1;
+                continue;
+            }
+            if !older_than(meta.last_modified, grace) {
+                report.kept_blobs += 1;
+                report.kept_young.push(Kept {
+                    what: Removal::Blob {
+                        digest,
+                        bytes: meta.size,
+                    },
+                    age: age(meta.last_modified),
+                });
                 continue;
             }
             if !dry_run {
@@ -147,9 +190,137 @@ impl S3Storage {
                 }
             }
         }
-        report.removed.extend(self.expire(grace, dry_run).await?);
+        let (expired, young) = self.expire(grace, dry_run, true).await?;
+        report.removed.extend(expired);
+        report.kept_young.extend(young);
+        progress.set_message("empty repositories");
+        for name in &repositories {
+            let listed = catalog.contains(name);
+            self.prune_repository(name, grace, dry_run, listed, &swept, &mut report)
+                .await?;
+        }
         progress.finish_and_clear();
         Ok(report)
+    }
+
+    /// Takes a repository with no manifest, no tag and no upload session
+    /// (none but those this run expires) out of the catalog, by the rules
+    /// of the filesystem's `gc.rs`. There are no directories here: the
+    /// catalog lists a name while any key is below its `_manifests/` or
+    /// `_layers/`, so what goes is its link objects.
+    ///
+    /// The invariant against pushes through any replica meanwhile: gc
+    /// deletes only keys it listed, one by one (never a prefix), each a link
+    /// older than `storage.upload_max_age` (or of a blob this run swept), in
+    /// a repository whose listing showed no manifest, tag or session. A key
+    /// written after the listing survives, unless it is one of those very
+    /// keys written again in that moment (a cross-repository mount of the
+    /// same blob: the manifest push that follows then fails cleanly with
+    /// `MANIFEST_BLOB_UNKNOWN`). After deleting, gc lists the revisions
+    /// again, and if a manifest arrived it writes the layer links back.
+    /// What remains: a manifest push that checked its layer links before
+    /// gc deleted them and wrote its revision after gc looked again.
+    /// `listed`: the catalog listed it when this run started.
+    async fn prune_repository(
+        &self,
+        name: &RepositoryName,
+        grace: Duration,
+        dry_run: bool,
+        listed: bool,
+        swept: &HashSet<Digest>,
+        report: &mut GcReport,
+    ) -> Result<()> {
+        let base = format!("{}/", paths::repository_dir(name).display());
+        let objects: Vec<object_store::ObjectMeta> = self
+            .s3
+            .list(Some(&self.key(paths::repository_dir(name))))
+            .try_collect()
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        let expired = report.expired_in(name);
+        let mut links: Vec<(object_store::path::Path, Option<Digest>)> = Vec::new();
+        let mut youngest: Option<Duration> = None;
+        for meta in &objects {
+            let Some(rest) = self
+                .relative(&meta.location)
+                .and_then(|r| r.strip_prefix(base.as_str()))
+            else {
+                continue;
+            };
+            let parts: Vec<&str> = rest.split('/').collect();
+            let own = parts[0];
+            if !own.starts_with('_') {
+                continue; // a repository nested in this one's name
+            }
+            match parts.as_slice() {
+                ["_uploads", id, ..] if expired.contains(*id) => continue,
+                ["_uploads", ..] => return Ok(()),
+                ["_manifests", "revisions", _, _, "link"] => return Ok(()),
+                ["_manifests", "tags", _, "current", "link"] => return Ok(()),
+                _ => {}
+            }
+            let known = matches!(own, "_layers" | "_manifests" | "_referrers");
+            if !known || parts.last() != Some(&"link") {
+                report.notes.push(format!(
+                    "kept repository {name}: {} is not a link object, and gc does not guess what it is",
+                    meta.location
+                ));
+                return Ok(());
+            }
+            let layer = match parts.as_slice() {
+                ["_layers", alg, hex, "link"] => {
+                    Algorithm::parse(alg).and_then(|alg| Digest::from_parts(alg, hex))
+                }
+                _ => None,
+            };
+            let swept_layer = layer.as_ref().is_some_and(|d| swept.contains(d));
+            if !swept_layer && !older_than(meta.last_modified, grace) {
+                let age = age(meta.last_modified);
+                youngest = Some(youngest.map_or(age, |y| y.min(age)));
+            }
+            links.push((meta.location.clone(), layer));
+        }
+        if let Some(age) = youngest {
+            report.kept_young.push(Kept {
+                what: Removal::Repository { name: name.clone() },
+                age,
+            });
+            return Ok(());
+        }
+        if dry_run || links.is_empty() {
+            if listed {
+                report
+                    .removed
+                    .push(Removal::Repository { name: name.clone() });
+            }
+            return Ok(());
+        }
+        for (key, _) in &links {
+            self.delete(key).await?;
+        }
+        let arrived = self
+            .list_digest_dirs(&paths::revisions_dir(name))
+            .await?
+            .into_iter()
+            .next()
+            .is_some();
+        if arrived {
+            for digest in links.iter().filter_map(|(_, layer)| layer.as_ref()) {
+                if self.blob_exists(digest).await? {
+                    self.link_blob(name, digest).await?;
+                }
+            }
+            report.notes.push(format!(
+                "kept repository {name}: a manifest was pushed to it while gc emptied it"
+            ));
+            return Ok(());
+        }
+        if listed {
+            report
+                .removed
+                .push(Removal::Repository { name: name.clone() });
+        }
+        Ok(())
     }
 
     /// SHA-256 or SHA-512 of an object, streamed; `None` when it is gone.

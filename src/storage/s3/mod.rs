@@ -36,7 +36,7 @@ use object_store::{
 use super::manifests::{
     manifest_digest, stored_media_type, Descriptor, ParsedManifest, StoredManifest, TagRecord,
 };
-use super::{paths, stripe, BlobInfo, Result, StorageError, StorageSettings};
+use super::{paths, stripe, BlobInfo, OpenMode, Result, StorageError, StorageSettings};
 use crate::config::{ConditionalWrites, StorageConfig};
 use crate::reference::{Algorithm, Digest, Reference, RepositoryName, Tag};
 
@@ -162,9 +162,14 @@ fn return_large_buffers_to_the_system() {
 
 impl S3Storage {
     /// Connects to the store the config names and probes it: the bucket must
-    /// be reachable and writable, and whether it enforces conditional writes
-    /// is found out on a scratch key.
-    pub async fn open(config: &StorageConfig, settings: StorageSettings) -> Result<Self> {
+    /// be reachable and writable, and (for `serve`) whether it enforces
+    /// conditional writes is found out on a scratch key. Read-only
+    /// (`OpenMode::ReadOnly`), the bucket is only listed: nothing is written.
+    pub async fn open(
+        config: &StorageConfig,
+        settings: StorageSettings,
+        mode: OpenMode,
+    ) -> Result<Self> {
         let bucket = config.bucket.clone().unwrap_or_default();
         let mut builder = AmazonS3Builder::from_env()
             .with_bucket_name(&bucket)
@@ -236,9 +241,26 @@ impl S3Storage {
             tag_locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
             repository_locks: (0..64).map(|_| tokio::sync::RwLock::new(())).collect(),
         };
+        if mode == OpenMode::ReadOnly {
+            // A missing bucket is an error here too, without a write.
+            storage
+                .s3
+                .list_with_delimiter(Some(&Path::from(storage.root.as_str())))
+                .await
+                .map_err(|e| storage.unavailable(e))?;
+            return Ok(storage);
+        }
         storage.probe_writable().await?;
-        if config.conditional_writes == ConditionalWrites::Auto {
+        // Tag moves rely on conditional writes (only `serve` moves tags), and
+        // so does the gc lease that keeps `serve`'s schedule and a `gc`
+        // command apart.
+        if matches!(mode, OpenMode::Serve | OpenMode::Maintain)
+            && config.conditional_writes == ConditionalWrites::Auto
+        {
             storage.conditional = storage.detect_conditional_writes().await?;
+        }
+        if mode != OpenMode::Serve {
+            return Ok(storage);
         }
         match storage.conditional {
             Conditional::Enforced => tracing::info!(
