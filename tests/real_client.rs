@@ -119,22 +119,53 @@ async fn client_seen(served: &Served, host: &str, port: u16, case: &str) -> Valu
     served.access(&path).await["client"].clone()
 }
 
-/// A bare socket from 127.0.0.5 that writes `start` and then a request for
-/// `path`; the raw answer.
-async fn raw(port: u16, start: &[u8], path: &str) -> String {
+/// A bare socket from `source` that writes `start` and then a request for
+/// `path`; the raw answer, and whether the server ended the connection
+/// within 5 s (rather than the read timing out).
+async fn raw(source: IpAddr, port: u16, start: &[u8], path: &str) -> (String, bool) {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind((CLIENT, 0).into()).unwrap();
+    socket.bind((source, 0).into()).unwrap();
     let mut stream = socket.connect(([127, 0, 0, 1], port).into()).await.unwrap();
     stream.write_all(start).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {SPOOFED}\r\nConnection: close\r\n\r\n"
+    );
     let _ = stream.write_all(request.as_bytes()).await;
     let mut answer = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
-    String::from_utf8_lossy(&answer).into_owned()
+    let ended = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .is_ok();
+    (String::from_utf8_lossy(&answer).into_owned(), ended)
 }
 
+const PROXY: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+
+/// The decision log's `client-ip` per repository, once `want` are there.
+async fn decided(log: &std::path::Path, want: usize) -> std::collections::BTreeMap<String, String> {
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..100 {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        seen = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter_map(|d| {
+                let request = &d["request"];
+                let repository = request["repository"].as_str()?.to_owned();
+                Some((repository, request["client-ip"].as_str()?.to_owned()))
+            })
+            .collect();
+        if seen.len() >= want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    seen
+}
+
+/// TCP passthrough: the PROXY header of a trusted proxy is believed (and
+/// nothing after it); a trusted peer must send one; nobody else is read.
 #[tokio::test]
-async fn only_trusted_proxies_say_who_the_client_is() {
+async fn proxy_protocol_from_trusted_proxies_only() {
     let decisions = tempfile::tempdir().unwrap();
     let decision_log = decisions.path().join("decisions.jsonl");
     let served = Served::start_with(
@@ -145,23 +176,22 @@ async fn only_trusted_proxies_say_who_the_client_is() {
         &["--log-format", "json"],
     )
     .await;
-    let [v2, v1, http, untrusted, http_untrusted] = [(); 5].map(|_| free_port());
+    let [v2, v1, untrusted, http_untrusted] = [(); 4].map(|_| free_port());
     let _haproxy = haproxy(
         served.port,
         &[
             (v2, "tcp", "send-proxy-v2 source 127.0.0.2"),
             (v1, "tcp", "send-proxy source 127.0.0.2"),
-            (http, "http", "source 127.0.0.2"),
             (untrusted, "tcp", "send-proxy-v2 source 127.0.0.4"),
             (http_untrusted, "http", "source 127.0.0.4"),
         ],
     );
-    for port in [v2, v1, http, untrusted, http_untrusted] {
+    for port in [v2, v1, untrusted, http_untrusted] {
         wait_for(port).await;
     }
-
     let client = CLIENT.to_string();
-    // Through the trusted proxy, however it says so: the real client.
+    // Through the trusted proxy, v2 and v1: the real client, whatever the
+    // client wrote in X-Forwarded-For and Forwarded.
     assert_eq!(
         client_seen(&served, "127.0.0.3", v2, "via-v2").await,
         client.as_str()
@@ -170,15 +200,7 @@ async fn only_trusted_proxies_say_who_the_client_is() {
         client_seen(&served, "127.0.0.3", v1, "via-v1").await,
         client.as_str()
     );
-    assert_eq!(
-        client_seen(&served, "127.0.0.3", http, "via-http").await,
-        client.as_str()
-    );
-    // Through a proxy nobody trusts: that proxy, whatever it says.
-    assert_eq!(
-        client_seen(&served, "127.0.0.3", untrusted, "via-untrusted-v2").await,
-        "127.0.0.4"
-    );
+    // An HTTP proxy nobody trusts: that proxy, whatever it says.
     assert_eq!(
         client_seen(&served, "127.0.0.3", http_untrusted, "via-untrusted-http").await,
         "127.0.0.4"
@@ -188,90 +210,122 @@ async fn only_trusted_proxies_say_who_the_client_is() {
         client_seen(&served, "127.0.0.1", served.port, "direct").await,
         client.as_str()
     );
-
-    // A forged PROXY header on a bare socket is read and ignored.
-    let forged = raw(
+    // A PROXY header from a proxy nobody trusts is not read: its bytes are
+    // not HTTP, and the request fails (400) instead of being believed.
+    let refused = liar()
+        .get(format!(
+            "http://127.0.0.3:{untrusted}/v2/untrusted-v2/tags/list"
+        ))
+        .send()
+        .await;
+    assert!(
+        refused.as_ref().map_or(true, |r| r.status() == 400),
+        "{refused:?}"
+    );
+    // A forged PROXY line from a client: the same.
+    let (forged, _) = raw(
+        CLIENT,
         served.port,
         b"PROXY TCP4 6.6.6.6 127.0.0.1 1234 5000\r\n",
         "/v2/forged-v1/tags/list",
     )
     .await;
-    assert!(forged.starts_with("HTTP/1.1 404"), "{forged}");
+    assert!(forged.starts_with("HTTP/1.1 400"), "{forged}");
+
+    // The trusted proxy's own connections: a good header is believed, and
+    // headers after it are the client's, never read.
+    let (good, _) = raw(
+        PROXY,
+        served.port,
+        b"PROXY TCP4 198.51.100.9 127.0.0.1 1234 5000\r\n",
+        "/v2/raw-v1/tags/list",
+    )
+    .await;
+    assert!(good.starts_with("HTTP/1.1 404"), "{good}");
     assert_eq!(
-        served.access("/v2/forged-v1/tags/list").await["client"],
-        client.as_str()
+        served.access("/v2/raw-v1/tags/list").await["client"],
+        "198.51.100.9"
     );
-    // A malformed one ends the connection (the protocol's rule), and the
-    // server goes on serving.
+    // No header, or a malformed one: the connection is ended at once (the
+    // protocol's rule: a receiver never guesses), and the server goes on.
     for (i, bad) in [
-        &b"PROXY TCP4 6.6.6.6\r\n"[..],
+        &b""[..],
+        b"PROXY TCP4 6.6.6.6\r\n",
         b"PROXY TCP4 6.6.6.6 1.1.1.1 99999 1\r\n",
         b"\r\n\r\n\0\r\nQUIT\n\x21\x11\xff\xff",
     ]
     .iter()
     .enumerate()
     {
-        let answer = raw(served.port, bad, &format!("/v2/bad-{i}/tags/list")).await;
-        assert!(answer.is_empty(), "a bad PROXY header got {answer:?}");
+        let (answer, ended) = raw(PROXY, served.port, bad, &format!("/v2/bad-{i}/tags/list")).await;
+        assert!(
+            answer.is_empty() && ended,
+            "case {i}: {answer:?}, ended: {ended}"
+        );
     }
     assert_eq!(
-        client_seen(&served, "127.0.0.1", served.port, "after-bad").await,
+        client_seen(&served, "127.0.0.3", v2, "after-bad").await,
         client.as_str()
     );
 
     // What the policies saw: the same real addresses, never the lie.
-    let mut seen = std::collections::BTreeMap::new();
-    for _ in 0..100 {
-        let text = std::fs::read_to_string(&decision_log).unwrap_or_default();
-        seen = text
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter_map(|d| {
-                let request = &d["request"];
-                let repository = request["repository"].as_str()?.to_owned();
-                Some((repository, request["client-ip"].as_str()?.to_owned()))
-            })
-            .collect();
-        if seen.len() >= 7 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let seen = decided(&decision_log, 6).await;
+    for (repository, ip) in [
+        ("via-v2", client.as_str()),
+        ("via-v1", client.as_str()),
+        ("via-untrusted-http", "127.0.0.4"),
+        ("direct", client.as_str()),
+        ("raw-v1", "198.51.100.9"),
+    ] {
+        assert_eq!(
+            seen.get(repository).map(String::as_str),
+            Some(ip),
+            "{seen:?}"
+        );
     }
-    assert_eq!(
-        seen.get("via-v2").map(String::as_str),
-        Some(client.as_str()),
-        "{seen:?}"
-    );
-    assert_eq!(
-        seen.get("via-http").map(String::as_str),
-        Some(client.as_str()),
-        "{seen:?}"
-    );
-    assert_eq!(
-        seen.get("via-untrusted-v2").map(String::as_str),
-        Some("127.0.0.4"),
-        "{seen:?}"
-    );
     assert!(!seen.values().any(|ip| ip == SPOOFED), "{seen:?}");
+}
+
+/// HTTP proxies: X-Forwarded-For from a trusted proxy, read from the right.
+#[tokio::test]
+async fn x_forwarded_for_from_trusted_proxies_only() {
+    let served = Served::start_with(
+        "trusted_proxies = [\"127.0.0.2/32\"]\n",
+        &["--log-format", "json"],
+    )
+    .await;
+    let [http, http_untrusted] = [(); 2].map(|_| free_port());
+    let _haproxy = haproxy(
+        served.port,
+        &[
+            (http, "http", "source 127.0.0.2"),
+            (http_untrusted, "http", "source 127.0.0.4"),
+        ],
+    );
+    wait_for(http).await;
+    wait_for(http_untrusted).await;
+    // HAProxy appends 127.0.0.5 to the client's "6.6.6.6"; the client's
+    // `Forwarded` is not the header this registry reads.
+    assert_eq!(
+        client_seen(&served, "127.0.0.3", http, "http").await,
+        CLIENT.to_string().as_str()
+    );
+    assert_eq!(
+        client_seen(&served, "127.0.0.3", http_untrusted, "http-untrusted").await,
+        "127.0.0.4"
+    );
+    assert_eq!(
+        client_seen(&served, "127.0.0.1", served.port, "http-direct").await,
+        CLIENT.to_string().as_str()
+    );
 }
 
 #[tokio::test]
 async fn without_trusted_proxies_every_header_is_ignored() {
     let served = Served::start_with("proxy_protocol = true\n", &["--log-format", "json"]).await;
-    let [v2, http] = [(); 2].map(|_| free_port());
-    let _haproxy = haproxy(
-        served.port,
-        &[
-            (v2, "tcp", "send-proxy-v2 source 127.0.0.2"),
-            (http, "http", "source 127.0.0.2"),
-        ],
-    );
-    wait_for(v2).await;
+    let http = free_port();
+    let _haproxy = haproxy(served.port, &[(http, "http", "source 127.0.0.2")]);
     wait_for(http).await;
-    assert_eq!(
-        client_seen(&served, "127.0.0.3", v2, "nobody-v2").await,
-        "127.0.0.2"
-    );
     assert_eq!(
         client_seen(&served, "127.0.0.3", http, "nobody-http").await,
         "127.0.0.2"

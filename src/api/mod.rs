@@ -158,12 +158,16 @@ async fn route(state: SharedState, request: Request, who: &mut Option<audit::Who
         (Route::Manifest(name, reference), Method::GET | Method::HEAD) => {
             manifests::get(&state, &caller, &name, &reference, headers, head).await
         }
-        // The conformance suite's `.INVALID_MANIFEST_NAME`: nothing is
-        // read, so nothing needs authorising.
-        (Route::BadManifestReference(name, e), Method::GET | Method::HEAD) => Err(ApiError::new(
-            ErrorCode::ManifestUnknown,
-            format!("{name} has no manifest with that reference: {e}"),
-        )),
+        // The conformance suite's `.INVALID_MANIFEST_NAME`: a pull the
+        // chain decides as any other (so it is logged, and a registry closed
+        // to anonymous callers challenges first), then unknown.
+        (Route::BadManifestReference(name, _), Method::GET | Method::HEAD) => {
+            check(Action::Pull, Resource::Manifest, &name, None).await?;
+            Err(ApiError::new(
+                ErrorCode::ManifestUnknown,
+                format!("{name} has no such manifest: the reference is not a valid tag or digest"),
+            ))
+        }
         (Route::BadManifestReference(_, e), _) => Err(e.into()),
         (Route::Manifest(name, reference), Method::PUT) => {
             mirror::refuse_write(&state, &name)?;

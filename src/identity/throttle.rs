@@ -9,11 +9,10 @@
 //! refills at `limit` a minute). An attempt takes its token before bcrypt
 //! runs and gets it back if the password was right, so concurrent attempts
 //! cannot all pass on one token. Every credential the registry accepts goes
-//! through one [`LoginThrottle`]. Client addresses are the TCP peer's (IPv6
-//! by /64, what one host is usually given): behind a reverse proxy every
-//! client has the proxy's address, so there the per-address limit counts
-//! all clients together (set it to 0 to turn it off until trusted proxies
-//! are configurable).
+//! through one [`LoginThrottle`]. Client addresses are the real client's
+//! (through `trusted_proxies`; IPv6 by /64, what one host is usually
+//! given): without `trusted_proxies`, behind a reverse proxy every client
+//! has the proxy's address and the per-address limit counts them together.
 
 use std::collections::HashMap;
 use std::hash::Hash;

@@ -55,37 +55,28 @@ pub fn client(
 }
 
 /// The hops of `header`, leftmost first; `None` for an entry that is not
-/// an address.
+/// an address. Each entry is judged on its own, as bytes: a client's garbage
+/// (not UTF-8, an unclosed quote) spoils only its own entries, never the
+/// ones a proxy appended after them on the same line. (`for=` values never
+/// hold a comma, so a plain split is exact for every entry worth reading.)
 fn hops(header: ForwardedHeader, headers: &HeaderMap) -> Vec<Option<IpAddr>> {
-    match header {
-        ForwardedHeader::Forwarded => values(headers, "forwarded")
-            .iter()
-            .flat_map(|line| split_outside_quotes(line, ','))
-            .map(|element| for_of(&element))
-            .collect(),
-        ForwardedHeader::XForwardedFor => values(headers, "x-forwarded-for")
-            .iter()
-            .flat_map(|line| line.split(','))
-            .map(|entry| node(entry.trim()))
-            .collect(),
-    }
-}
-
-/// A header's lines, skipping any that is not visible ASCII (as if absent:
-/// such a line cannot name an address, and a hop must not be invented).
-fn values<'a>(headers: &'a HeaderMap, name: &str) -> Vec<&'a str> {
+    let (name, read): (&str, fn(&str) -> Option<IpAddr>) = match header {
+        ForwardedHeader::Forwarded => ("forwarded", for_of),
+        ForwardedHeader::XForwardedFor => ("x-forwarded-for", |e| node(e.trim())),
+    };
     headers
         .get_all(name)
         .iter()
-        .filter_map(|v| v.to_str().ok())
+        .flat_map(|line| line.as_bytes().split(|b| *b == b','))
+        .map(|entry| std::str::from_utf8(entry).ok().and_then(read))
         .collect()
 }
 
 /// The `for=` of one forwarded-element (`for=1.2.3.4;proto=https;by=...`).
 /// An element without one is a hop that says nothing: not an address.
 fn for_of(element: &str) -> Option<IpAddr> {
-    split_outside_quotes(element, ';')
-        .iter()
+    element
+        .split(';')
         .filter_map(|pair| pair.split_once('='))
         .find(|(key, _)| key.trim().eq_ignore_ascii_case("for"))
         .and_then(|(_, value)| {
@@ -122,30 +113,6 @@ fn port(text: &str) -> bool {
     !text.is_empty() && text.len() <= 5 && text.bytes().all(|b| b.is_ascii_digit())
 }
 
-/// Splits at `sep` except inside a quoted string (where `\` escapes).
-fn split_outside_quotes(text: &str, sep: char) -> Vec<String> {
-    let mut parts = vec![String::new()];
-    let (mut quoted, mut escaped) = (false, false);
-    for c in text.chars() {
-        let current = parts.last_mut().expect("parts is never empty");
-        if escaped {
-            current.push(c);
-            escaped = false;
-        } else if quoted && c == '\\' {
-            current.push(c);
-            escaped = true;
-        } else if c == '"' {
-            current.push(c);
-            quoted = !quoted;
-        } else if c == sep && !quoted {
-            parts.push(String::new());
-        } else {
-            current.push(c);
-        }
-    }
-    parts.into_iter().map(|p| p.trim().to_owned()).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,6 +141,44 @@ mod tests {
             &headers,
             |a| matches!(a, IpAddr::V4(v4) if v4.octets()[0] == 10),
         )
+    }
+
+    /// A line that is not UTF-8 spoils only the client's own entries.
+    #[test]
+    fn bytes_that_are_not_text_spoil_only_their_entry() {
+        let mut headers = HeaderMap::new();
+        headers.append(
+            "x-forwarded-for",
+            axum::http::HeaderValue::from_bytes(b"\xff\xfe, 203.0.113.7").unwrap(),
+        );
+        let trusted = |a: IpAddr| matches!(a, IpAddr::V4(v4) if v4.octets()[0] == 10);
+        assert_eq!(
+            client(
+                ip("10.0.0.1"),
+                ForwardedHeader::XForwardedFor,
+                &headers,
+                trusted
+            ),
+            ip("203.0.113.7")
+        );
+        // The header the proxies do not write is never read.
+        let mut other = HeaderMap::new();
+        other.insert("forwarded", "for=6.6.6.6".parse().unwrap());
+        assert_eq!(
+            client(
+                ip("10.0.0.1"),
+                ForwardedHeader::XForwardedFor,
+                &other,
+                trusted
+            ),
+            ip("10.0.0.1")
+        );
+        other.insert("x-forwarded-for", "6.6.6.6".parse().unwrap());
+        other.remove("forwarded");
+        assert_eq!(
+            client(ip("10.0.0.1"), ForwardedHeader::Forwarded, &other, trusted),
+            ip("10.0.0.1")
+        );
     }
 
     /// Each header a client or a proxy chain may send, and who the client is.
@@ -235,7 +240,7 @@ mod tests {
                 "203.0.113.7",
             ),
             (&[("forwarded", "proto=https")], "10.0.0.1"),
-            // A quoted comma does not split an element.
+            // A quoted comma is no address: the walk stops at the proxy.
             (&[("forwarded", "for=\"6.6.6.6,7.7.7.7\"")], "10.0.0.1"),
             // Forwarded wins over X-Forwarded-For.
             (

@@ -59,7 +59,7 @@ impl FromStr for Cidr {
         let addr: IpAddr = addr.trim().parse().map_err(|_| bad())?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
-            Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(p) if !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()) => {
                 p.parse::<u8>().map_err(|_| bad())?
             }
             Some(_) => return Err(bad()),
@@ -68,10 +68,18 @@ impl FromStr for Cidr {
         if prefix > max {
             return Err(bad());
         }
-        Ok(Cidr {
-            addr: canonical(addr),
-            prefix,
-        })
+        // `::ffff:10.0.0.0/104` is `10.0.0.0/8`: an IPv4 range written as
+        // a dual-stack listener prints it. Shorter than /96 it would cover
+        // more than IPv4-mapped addresses: refused rather than guessed.
+        let (addr, prefix) = match addr {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) if prefix >= 96 => (IpAddr::V4(v4), prefix - 96),
+                Some(_) => return Err(bad()),
+                None => (addr, prefix),
+            },
+            IpAddr::V4(_) => (addr, prefix),
+        };
+        Ok(Cidr { addr, prefix })
     }
 }
 
@@ -99,11 +107,15 @@ impl Cidr {
         let prefix = u32::from(self.prefix);
         match (canonical(ip), self.addr) {
             (IpAddr::V4(ip), IpAddr::V4(net)) => {
-                let mask = u32::MAX.checked_shl(32 - prefix).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32u32.saturating_sub(prefix))
+                    .unwrap_or(0);
                 u32::from(ip) & mask == u32::from(net) & mask
             }
             (IpAddr::V6(ip), IpAddr::V6(net)) => {
-                let mask = u128::MAX.checked_shl(128 - prefix).unwrap_or(0);
+                let mask = u128::MAX
+                    .checked_shl(128u32.saturating_sub(prefix))
+                    .unwrap_or(0);
                 u128::from(ip) & mask == u128::from(net) & mask
             }
             _ => false,
@@ -151,16 +163,19 @@ impl TrustedProxies {
         headers: &axum::http::HeaderMap,
     ) -> ClientAddr {
         let peer = canonical(peer);
-        let mut nearest = match proxied {
+        let client = match proxied {
+            // A PROXY header is where the walk ends: forwarding headers on
+            // such a connection travel inside the client's own (TLS) bytes,
+            // so the client wrote them.
             Some(ProxiedSource(source)) if self.contains(peer) => canonical(source.ip()),
+            _ if self.contains(peer) => {
+                forwarded::client(peer, self.header, headers, |ip| self.contains(ip))
+            }
             _ => peer,
         };
-        if self.contains(nearest) {
-            nearest = forwarded::client(nearest, self.header, headers, |ip| self.contains(ip));
-        }
         ClientAddr {
-            ip: nearest,
-            via: (nearest != peer).then_some(peer),
+            ip: client,
+            via: (client != peer).then_some(peer),
         }
     }
 }
@@ -195,6 +210,14 @@ mod tests {
         assert!(odd.contains(ip("172.31.255.255")));
         assert!(!odd.contains(ip("172.32.0.0")));
         assert_eq!(odd.to_string(), "172.16.0.0/12");
+        // IPv4-mapped, as a dual-stack listener prints addresses.
+        let mapped: Cidr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(mapped.to_string(), "10.0.0.1/32");
+        assert!(mapped.contains(ip("10.0.0.1")));
+        assert!(!mapped.contains(ip("10.0.0.2")));
+        assert!(!mapped.contains(ip("203.0.113.7")));
+        let mapped8: Cidr = "::ffff:10.0.0.0/104".parse().unwrap();
+        assert_eq!(mapped8.to_string(), "10.0.0.0/8");
     }
 
     #[test]
@@ -212,6 +235,10 @@ mod tests {
             "10.0.0.256/8",
             "10.0.0.0/ 8",
             "10.0.0.0/99999999999",
+            "10.0.0.0/0008",
+            // IPv4-mapped with a prefix that leaves the mapped range.
+            "::ffff:10.0.0.1/95",
+            "::ffff:0.0.0.0/0",
         ] {
             assert!(bad.parse::<Cidr>().is_err(), "{bad:?} was accepted");
         }
@@ -238,6 +265,17 @@ mod tests {
         assert_eq!(
             trusted.client(ip("10.0.0.3"), source, &empty).ip,
             ip("10.0.0.3")
+        );
+        // After a believed PROXY header, forwarding headers are the client's.
+        assert_eq!(
+            trusted
+                .client(
+                    ip("10.0.0.2"),
+                    Some(ProxiedSource("10.0.0.2:1".parse().unwrap())),
+                    &headers
+                )
+                .ip,
+            ip("10.0.0.2")
         );
         // Nobody trusted: the peer, whatever the headers say.
         let none = TrustedProxies::default();

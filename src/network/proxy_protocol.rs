@@ -3,13 +3,13 @@
 //! client's address in a short header before the connection's own bytes.
 //! <https://www.haproxy.org/download/2.9/doc/proxy-protocol.txt>
 //!
-//! With `proxy_protocol = true` every connection is looked at before TLS and
-//! HTTP: a header from a peer in `trusted_proxies` is believed, a header from
-//! anyone else is read and dropped (it changes nothing), and a connection
-//! without one is served as it is (a trusted proxy's health check, a pod
-//! calling directly: what Traefik and go-proxyproto call "use if present").
-//! A header that starts like one and is malformed ends the connection, as the
-//! protocol asks: nothing can be answered on a stream whose start is unknown.
+//! With `proxy_protocol = true`, a connection from a peer in
+//! `trusted_proxies` must start with a header (before TLS and HTTP), which
+//! is believed; one without, or with a malformed header, is closed, as the
+//! protocol asks: a receiver must never guess whether a header is there,
+//! or a relay that passes a client's bytes through untouched would let the
+//! client write one. Connections from anyone else are not read at all: a
+//! header from them is just bytes that are not HTTP (400).
 
 use std::future::Future;
 use std::io;
@@ -168,42 +168,39 @@ fn parse_v2(buf: &[u8]) -> Parsed {
     }
 }
 
-/// Reads a PROXY header, if there is one, off the start of `stream`. Returns
-/// the reported source (from a trusted peer only) and the bytes read past it.
-async fn read_header(
-    stream: &mut TcpStream,
-    trusted: &TrustedProxies,
-) -> io::Result<(Option<ProxiedSource>, Vec<u8>)> {
-    let peer = stream.peer_addr()?.ip();
+/// Reads the PROXY header a trusted proxy must send off the start of
+/// `stream`: the source it reports, and the bytes read past it.
+async fn read_header(stream: &mut TcpStream) -> io::Result<(Option<ProxiedSource>, Vec<u8>)> {
     let mut buf = Vec::with_capacity(256);
     let mut chunk = [0u8; 512];
     loop {
-        match parse(&buf) {
+        let refused = match parse(&buf) {
             Parsed::Incomplete => {
                 let n = stream.read(&mut chunk).await?;
                 if n == 0 {
                     return Err(io::ErrorKind::UnexpectedEof.into());
                 }
                 buf.extend_from_slice(&chunk[..n]);
-            }
-            Parsed::NotProxy => return Ok((None, buf)),
-            Parsed::Invalid(reason) => {
-                tracing::warn!(target: "portcullis::access", client = %peer, reason, "connection closed: bad PROXY protocol header");
-                return Err(io::Error::new(io::ErrorKind::InvalidData, reason));
+                continue;
             }
             Parsed::Header { source, len } => {
                 let rest = buf.split_off(len);
-                if !trusted.contains(peer) {
-                    tracing::warn!(
-                        target: "portcullis::access",
-                        client = %peer,
-                        "PROXY protocol header from a peer not in trusted_proxies ignored"
-                    );
-                    return Ok((None, rest));
-                }
                 return Ok((source.map(ProxiedSource), rest));
             }
-        }
+            Parsed::NotProxy => "a trusted proxy's connection does not start with a PROXY header",
+            Parsed::Invalid(reason) => reason,
+        };
+        let peer = stream
+            .peer_addr()
+            .map(|p| p.ip().to_string())
+            .unwrap_or_default();
+        tracing::warn!(
+            target: "portcullis::network",
+            peer,
+            reason = refused,
+            "connection closed: PROXY protocol (proxy_protocol = true)"
+        );
+        return Err(io::Error::new(io::ErrorKind::InvalidData, refused));
     }
 }
 
@@ -212,7 +209,8 @@ async fn read_header(
 #[derive(Clone)]
 pub struct ProxyProtocolAcceptor<A> {
     inner: A,
-    /// `None`: the protocol is off, and connections pass untouched.
+    /// `None`: the protocol is off, and connections pass untouched; else
+    /// the peers that must send a header (and the only ones read).
     trusted: Option<TrustedProxies>,
     timeout: Duration,
 }
@@ -244,13 +242,17 @@ where
         let timeout = self.timeout;
         Box::pin(async move {
             let (mut stream, service) = inner.accept(stream, service).await?;
-            let Some(trusted) = trusted else {
+            let from_proxy = match (&trusted, stream.peer_addr()) {
+                (Some(trusted), Ok(peer)) => trusted.contains(peer.ip()),
+                _ => false,
+            };
+            if !from_proxy {
                 return Ok((
                     Rewound::new(Vec::new(), stream),
                     WithSource::new(service, None),
                 ));
-            };
-            let (source, rest) = tokio::time::timeout(timeout, read_header(&mut stream, &trusted))
+            }
+            let (source, rest) = tokio::time::timeout(timeout, read_header(&mut stream))
                 .await
                 .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
             Ok((Rewound::new(rest, stream), WithSource::new(service, source)))
@@ -282,7 +284,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Rewound<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if this.offset < this.prefix.len() {
+        if this.offset < this.prefix.len() && buf.remaining() > 0 {
             let rest = &this.prefix[this.offset..];
             let n = rest.len().min(buf.remaining());
             buf.put_slice(&rest[..n]);
