@@ -50,7 +50,7 @@ else
 fi
 [[ -x $ARM64_BIN ]] || bail "the arm64 binary $ARM64_BIN is an executable"
 file -b "$ARM64_BIN" >"$WORK/file.txt"
-output_has "file(1): an aarch64 static executable" 'ELF 64-bit LSB (pie )?executable, ARM aarch64.*static(-pie)? linked' \
+output_has "file(1): an aarch64 static executable" 'ELF 64-bit LSB (pie )?executable, ARM aarch64.*(statically|static-pie) linked' \
     "$WORK/file.txt"
 expect_eq "it asks for no dynamic loader" none \
     "$(readelf -lW "$ARM64_BIN" | grep -o 'Requesting program interpreter.*' || echo none)"
@@ -90,8 +90,8 @@ EOF
 check "the image holds /usr/local/bin/portcullis" image_binary || bail "the image's binary is extracted"
 chmod 0755 "$IMAGE_BIN"
 expect_eq "the image's binary is an aarch64 static one too" \
-    "$(file -b "$ARM64_BIN" | grep -oE 'ARM aarch64|static(-pie)? linked' | tr '\n' ' ')" \
-    "$(file -b "$IMAGE_BIN" | grep -oE 'ARM aarch64|static(-pie)? linked' | tr '\n' ' ')"
+    "$(file -b "$ARM64_BIN" | grep -oE 'ARM aarch64|(statically|static-pie) linked' | tr '\n' ' ')" \
+    "$(file -b "$IMAGE_BIN" | grep -oE 'ARM aarch64|(statically|static-pie) linked' | tr '\n' ' ')"
 
 if [[ -r /proc/sys/fs/binfmt_misc/qemu-aarch64 ]] && grep -qx enabled /proc/sys/fs/binfmt_misc/qemu-aarch64; then
     expect_eq "binfmt_misc runs the arm64 image: portcullis --version" "portcullis $VERSION" \
