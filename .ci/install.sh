@@ -15,13 +15,17 @@ packages=(
     ca-certificates python3 python3-venv curl openssl apache2-utils
     # The example policies in C (examples/policies/install-toolchains.sh).
     clang-19 lld-19 wasi-libc libclang-rt-19-dev-wasm32
-    # deploy/install-tools.sh: systemd-analyze, and musl for the static binary.
-    systemd musl-tools
+    # deploy/install-tools.sh: systemd-analyze, and musl for the static binary;
+    # for the arm64 one, cross-built with Zig, its strip, and qemu-aarch64-static
+    # to run it in tests/e2e/test_arm64.sh.
+    systemd musl-tools qemu-user-static binutils-aarch64-linux-gnu file
 )
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
 # The scripts below find their packages installed and go straight to PyPI and npm.
 bash examples/policies/install-toolchains.sh
-bash deploy/install-tools.sh --no-rust
+# --arm64: ziglang 0.17.0 and cargo-zigbuild 0.24.0 from PyPI (pinned there);
+# .ci/run's rustup stage adds the aarch64-unknown-linux-musl target.
+bash deploy/install-tools.sh --no-rust --arm64
 bash tests/moto.sh install
 bash tests/oidc.sh install

@@ -100,8 +100,19 @@ else
     stage "build: static binary (release, musl)" build_static
     STATIC_BIN=$(tail -n 1 "$GARAGE_DIR/static-bin")
 fi
+# The arm64 one, cross-built with cargo-zigbuild (tests/e2e/test_arm64.sh runs
+# it under qemu-aarch64-static and joins both images into a multi-arch index).
+# Same target directory: the build scripts and proc macros of the x86_64
+# build above can be reused (host units: same profile, flags and features).
+build_arm64() { bash deploy/container/build.sh --arch arm64 --binary-only >"$GARAGE_DIR/arm64-bin"; }
+if [[ -n ${PORTCULLIS_ARM64_BIN:-} ]]; then
+    ARM64_BIN=$PORTCULLIS_ARM64_BIN
+else
+    stage "build: static binary (release, musl, aarch64 cross-built)" build_arm64
+    ARM64_BIN=$(tail -n 1 "$GARAGE_DIR/arm64-bin")
+fi
 stage "e2e (filesystem)" env PORTCULLIS_BIN="$TEST_BIN" PORTCULLIS_STATIC_BIN="$STATIC_BIN" \
-    bash tests/e2e/run.sh
+    PORTCULLIS_ARM64_BIN="$ARM64_BIN" bash tests/e2e/run.sh
 # docker push and pull against a registry whose content is in the Garage, and
 # Distribution's S3 driver and portcullis reading each other's keys there.
 stage "e2e (S3: docker, Distribution)" env PORTCULLIS_BIN="$TEST_BIN" E2E_STORAGE=s3 \

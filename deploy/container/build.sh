@@ -5,11 +5,18 @@
 #
 #   deploy/container/build.sh                         # image portcullis:<version> for x86_64
 #   deploy/container/build.sh --tag cr.lan/portcullis:1 --save portcullis.tar
-#   deploy/container/build.sh --target aarch64-unknown-linux-musl   # see deploy/README.md (untested)
+#   deploy/container/build.sh --arch arm64            # image for linux/arm64 (Raspberry Pi), cross-built
 #   deploy/container/build.sh --binary-only           # only the static binary; prints its path
 #
+# --arch amd64|arm64 is short for --target x86_64-/aarch64-unknown-linux-musl.
+# A target of another CPU than the build machine's is cross-compiled with
+# `cargo zigbuild` (Zig as the C compiler and linker of ring and aws-lc-sys).
+#
 # Needs, on Debian 12: musl-tools and `rustup target add x86_64-unknown-linux-musl
-# wasm32-wasip2`; docker (or podman: CONTAINER_ENGINE=podman).
+# wasm32-wasip2`; docker (or podman: CONTAINER_ENGINE=podman). For arm64 from
+# x86_64: cargo-zigbuild and zig (PyPI cargo-zigbuild and ziglang), `rustup target
+# add aarch64-unknown-linux-musl`, and binutils-aarch64-linux-gnu for the strip
+# (deploy/install-tools.sh installs all of it).
 #
 # Environment:
 #   PORTCULLIS_STATIC_BIN  use this static binary instead of running cargo
@@ -30,6 +37,13 @@ while [[ $# -gt 0 ]]; do
     case $1 in
         --tag) TAG=$2; shift 2 ;;
         --target) TARGET=$2; shift 2 ;;
+        --arch)
+            case $2 in
+                amd64 | x86_64) TARGET=x86_64-unknown-linux-musl ;;
+                arm64 | aarch64) TARGET=aarch64-unknown-linux-musl ;;
+                *) echo "build.sh: --arch is amd64 or arm64, not $2" >&2; exit 2 ;;
+            esac
+            shift 2 ;;
         --save) SAVE=$2; shift 2 ;;
         --binary-only) BINARY_ONLY=1; shift ;;
         -h | --help) usage ;;
@@ -51,13 +65,21 @@ if [[ -n ${PORTCULLIS_STATIC_BIN:-} ]]; then
     log "using $BIN"
 else
     started=$SECONDS
-    log "cargo build --release --target $TARGET"
+    # The same CPU: cargo, with musl-gcc for the C parts. Another CPU: Debian
+    # packages no musl C cross compiler, so Zig compiles and links them.
+    cargo=(cargo build)
+    if [[ ${TARGET%%-*} != $(uname -m) ]]; then
+        command -v cargo-zigbuild >/dev/null 2>&1 ||
+            { log "cross-building $TARGET needs cargo-zigbuild and zig (bash deploy/install-tools.sh)"; exit 1; }
+        cargo=(cargo zigbuild)
+    fi
+    log "${cargo[*]} --release --target $TARGET"
     # build.rs builds the bundled policies for wasm32-wasip2 with a nested cargo
     # of its own; --target here applies to the registry binary only.
     # The image gets no debug sections: do not make them (less to link, and
     # less disk), unless the caller asks with CARGO_PROFILE_RELEASE_DEBUG.
     (cd "$REPO" && CARGO_PROFILE_RELEASE_DEBUG=${CARGO_PROFILE_RELEASE_DEBUG:-false} \
-        cargo build --release --locked --target "$TARGET" --bin portcullis)
+        "${cargo[@]}" --release --locked --target "$TARGET" --bin portcullis)
     BIN=${CARGO_TARGET_DIR:-$REPO/target}/$TARGET/release/portcullis
     log "static binary built in $((SECONDS - started))s: $BIN"
 fi

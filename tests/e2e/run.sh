@@ -8,6 +8,8 @@
 #   bash tests/e2e/run.sh tls             # only test_tls.sh: docker login/push/pull over TLS
 #   bash tests/e2e/run.sh identity        # only test_identity.sh: accounts, robot and OIDC tokens
 #                                         # with docker, podman, skopeo and containerd's ctr
+#   bash tests/e2e/run.sh arm64           # only test_arm64.sh: the aarch64 binary and image, run
+#                                         # under qemu-aarch64-static; the multi-arch index
 #
 # Needs root (dockerd and rootful podman) and, on Debian 12, these packages:
 #
@@ -16,7 +18,9 @@
 # the identity test's OpenID provider needs nodejs and npm, and its package
 # installed once (`bash tests/oidc.sh install`, which uses the network);
 # and, for the container test's static binary, musl-tools and
-# `rustup target add x86_64-unknown-linux-musl` (deploy/install-tools.sh does both).
+# `rustup target add x86_64-unknown-linux-musl` (deploy/install-tools.sh does both);
+# for the arm64 test, qemu-user-static, and to cross-build its binary cargo-zigbuild,
+# zig and `rustup target add aarch64-unknown-linux-musl` (deploy/install-tools.sh).
 #
 # docker.io brings dockerd, containerd and runc; docker-registry is CNCF
 # Distribution 2.8 (registry:2); podman pulls in conmon and
@@ -31,6 +35,8 @@
 #   PORTCULLIS_BIN             binary to test (default: `cargo build`, then target/debug/portcullis)
 #   PORTCULLIS_STATIC_BIN      static binary for the container test's image (default: it runs
 #                              deploy/container/build.sh, a release musl build)
+#   PORTCULLIS_ARM64_BIN       aarch64 static binary for the arm64 test (default: it runs
+#                              deploy/container/build.sh --arch arm64 --binary-only)
 #   E2E_SKIP                   test names to skip, e.g. "podman"; each counts as neither passed nor failed
 #   E2E_KEEP=1                 keep the scratch directory (logs, storage) for a look afterwards
 #   E2E_DOCKER_STORAGE_DRIVER  dockerd's storage driver (default vfs: slow, but works everywhere)
@@ -66,8 +72,12 @@ E2E_STATIC_BIN=
 if [[ -n ${PORTCULLIS_STATIC_BIN:-} ]]; then
     E2E_STATIC_BIN=$(cd "$(dirname "$PORTCULLIS_STATIC_BIN")" && pwd)/$(basename "$PORTCULLIS_STATIC_BIN")
 fi
+E2E_ARM64_BIN=
+if [[ -n ${PORTCULLIS_ARM64_BIN:-} ]]; then
+    E2E_ARM64_BIN=$(cd "$(dirname "$PORTCULLIS_ARM64_BIN")" && pwd)/$(basename "$PORTCULLIS_ARM64_BIN")
+fi
 # The server reads every PORTCULLIS_* variable as configuration; these are the runner's.
-unset PORTCULLIS_BIN PORTCULLIS_STATIC_BIN
+unset PORTCULLIS_BIN PORTCULLIS_STATIC_BIN PORTCULLIS_ARM64_BIN
 case ${E2E_STORAGE:=filesystem} in
 filesystem) ;;
 s3)
@@ -104,7 +114,7 @@ cleanup() {
 }
 stage_at_exit cleanup
 trap 'exit 130' INT TERM
-export E2E_TMP E2E_PORTCULLIS_BIN E2E_STATIC_BIN E2E_STORAGE
+export E2E_TMP E2E_PORTCULLIS_BIN E2E_STATIC_BIN E2E_ARM64_BIN E2E_STORAGE
 
 selected=("$@")
 passed=0
