@@ -605,17 +605,26 @@ fn write(path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsError> {
         path: path.to_owned(),
         source,
     };
-    let staged = path.with_extension("tmp");
+    // A name of its own, made new (never an existing file or a symlink
+    // someone left there, whose mode or owner would be theirs).
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{}.tmp", uuid::Uuid::new_v4().simple()));
+    let staged = path.with_file_name(name);
     let mut file = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
         .mode(mode)
         .open(&staged)
         .map_err(err)?;
-    file.write_all(contents).map_err(err)?;
-    file.sync_all().map_err(err)?;
-    std::fs::rename(&staged, path).map_err(err)
+    let written = file
+        .write_all(contents)
+        .and_then(|()| file.sync_all())
+        .and_then(|()| std::fs::rename(&staged, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&staged);
+    }
+    written.map_err(err)
 }
 
 #[cfg(test)]

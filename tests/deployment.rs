@@ -69,22 +69,9 @@ async fn tls_from_tls_generate_serves_https_and_picks_up_a_new_certificate() {
     assert_eq!(response.version(), reqwest::Version::HTTP_2);
 
     // /metrics has the served certificate's notAfter.
-    let expiry = |metrics: &str| {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("portcullis_tls_certificate_expiry_timestamp_seconds "))
-            .map(str::to_owned)
-    };
-    let metrics = a
-        .get(format!("https://a.registry.test:{}/metrics", addr.port()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let (expiry, metrics) = served_expiry(&a, addr.port()).await;
     assert_eq!(
-        expiry(&metrics),
+        expiry,
         Some(generated.not_after.unix_timestamp().to_string()),
         "{metrics}"
     );
@@ -121,16 +108,9 @@ async fn tls_from_tls_generate_serves_https_and_picks_up_a_new_certificate() {
     }
 
     // The gauge follows the reload: the renewed certificate's end, 30 days on.
-    let metrics = a
-        .get(format!("https://a.registry.test:{}/metrics", addr.port()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let (expiry, metrics) = served_expiry(&a, addr.port()).await;
     assert_eq!(
-        expiry(&metrics),
+        expiry,
         Some(renewed.not_after.unix_timestamp().to_string()),
         "{metrics}"
     );
@@ -865,4 +845,22 @@ fn the_server_log_warns_30_days_before_the_certificate_ends() {
         fields["message"].as_str().unwrap().contains("has expired"),
         "{fields}"
     );
+}
+
+/// The served certificate's notAfter as /metrics of `a.registry.test` has
+/// it, and the whole text (for messages).
+async fn served_expiry(client: &reqwest::Client, port: u16) -> (Option<String>, String) {
+    let metrics = client
+        .get(format!("https://a.registry.test:{port}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let expiry = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("portcullis_tls_certificate_expiry_timestamp_seconds "))
+        .map(str::to_owned);
+    (expiry, metrics)
 }

@@ -444,6 +444,15 @@ async fn an_index_goes_with_its_own_children_and_referrers_but_not_with_shared_o
     registry
         .push_image("multi", &signature.digest, &signature)
         .await;
+    // A signature of the shared child: it stays with the child the new index
+    // keeps, though retention reaches it through the old one.
+    let shared_signature = Image::with_fields(json!({
+        "artifactType": "application/vnd.dev.cosign.artifact.sig.v1+json",
+        "subject": shared.descriptor(),
+    }));
+    registry
+        .push_image("multi", &shared_signature.digest, &shared_signature)
+        .await;
     // Pushed by digest before the run, referenced by nothing: not retention's.
     let loose = Image::random();
     registry.push_image("multi", &loose.digest, &loose).await;
@@ -476,6 +485,7 @@ async fn an_index_goes_with_its_own_children_and_referrers_but_not_with_shared_o
         (&arm.digest, StatusCode::NOT_FOUND),
         (&signature.digest, StatusCode::NOT_FOUND),
         (&shared.digest, StatusCode::OK),
+        (&shared_signature.digest, StatusCode::OK),
         (&loose.digest, StatusCode::OK),
     ] {
         assert_eq!(

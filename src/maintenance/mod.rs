@@ -292,13 +292,19 @@ impl Maintenance {
             return std::future::pending().await;
         };
         let ttl = self.settings.lease_ttl;
+        let mut renewed = Instant::now();
         loop {
             tokio::time::sleep(ttl / 3).await;
             match s3.renew_lease(ticket, ttl).await {
-                Ok(true) => {}
+                Ok(true) => renewed = Instant::now(),
                 Ok(false) => return,
-                // Unreachable for now: the next renewal may still make it
-                // (the lease holds for two more thirds).
+                // Unreachable for now: the next renewal may still make it,
+                // unless the lease would lapse before then (another replica
+                // may take it once it has): the run stops first.
+                Err(e) if renewed.elapsed() + ttl / 3 >= ttl => {
+                    tracing::warn!(error = %e, "cannot renew the gc lease before it lapses; stopping the run");
+                    return;
+                }
                 Err(e) => tracing::warn!(error = %e, "cannot renew the gc lease; retrying"),
             }
         }

@@ -228,6 +228,9 @@ pub enum ManifestOutcome {
     },
     /// Tagged again (a push) after it was planned: kept.
     Changed,
+    /// Reached only through a manifest that stayed (refused, or tagged
+    /// again): what that manifest needs stays with it.
+    KeptWithParent,
 }
 
 #[derive(Debug, Clone)]
@@ -305,6 +308,7 @@ impl RetentionReport {
                         format!("refused by policy {policy} ({reason})")
                     }
                     ManifestOutcome::Changed => "tagged again meanwhile, kept".to_owned(),
+                    ManifestOutcome::KeptWithParent => "kept: what it belongs to stayed".to_owned(),
                 };
                 out.push_str(&format!("  manifest {} ({}): {what}\n", m.digest, m.why));
             }
@@ -473,16 +477,27 @@ impl Retention<'_> {
             .map(|d| (d.clone(), "untagged".to_owned()))
             .collect();
         let mut children_of: HashMap<Digest, Vec<Digest>> = HashMap::new();
+        // Every manifest each one was reached through: it goes only if all
+        // of them went.
+        let mut reached_from: HashMap<Digest, Vec<Digest>> = HashMap::new();
         while let Some((digest, why)) = queue.pop_front() {
             if tagged.contains(&digest) || !reached.insert(digest.clone()) {
                 continue;
             }
             let children = self.children(repository, &digest).await?;
             for child in &children {
+                reached_from
+                    .entry(child.clone())
+                    .or_default()
+                    .push(digest.clone());
                 queue.push_back((child.clone(), format!("child of {digest}")));
             }
             children_of.insert(digest.clone(), children);
             for referrer in self.storage.list_referrers(repository, &digest).await? {
+                reached_from
+                    .entry(referrer.digest.clone())
+                    .or_default()
+                    .push(digest.clone());
                 queue.push_back((referrer.digest, format!("referrer of {digest}")));
             }
             order.push((digest, why));
@@ -506,13 +521,33 @@ impl Retention<'_> {
                 None => self.children(repository, &digest).await?,
             };
             pending.extend(children);
+            // A kept manifest keeps its signatures, SBOMs and attestations.
+            for referrer in self.storage.list_referrers(repository, &digest).await? {
+                pending.push(referrer.digest);
+            }
         }
         let mut results = Vec::new();
+        // Parents come before what they reach (breadth first): whether each
+        // went is known when its children's turn comes.
+        let mut gone: HashSet<Digest> = HashSet::new();
         for (digest, why) in order {
             if kept.contains(&digest) {
                 continue;
             }
-            let outcome = self.drop_manifest(repository, &digest).await?;
+            let parent_stayed = reached_from
+                .get(&digest)
+                .is_some_and(|parents| parents.iter().any(|p| !gone.contains(p)));
+            let outcome = if parent_stayed {
+                ManifestOutcome::KeptWithParent
+            } else {
+                self.drop_manifest(repository, &digest).await?
+            };
+            if matches!(
+                outcome,
+                ManifestOutcome::Deleted | ManifestOutcome::WouldDelete
+            ) {
+                gone.insert(digest.clone());
+            }
             results.push(ManifestResult {
                 digest,
                 why,

@@ -478,6 +478,11 @@ impl FsStorage {
         let tag_locks = std::sync::Arc::clone(&self.tag_locks);
         self.blocking(move |root| {
             let digest = manifest_digest(&reference, &bytes)?;
+            // No delete of a manifest of this repository runs from the check
+            // of what this one references to its last link
+            // (`delete_manifest`): a child checked here cannot go before the
+            // push is acknowledged.
+            let _repository_guard = tag_locks.share_repository(&name);
             for blob in manifest.referenced_blobs().filter(|_| verify_references) {
                 let linked = read_link(root, &paths::layer_link(&name, &blob.digest))?;
                 if linked.as_ref() != Some(&blob.digest)
@@ -502,9 +507,6 @@ impl FsStorage {
                 links.push(paths::tag_index_link(&name, tag, &digest));
                 links.push(paths::tag_current_link(&name, tag));
             }
-            // No delete of a manifest of this repository runs while the links
-            // are written (`delete_manifest`).
-            let _repository_guard = tag_locks.share_repository(&name);
             // The tag moves only if it still names what the caller checked
             // (the policy's `current-digest`): one writer per tag at a time
             // in this process, which is every writer of this directory.

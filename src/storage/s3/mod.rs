@@ -612,6 +612,10 @@ impl S3Storage {
         expected_tag: Option<Option<Digest>>,
     ) -> Result<Digest> {
         let digest = manifest_digest(reference, &bytes)?;
+        // No delete of a manifest of this repository by this replica runs
+        // from the check of what this one references to its last link: a
+        // child checked here cannot go before the push is acknowledged.
+        let _repository_guard = self.repository_lock(name).read().await;
         if verify_references {
             let blobs = manifest.referenced_blobs().map(|blob| async move {
                 let linked = self
@@ -658,7 +662,6 @@ impl S3Storage {
             }
             Reference::Digest(_) => None,
         };
-        let _repository_guard = self.repository_lock(name).read().await;
         for link in &links {
             self.write_link(link, &digest).await?;
         }
