@@ -60,7 +60,9 @@ fi
 build_start=$SECONDS
 cargo fuzz build "${opts[@]}"
 echo "fuzz: build took $((SECONDS - build_start)) s"
-bin_dir=target
+# cargo honours CARGO_TARGET_DIR (unless --target-dir is given, as with a
+# sanitizer): the binaries are where it put them.
+bin_dir=${CARGO_TARGET_DIR:-target}
 [ "$sanitizer" != none ] && bin_dir="target/$sanitizer"
 bin_dir="$bin_dir/$(rustc -vV | sed -n 's/^host: //p')/release"
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_odr_violation=0}
