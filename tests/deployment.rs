@@ -289,6 +289,20 @@ fn tokio_stream_from(
 // ------------------------------------------------------------------ tls generate, as an operator runs it
 
 /// `portcullis <args>` with a clean `PORTCULLIS_*` environment.
+/// `portcullis tls generate --host r.lan --out OUT --days DAYS`.
+fn tls_generate(out: &Path, days: &str) -> std::process::Output {
+    portcullis(&[
+        "tls",
+        "generate",
+        "--host",
+        "r.lan",
+        "--out",
+        out.to_str().unwrap(),
+        "--days",
+        days,
+    ])
+}
+
 fn portcullis(args: &[&str]) -> std::process::Output {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"));
     for (key, _) in std::env::vars() {
@@ -620,18 +634,7 @@ fn write_ca(dir: &Path, ends: time::Duration) {
 #[test]
 fn tls_generate_keeps_its_ca_and_never_outlives_it() {
     let dir = tempfile::tempdir().unwrap();
-    let generate = |out: &Path, days: &str| {
-        portcullis(&[
-            "tls",
-            "generate",
-            "--host",
-            "r.lan",
-            "--out",
-            out.to_str().unwrap(),
-            "--days",
-            days,
-        ])
-    };
+    let generate = |out: &Path, days: &str| tls_generate(out, days);
 
     // A CA with 20 days left: the certificate ends with it, and says so.
     let short = dir.path().join("short");
@@ -785,16 +788,7 @@ fn expiry_line(log: &[serde_json::Value]) -> (String, serde_json::Value) {
 fn the_server_log_warns_30_days_before_the_certificate_ends() {
     let dir = tempfile::tempdir().unwrap();
     let generate = |out: &Path, days: &str| {
-        let run = portcullis(&[
-            "tls",
-            "generate",
-            "--host",
-            "r.lan",
-            "--out",
-            out.to_str().unwrap(),
-            "--days",
-            days,
-        ]);
+        let run = tls_generate(out, days);
         assert!(run.status.success(), "{}", text(&run.stderr));
     };
 
