@@ -94,15 +94,9 @@ async fn gc_removes_orphan_blobs_and_abandoned_uploads_but_keeps_images() {
 
     let orphan = random_bytes(7_777);
     let orphan_digest = registry.push_blob("app/server", &orphan).await;
-    let session = registry.start_upload("app/server").await;
-    let patch = registry
-        .http
-        .patch(&session)
-        .body(vec![0u8; 100])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(patch.status(), StatusCode::ACCEPTED);
+    let session = registry
+        .start_upload_with("app/server", vec![0u8; 100])
+        .await;
     let upload_id = session.rsplit('/').next().unwrap().to_owned();
     let upload_dir = registry
         .root()

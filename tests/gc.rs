@@ -106,15 +106,9 @@ async fn gc_reports_what_it_keeps_because_it_is_younger_than_upload_max_age() {
     let registry = TestRegistry::start().await;
     // An upload in progress (100 bytes so far) and a blob pushed for a
     // manifest that has not come yet, both in a repository of their own.
-    let session = registry.start_upload("young/app").await;
-    let patch = registry
-        .http
-        .patch(&session)
-        .body(vec![7u8; 100])
-        .send()
-        .await
-        .expect("PATCH reaches the registry");
-    assert_eq!(patch.status(), StatusCode::ACCEPTED);
+    let session = registry
+        .start_upload_with("young/app", vec![7u8; 100])
+        .await;
     let upload_id = session
         .rsplit('/')
         .next()
@@ -284,15 +278,7 @@ async fn uploads_racing_gc_on_an_emptied_repository_all_succeed() {
         tokio::spawn(async move {
             let mut rounds = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let session = registry.start_upload("race/app").await;
-                let patch = registry
-                    .http
-                    .patch(&session)
-                    .body(vec![1u8; 10])
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(patch.status(), StatusCode::ACCEPTED, "PATCH during gc");
+                let session = registry.start_upload_with("race/app", vec![1u8; 10]).await;
                 let cancel = registry.http.delete(&session).send().await.unwrap();
                 assert_eq!(cancel.status(), StatusCode::NO_CONTENT, "DELETE during gc");
                 rounds += 1;

@@ -312,6 +312,21 @@ impl TestRegistry {
         self.location(&response)
     }
 
+    /// Starts an upload in `repository` and sends `data` as its first
+    /// chunk (202); the session's URL, for what the test does next.
+    pub async fn start_upload_with(&self, repository: &str, data: Vec<u8>) -> String {
+        let session = self.start_upload(repository).await;
+        let patch = self
+            .http
+            .patch(&session)
+            .body(data)
+            .send()
+            .await
+            .expect("PATCH reaches the registry");
+        assert_eq!(patch.status(), StatusCode::ACCEPTED, "PATCH {session}");
+        session
+    }
+
     /// Sends a manifest with its media type as `Content-Type`.
     pub async fn put_manifest(
         &self,
