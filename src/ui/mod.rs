@@ -79,7 +79,9 @@ pub fn router(app: &SharedState) -> Option<Router> {
         .route("/ui/tokens/{id}/revoke", post(tokens::revoke))
         .route("/ui/storage", get(glance::page_route))
         .route("/ui/static/style.css", get(layout::stylesheet))
-        .fallback(not_found_page)
+        // The API's router keeps the one fallback (/v2/...): unknown pages
+        // under /ui/ are answered here.
+        .route("/ui/{*rest}", axum::routing::any(not_found_page))
         .layer(axum::middleware::from_fn(secure_headers))
         .with_state(state);
     Some(routes)
