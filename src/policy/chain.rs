@@ -343,8 +343,15 @@ impl PolicyChain {
         }
         let request = access.to_wit(identity, client);
         let final_stage = stage != Stage::WithoutFacts;
-        self.decide_with(&request, access.action, metrics, &in_stage, final_stage)
-            .await
+        self.decide_with(
+            &request,
+            access.action,
+            metrics,
+            &in_stage,
+            final_stage,
+            true,
+        )
+        .await
     }
 
     /// Decides a request as the contract shows it (`policy replay`, audit
@@ -356,8 +363,29 @@ impl PolicyChain {
         action: Action,
         metrics: &Metrics,
     ) -> Verdict {
-        self.decide_with(request, action, metrics, &|_| true, true)
+        self.decide_with(request, action, metrics, &|_| true, true, true)
             .await
+    }
+
+    /// Whether the whole chain allows `access`, decided as [`Self::evaluate`]
+    /// does but not recorded in the decision log: a web page deciding which
+    /// names it may show is not a request, and its refusals (one per name
+    /// it leaves out) would both flood the log and name, on the viewer's own
+    /// "your refusals" page, every repository kept from them.
+    pub async fn permits(
+        &self,
+        access: &Access,
+        identity: &Identity,
+        client: IpAddr,
+        metrics: &Metrics,
+    ) -> bool {
+        if !self.policies.iter().any(|p| p.applies(access)) {
+            return true;
+        }
+        let request = access.to_wit(identity, client);
+        self.decide_with(&request, access.action, metrics, &|_| true, true, false)
+            .await
+            == Verdict::Allow
     }
 
     async fn decide_with(
@@ -367,6 +395,7 @@ impl PolicyChain {
         metrics: &Metrics,
         in_stage: &(dyn Fn(&Scoped) -> bool + Sync),
         final_stage: bool,
+        record: bool,
     ) -> Verdict {
         let started = Instant::now();
         let mut audited = Vec::new();
@@ -406,7 +435,7 @@ impl PolicyChain {
                 }
             }
         }
-        if let Some(log) = self.engine.decisions() {
+        if let Some(log) = self.engine.decisions().filter(|_| record) {
             let decided = final_stage || verdict != Verdict::Allow || !audited.is_empty();
             if decided && log.wants(&verdict, !audited.is_empty()) {
                 log.record(Decision::new(
@@ -576,4 +605,82 @@ fn load_one(
     )
     .map_err(engine_error)?;
     Ok((runtime, digest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DecisionLogConfig;
+    use crate::policy::decisions::DecisionLog;
+    use crate::policy::request::Resource;
+    use crate::reference::RepositoryName;
+
+    /// A chain that lets everyone pull `public/**` only, recording denials
+    /// in a ring of 100.
+    async fn public_only() -> (PolicyChain, Arc<DecisionLog>) {
+        let mut config = Config::default();
+        config.policy.chain = vec![PolicyEntry {
+            name: "public-only".into(),
+            module: "builtin:repo-allowlist".into(),
+            settings: serde_json::json!({ "pull": ["public/**"] }),
+            actions: None,
+            repositories: None,
+            mode: PolicyMode::Enforce,
+        }];
+        let log = Arc::new(
+            DecisionLog::open(&DecisionLogConfig {
+                ring: 100,
+                ..config.policy.decision_log.clone()
+            })
+            .unwrap(),
+        );
+        let engine = PolicyEngine::new(None).unwrap();
+        engine.attach_decision_log(Arc::clone(&log));
+        let engine = Arc::new(engine);
+        let chain = tokio::task::spawn_blocking(move || PolicyChain::load(engine, &config))
+            .await
+            .unwrap()
+            .unwrap();
+        (chain, log)
+    }
+
+    #[tokio::test]
+    async fn permits_decides_like_evaluate_and_records_nothing() {
+        let (chain, log) = public_only().await;
+        let metrics = Metrics::new();
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        let alice = Identity {
+            subject: Some("alice".into()),
+            groups: Vec::new(),
+        };
+        let pull = |name: &str| {
+            Access::new(
+                Action::Pull,
+                Resource::Manifest,
+                RepositoryName::parse(name).unwrap(),
+            )
+        };
+        assert!(
+            chain
+                .permits(&pull("public/app"), &alice, ip, &metrics)
+                .await
+        );
+        assert!(
+            !chain
+                .permits(&pull("secret/plans"), &alice, ip, &metrics)
+                .await
+        );
+        assert!(
+            log.recent(100, |_| true).is_empty(),
+            "a page's filtering is not a decision to record"
+        );
+        // A request proper is still recorded.
+        let verdict = chain
+            .evaluate(&pull("secret/plans"), &alice, ip, &metrics)
+            .await;
+        assert!(matches!(verdict, Verdict::Deny { .. }));
+        let recorded = log.recent(100, |_| true);
+        assert_eq!(recorded.len(), 1);
+        assert_eq!(recorded[0].request.repository, "secret/plans");
+    }
 }

@@ -12,7 +12,7 @@ use super::layout::{self, short_digest};
 use super::{page, see_other, signin_to, UiState, Viewer};
 use crate::api::Query;
 use crate::policy::decisions::Decision;
-use crate::policy::request::JsonReference;
+use crate::policy::request::{JsonReference, Resource};
 
 /// The most decisions a page shows.
 const SHOWN: usize = 200;
@@ -67,8 +67,15 @@ fn outcome(d: &Decision) -> &str {
     }
 }
 
-fn is_refusal(d: &Decision) -> bool {
+/// A refusal of a request `me` made, as a non-admin sees it. Not the
+/// catalog's: `/v2/_catalog` decides each repository in the store for the
+/// caller (leaving out what they may not list), so its refusals would name
+/// on this page every repository kept from them.
+fn own_refusal(d: &Decision, me: Option<&str>) -> bool {
     d.judgement.outcome != "allow"
+        && d.request.resource != Resource::Catalog
+        && me.is_some()
+        && d.request.identity.subject.as_deref() == me
 }
 
 fn action(d: &Decision) -> String {
@@ -94,8 +101,8 @@ pub async fn page_handler(state: &UiState, viewer: &Viewer, query: &Query) -> Re
     let decisions: Vec<_> = match &log {
         Some(log) if admin => log.recent(SHOWN, |d| filters.keeps(d)),
         Some(log) => {
-            let me = viewer.identity.subject.clone();
-            log.recent(SHOWN, |d| is_refusal(d) && d.request.identity.subject == me)
+            let me = viewer.identity.subject.as_deref();
+            log.recent(SHOWN, |d| own_refusal(d, me))
         }
         None => Vec::new(),
     };
@@ -207,4 +214,52 @@ pub async fn page_route(State(state): State<UiState>, request: Request) -> Respo
     }
     let query = Query::parse(parts.uri.query());
     page_handler(&state, &viewer, &query).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decision(
+        outcome: &str,
+        resource: &str,
+        repository: &str,
+        subject: Option<&str>,
+    ) -> Decision {
+        serde_json::from_value(serde_json::json!({
+            "time": "2026-12-06T17:00:00Z",
+            "outcome": outcome,
+            "policy": "p",
+            "micros": 1,
+            "request": {
+                "action": if resource == "catalog" { "list" } else { "pull" },
+                "resource": resource,
+                "repository": repository,
+                "identity": { "subject": subject, "groups": [] },
+            },
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_user_sees_their_own_refusals_not_the_catalogs() {
+        let me = Some("alice");
+        assert!(own_refusal(&decision("deny", "manifest", "app", me), me));
+        assert!(own_refusal(&decision("failed", "blob", "app", me), me));
+        // The catalog's per-repository refusals would name hidden repositories.
+        assert!(!own_refusal(
+            &decision("deny", "catalog", "secret/plans", me),
+            me
+        ));
+        assert!(!own_refusal(&decision("allow", "manifest", "app", me), me));
+        assert!(!own_refusal(
+            &decision("deny", "manifest", "app", Some("bob")),
+            me
+        ));
+        assert!(!own_refusal(&decision("deny", "manifest", "app", None), me));
+        assert!(!own_refusal(
+            &decision("deny", "manifest", "app", None),
+            None
+        ));
+    }
 }
