@@ -192,6 +192,7 @@ pub async fn page_route(State(state): State<UiState>, request: Request) -> Respo
     if !viewer.signed_in() {
         return see_other(&viewer, &signin_to("/ui/storage"));
     }
+    let admin = viewer.is_admin(&state);
     let snapshot = state.ui.glance.snapshot();
     if snapshot.computed.is_none() {
         state.ui.glance.kick.notify_one();
@@ -214,8 +215,12 @@ pub async fn page_route(State(state): State<UiState>, request: Request) -> Respo
             None => p.notice #computed-at { "Being computed in the background: reload in a moment." },
             Some(at) => p.muted #computed-at { "Computed " (layout::system_time(at)) " in " (format!("{:.1}", snapshot.took.as_secs_f64())) " s; recomputed every " (humantime::format_duration(every(&state.app.storage))) "." },
         }
-        @if let Some(e) = &snapshot.error { p.error { "Part of it could not be computed: " (e) } }
-        @if viewer.is_admin(&state) {
+        // The store's own words (paths, a repository's name) are for admins.
+        @if let Some(e) = &snapshot.error {
+            @if admin { p.error { "Part of it could not be computed: " (e) } }
+            @else { p.error { "Part of it could not be computed; an admin sees why here." } }
+        }
+        @if admin {
             form #refresh-storage method="post" action="/ui/storage/refresh" {
                 input type="hidden" name="csrf" value=(viewer.csrf());
                 button type="submit" { "Compute again" }
