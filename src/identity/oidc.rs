@@ -61,7 +61,16 @@ pub struct Issuer {
     keys: ArcSwap<Vec<PublicJwk>>,
     last_fetch: Mutex<Option<Instant>>,
     fetching: tokio::sync::Mutex<()>,
+    /// The web UI's endpoints as last read (one reader at a time), or why
+    /// they could not be: a sign-in page anyone may open asks for them.
+    endpoints: tokio::sync::Mutex<Option<(Instant, Result<Endpoints, String>)>>,
 }
+
+/// How long the endpoints read from the discovery document are reused, and
+/// how long a failure to read them is (so a flood of sign-in starts, or
+/// forged callbacks, costs the issuer one fetch, not one per request).
+const ENDPOINTS_TTL: Duration = Duration::from_secs(300);
+const ENDPOINTS_RETRY: Duration = Duration::from_secs(10);
 
 impl Issuer {
     fn new(config: OidcConfig) -> Result<Self, IdentityError> {
@@ -100,6 +109,7 @@ impl Issuer {
             keys: ArcSwap::from_pointee(keys),
             last_fetch: Mutex::new(None),
             fetching: tokio::sync::Mutex::new(()),
+            endpoints: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -113,7 +123,31 @@ impl Issuer {
 
     /// The authorization and token endpoints (for the web UI's sign-in),
     /// from the discovery document: https, or http where the issuer is.
+    /// Read at most every [`ENDPOINTS_TTL`] ([`ENDPOINTS_RETRY`] after a
+    /// failure), by one caller at a time.
     pub async fn endpoints(&self) -> Result<Endpoints, OidcError> {
+        let mut cached = self.endpoints.lock().await;
+        if let Some((at, result)) = cached.as_ref() {
+            let ttl = if result.is_ok() {
+                ENDPOINTS_TTL
+            } else {
+                ENDPOINTS_RETRY
+            };
+            if at.elapsed() < ttl {
+                return result.clone().map_err(OidcError::Fetch);
+            }
+        }
+        let result = self.read_endpoints().await;
+        let kept = match &result {
+            Ok(endpoints) => Ok(endpoints.clone()),
+            Err(OidcError::Fetch(why)) => Err(why.clone()),
+            Err(e) => Err(e.to_string()),
+        };
+        *cached = Some((Instant::now(), kept));
+        result
+    }
+
+    async fn read_endpoints(&self) -> Result<Endpoints, OidcError> {
         let base = self.config.issuer.trim_end_matches('/');
         let discovery = self
             .get_json(&format!("{base}/.well-known/openid-configuration"))
@@ -375,5 +409,91 @@ impl Issuers {
         for issuer in self.by_issuer.values() {
             issuer.warm();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A discovery document for the issuer `<server>/idp` served on
+    /// loopback; the second counter counts requests for anything else.
+    async fn provider() -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}/idp", listener.local_addr().unwrap());
+        let (hits, misses) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (counter, missed, issuer) = (Arc::clone(&hits), Arc::clone(&misses), base.clone());
+        let app = axum::Router::new()
+            .route(
+                "/idp/.well-known/openid-configuration",
+                axum::routing::get(move || {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    let issuer = issuer.clone();
+                    async move {
+                        let body = serde_json::json!({
+                            "issuer": issuer,
+                            "authorization_endpoint": format!("{issuer}/authorize"),
+                            "token_endpoint": format!("{issuer}/token"),
+                            "jwks_uri": format!("{issuer}/jwks"),
+                        });
+                        (
+                            [(axum::http::header::CONTENT_TYPE, "application/json")],
+                            body.to_string(),
+                        )
+                    }
+                }),
+            )
+            .fallback(move || {
+                missed.fetch_add(1, Ordering::SeqCst);
+                async { axum::http::StatusCode::NOT_FOUND }
+            });
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (base, hits, misses)
+    }
+
+    fn issuer(url: &str) -> Issuer {
+        Issuer::new(OidcConfig {
+            issuer: url.to_owned(),
+            audience: "portcullis".into(),
+            user_claim: "sub".into(),
+            user_prefix: String::new(),
+            groups_claim: "groups".into(),
+            group_prefix: String::new(),
+            ca_file: None,
+            jwks_file: None,
+            jwks_refetch: Duration::from_secs(60),
+            ui_client_id: Some("portcullis".into()),
+            ui_name: None,
+            ui_client_secret_file: None,
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn endpoints_are_read_once_for_many_sign_ins() {
+        let (url, hits, _) = provider().await;
+        let issuer = issuer(&url);
+        for _ in 0..20 {
+            let endpoints = issuer.endpoints().await.unwrap();
+            assert_eq!(endpoints.authorization, format!("{url}/authorize"));
+            assert_eq!(endpoints.token, format!("{url}/token"));
+        }
+        assert_eq!(hits.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_discovery_document_is_not_asked_for_again_at_once() {
+        let (url, hits, misses) = provider().await;
+        // An issuer whose discovery document is a 404.
+        let missing = issuer(&format!("{url}/elsewhere"));
+        for _ in 0..20 {
+            assert!(matches!(
+                missing.endpoints().await,
+                Err(OidcError::Fetch(_))
+            ));
+        }
+        assert_eq!(misses.load(Ordering::SeqCst), 1);
+        assert_eq!(hits.load(Ordering::SeqCst), 0);
     }
 }
