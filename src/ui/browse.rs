@@ -104,7 +104,9 @@ pub async fn repositories(State(state): State<UiState>, request: Request) -> Res
             input type="search" name="q" value=(search) placeholder="Search repositories" aria-label="Search repositories";
             button type="submit" { "Search" }
         }
-        @if listed.names.is_empty() {
+        @if listed.names.is_empty() && listed.more {
+            p.muted { "No repository to show among the first ones checked." }
+        } @else if listed.names.is_empty() {
             p.muted {
                 @if search.is_empty() { "No repositories to show." } @else { "No repository matches." }
                 @if !viewer.signed_in() { " " a href=(signin_to("/ui/")) { "Sign in" } " to see more." }
@@ -122,7 +124,9 @@ pub async fn repositories(State(state): State<UiState>, request: Request) -> Res
             }
         }
         @if let Some(next) = &next {
-            p.pager { a #next-page href=(next) { "Next page" } }
+            p.pager {
+                a #next-page href=(next) { @if listed.more { "Check more repositories" } @else { "Next page" } }
+            }
         }
     };
     page(

@@ -32,6 +32,8 @@ const MAX_VIEWERS: usize = 256;
 /// come from addresses anyone may type: each is bounded).
 const MAX_DECISIONS: usize = 50_000;
 const MAX_DECISIONS_TOTAL: usize = 200_000;
+/// The most chain evaluations one page of the repository list makes.
+const PAGE_EVALUATIONS: usize = 2_000;
 
 /// Whose decisions these are: who, with which groups, and from where (a
 /// policy may decide by the client's address: what an anonymous caller on
@@ -116,7 +118,10 @@ impl<C> DecisionCache<C> {
     #[cfg(test)]
     fn len(&self) -> usize {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        debug_assert_eq!(inner.1, inner.0.values().map(|d| d.may.len()).sum::<usize>());
+        debug_assert_eq!(
+            inner.1,
+            inner.0.values().map(|d| d.may.len()).sum::<usize>()
+        );
         inner.1
     }
 }
@@ -132,6 +137,8 @@ pub struct NamePage {
     pub names: Vec<String>,
     /// The name to continue after, when more follow.
     pub next: Option<String>,
+    /// The page stopped early (its evaluations spent): `next` continues.
+    pub more: bool,
 }
 
 impl Visible {
@@ -168,13 +175,33 @@ impl Visible {
     /// from it (a pull with no reference yet, so policies that judge a
     /// manifest let it by), from the viewer's recent decisions or the chain.
     pub(crate) async fn may_list(&self, state: &SharedState, viewer: &Viewer, name: &str) -> bool {
+        let mut budget = 1;
+        self.decide(state, viewer, name, &mut budget)
+            .await
+            .unwrap_or(false)
+    }
+
+    /// Whether `viewer` may see `name`, from the cache, or from the chain
+    /// while `budget` lasts (each evaluation spends one); `None` when it
+    /// would take an evaluation and the budget is spent.
+    async fn decide(
+        &self,
+        state: &SharedState,
+        viewer: &Viewer,
+        name: &str,
+        budget: &mut usize,
+    ) -> Option<bool> {
         let key = viewer_key(viewer);
         let chain = state.policies.current();
         if let Some(known) = self.decided.get(&key, &chain, name) {
-            return known;
+            return Some(known);
         }
+        if *budget == 0 {
+            return None;
+        }
+        *budget -= 1;
         let Ok(repository) = RepositoryName::parse(name) else {
-            return false;
+            return Some(false);
         };
         let access = Access::new(Action::Pull, Resource::Manifest, repository);
         // Not recorded in the decision log: this decides what a page shows.
@@ -182,12 +209,16 @@ impl Visible {
             .permits(&access, &viewer.identity, viewer.ip, &state.metrics)
             .await;
         self.decided.put(key, &chain, name, may);
-        may
+        Some(may)
     }
 
     /// Up to `n` names after `after` that contain `query` (case-insensitive)
     /// and that `viewer` may see: the chain decides names in order until the
-    /// page is full, never the whole store.
+    /// page is full, never the whole store: at most [`PAGE_EVALUATIONS`]
+    /// evaluations a page (a viewer who may see few of many repositories,
+    /// or an anonymous one from ever new addresses, costs no more). When
+    /// that stops the page early, `more` says so, and the same address
+    /// continues (the names decided so far are cached).
     pub(crate) async fn page(
         &self,
         state: &SharedState,
@@ -201,9 +232,16 @@ impl Visible {
         let query = query.trim().to_lowercase();
         let mut names = Vec::with_capacity(n);
         let mut next = None;
+        let mut more = false;
+        let mut budget = PAGE_EVALUATIONS;
         for name in all[start..].iter().filter(|name| name.contains(&query)) {
-            if !self.may_list(state, viewer, name).await {
-                continue;
+            match self.decide(state, viewer, name, &mut budget).await {
+                Some(true) => {}
+                Some(false) => continue,
+                None => {
+                    more = true;
+                    break;
+                }
             }
             if names.len() == n {
                 next = names.last().cloned();
@@ -211,7 +249,16 @@ impl Visible {
             }
             names.push(name.clone());
         }
-        Ok(NamePage { names, next })
+        if more {
+            // Never a hidden name as the cursor: the last one shown, or
+            // where this page began.
+            next = names
+                .last()
+                .cloned()
+                .or_else(|| after.map(str::to_owned))
+                .or_else(|| Some(String::new()));
+        }
+        Ok(NamePage { names, next, more })
     }
 }
 
@@ -278,5 +325,128 @@ mod tests {
         let inner = cache.inner.lock().unwrap();
         assert!(inner.0.len() <= MAX_VIEWERS);
         assert!(inner.0.values().all(|d| d.may.len() <= MAX_DECISIONS));
+    }
+
+    /// A registry on a temporary directory with `hidden` repositories the
+    /// chain keeps from everyone and two public ones, and a decision ring.
+    async fn registry(
+        hidden: usize,
+    ) -> (
+        tempfile::TempDir,
+        SharedState,
+        Arc<crate::policy::decisions::DecisionLog>,
+    ) {
+        use crate::config::{Config, PolicyEntry, PolicyMode};
+        use crate::policy::decisions::DecisionLog;
+        use crate::policy::engine::PolicyEngine;
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.storage.root = dir.path().join("store");
+        config.policy.chain = vec![PolicyEntry {
+            name: "public-only".into(),
+            module: "builtin:repo-allowlist".into(),
+            settings: serde_json::json!({ "pull": ["public/**"] }),
+            actions: None,
+            repositories: None,
+            mode: PolicyMode::Enforce,
+        }];
+        config.policy.decision_log.ring = 1000;
+        let storage = Storage::open(&config.storage).await.unwrap();
+        let mut names: Vec<String> = (0..hidden).map(|i| format!("hidden/r{i:05}")).collect();
+        names.extend(["public/app".to_owned(), "public/web".to_owned()]);
+        for name in &names {
+            let path = config
+                .storage
+                .root
+                .join(crate::storage::paths::LAYOUT_ROOT)
+                .join(crate::storage::paths::REPOSITORIES)
+                .join(name)
+                .join("_manifests");
+            std::fs::create_dir_all(path).unwrap();
+        }
+        assert_eq!(
+            storage.list_repositories().await.unwrap().len(),
+            names.len()
+        );
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let log = Arc::new(DecisionLog::open(&config.policy.decision_log).unwrap());
+        let engine = PolicyEngine::new(None).unwrap();
+        engine.attach_decision_log(Arc::clone(&log));
+        let engine = Arc::new(engine);
+        let chain = {
+            let (engine, config) = (Arc::clone(&engine), config.clone());
+            tokio::task::spawn_blocking(move || PolicyChain::load(engine, &config))
+                .await
+                .unwrap()
+                .unwrap()
+        };
+        let state = Arc::new(crate::api::AppState {
+            uploads: crate::api::limits::UploadLimiter::new(&config.limits),
+            auth: Arc::new(crate::identity::Identities::new(&config, storage.clone()).unwrap()),
+            policies: Arc::new(crate::policy::reload::ChainHolder::new(
+                chain,
+                engine,
+                None,
+                Arc::clone(&metrics),
+            )),
+            storage,
+            metrics,
+            proxy: None,
+            facts: Default::default(),
+            trusted_proxies: crate::network::TrustedProxies::new(
+                &config.trusted_proxies,
+                config.forwarded_header,
+            ),
+            config,
+        });
+        (dir, state, log)
+    }
+
+    fn anonymous(ip: &str) -> Viewer {
+        Viewer {
+            identity: crate::identity::Identity::anonymous(),
+            session: None,
+            ip: ip.parse().unwrap(),
+            stale_cookie: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_page_costs_at_most_its_evaluations_and_records_none() {
+        let hidden = PAGE_EVALUATIONS + 500;
+        let (_dir, state, log) = registry(hidden).await;
+        let visible = Visible::new(state.storage.clone());
+        let viewer = anonymous("203.0.113.9");
+        // Every hidden name comes first: the page stops at its budget, shows
+        // nothing, and continues from where it began (no hidden name in the
+        // cursor).
+        let first = visible.page(&state, &viewer, "", None, 50).await.unwrap();
+        assert!(first.names.is_empty());
+        assert!(first.more);
+        assert_eq!(first.next.as_deref(), Some(""));
+        assert_eq!(visible.decided.len(), PAGE_EVALUATIONS);
+        // The same address again: the cached names cost nothing, the rest fit.
+        let second = visible.page(&state, &viewer, "", None, 50).await.unwrap();
+        assert_eq!(second.names, ["public/app", "public/web"]);
+        assert!(!second.more);
+        assert_eq!(second.next, None);
+        assert_eq!(visible.decided.len(), hidden + 2);
+        // From after a shown name, the cursor is that name.
+        let one = visible.page(&state, &viewer, "", None, 1).await.unwrap();
+        assert_eq!(one.names, ["public/app"]);
+        assert_eq!(one.next.as_deref(), Some("public/app"));
+        // Another address is decided afresh (and within the same budget).
+        let elsewhere = anonymous("198.51.100.4");
+        let other = visible
+            .page(&state, &elsewhere, "", None, 50)
+            .await
+            .unwrap();
+        assert!(other.names.is_empty() && other.more);
+        // Deciding what a page shows is not a decision to log: nothing in
+        // the ring names a hidden repository.
+        assert!(log.recent(1000, |_| true).is_empty());
+        assert!(!visible.may_list(&state, &viewer, "hidden/r00000").await);
+        assert!(visible.may_list(&state, &viewer, "public/app").await);
+        assert!(log.recent(1000, |_| true).is_empty());
     }
 }
