@@ -41,6 +41,10 @@ pub struct Ui {
     pub(crate) visible: visible::Visible,
     pub(crate) glance: Arc<Glance>,
     pub(crate) oidc: oidc::Clients,
+    /// Held from counting a user's tokens to storing a new one, so that
+    /// concurrent posts of the form cannot pass the cap together (on this
+    /// replica; each replica adds at most one more).
+    pub(crate) token_creation: tokio::sync::Mutex<()>,
 }
 
 #[derive(Clone)]
@@ -62,6 +66,7 @@ pub fn router(app: &SharedState) -> Option<Router> {
         visible: visible::Visible::new(app.storage.clone()),
         glance,
         oidc: oidc::Clients::from_config(&app.config),
+        token_creation: tokio::sync::Mutex::new(()),
     });
     let state = UiState {
         app: Arc::clone(app),

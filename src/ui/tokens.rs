@@ -154,6 +154,7 @@ pub async fn create(State(state): State<UiState>, request: Request) -> Response 
         .filter(|c| !c.is_control())
         .take(MAX_DESCRIPTION)
         .collect();
+    let creating = state.ui.token_creation.lock().await;
     let existing = match own_tokens(&state, &viewer).await {
         Ok(tokens) => tokens,
         Err(response) => return response,
@@ -190,6 +191,7 @@ pub async fn create(State(state): State<UiState>, request: Request) -> Response 
                 );
             }
         };
+    drop(creating);
     if let Err(e) = state.app.auth.robots().refresh().await {
         tracing::warn!(error = %e, "web UI: cannot re-read the tokens");
     }
