@@ -138,7 +138,7 @@ impl SignedOut {
 
     /// Ends the session `id` (which would expire at `expires`, Unix time).
     pub async fn sign_out(
-        &self,
+        self: &std::sync::Arc<Self>,
         id: &str,
         expires: i64,
     ) -> Result<(), crate::storage::StorageError> {
@@ -159,7 +159,10 @@ impl SignedOut {
             due
         };
         if due {
-            self.prune().await;
+            // In the background: reading every record is no part of this
+            // user's sign-out (on S3, one request per record).
+            let this = std::sync::Arc::clone(self);
+            tokio::spawn(async move { this.prune().await });
         }
         Ok(())
     }
@@ -217,5 +220,38 @@ mod tests {
         assert!(!tokens_match(Some(&a[..10]), &a));
         assert!(!tokens_match(None, &a));
         assert!(!tokens_match(Some(""), ""));
+    }
+
+    #[tokio::test]
+    async fn signing_out_holds_and_prunes_expired_records_in_the_background() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = crate::config::Config::default();
+        config.storage.root = dir.path().join("store");
+        let storage = Storage::open(&config.storage).await.unwrap();
+        let now = crate::identity::jwt::now();
+        storage
+            .put_record(
+                RecordKind::SignedOut,
+                "00stale",
+                Bytes::from(format!("{}\n", now - 10)),
+            )
+            .await
+            .unwrap();
+        let sessions = std::sync::Arc::new(SignedOut::new(storage.clone()));
+        sessions.sign_out("00aa", now + 3600).await.unwrap();
+        assert!(sessions.is_signed_out("00aa").await);
+        assert!(!sessions.is_signed_out("00bb").await);
+        // Another replica (no memory of it) reads the record.
+        let other = SignedOut::new(storage.clone());
+        assert!(other.is_signed_out("00aa").await);
+        let mut left = Vec::new();
+        for _ in 0..100 {
+            left = storage.list_records(RecordKind::SignedOut).await.unwrap();
+            if left.len() == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(left, ["00aa"]);
     }
 }
