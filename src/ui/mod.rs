@@ -123,11 +123,20 @@ impl Viewer {
             return viewer;
         };
         match state.app.auth.session(token, ip).await {
-            Ok(session) if !state.ui.sessions.is_signed_out(&session.id).await => {
-                viewer.identity = session.login.identity.clone();
-                viewer.session = Some(session);
-            }
-            _ => viewer.stale_cookie = true,
+            Ok(session) => match state.ui.sessions.status(&session.id).await {
+                Some(false) => {
+                    viewer.identity = session.login.identity.clone();
+                    viewer.session = Some(session);
+                }
+                Some(true) => viewer.stale_cookie = true,
+                // The store cannot tell now: anonymous for this page (fail
+                // closed), the cookie kept for the next.
+                None => {}
+            },
+            // Too many failed logins from this address (maybe someone
+            // else's behind the same NAT): anonymous for now, still signed in.
+            Err(crate::identity::AuthError::Throttled { .. }) => {}
+            Err(_) => viewer.stale_cookie = true,
         }
         viewer
     }

@@ -114,6 +114,13 @@ impl SignedOut {
     /// Whether the session `id` was signed out (on any replica). A store
     /// that cannot be read counts as signed out: fail closed.
     pub async fn is_signed_out(&self, id: &str) -> bool {
+        self.status(id).await.unwrap_or(true)
+    }
+
+    /// Whether the session `id` was signed out, or `None` when the store
+    /// cannot tell now (the page is then shown as to an anonymous visitor,
+    /// and the cookie kept: a passing store error signs nobody out).
+    pub async fn status(&self, id: &str) -> Option<bool> {
         if let Some((out, at)) = self
             .known
             .lock()
@@ -122,18 +129,18 @@ impl SignedOut {
             .copied()
         {
             if out || at.elapsed() < RECHECK {
-                return out;
+                return Some(out);
             }
         }
         let out = match self.storage.get_record(RecordKind::SignedOut, id).await {
             Ok(found) => found.is_some(),
             Err(e) => {
-                tracing::warn!(error = %e, "cannot read the signed-out sessions; treating the session as ended");
-                return true;
+                tracing::warn!(error = %e, "cannot read the signed-out sessions; the page is shown as to an anonymous visitor");
+                return None;
             }
         };
         self.remember(id, out);
-        out
+        Some(out)
     }
 
     /// Ends the session `id` (which would expire at `expires`, Unix time).
@@ -253,5 +260,42 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert_eq!(left, ["00aa"]);
+    }
+
+    #[tokio::test]
+    async fn a_store_that_cannot_tell_is_not_a_sign_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = crate::config::Config::default();
+        config.storage.root = dir.path().join("store");
+        let storage = Storage::open(&config.storage).await.unwrap();
+        let sessions = SignedOut::new(storage.clone());
+        storage
+            .put_record(RecordKind::SignedOut, "00gone", Bytes::from("1\n"))
+            .await
+            .unwrap();
+        assert_eq!(sessions.status("00gone").await, Some(true));
+        // The records' directory replaced by a file: reads fail (not "none").
+        let records = walk(dir.path(), "signed-out").expect("the records' directory");
+        std::fs::remove_dir_all(&records).unwrap();
+        std::fs::write(&records, b"").unwrap();
+        assert_eq!(sessions.status("00cc").await, None);
+        assert!(sessions.is_signed_out("00cc").await, "fails closed");
+        // What it knew stays known.
+        assert_eq!(sessions.status("00gone").await, Some(true));
+    }
+
+    fn walk(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
+        for entry in std::fs::read_dir(dir).ok()?.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                if path.file_name().is_some_and(|n| n == name) {
+                    return Some(path);
+                }
+                if let Some(found) = walk(&path, name) {
+                    return Some(found);
+                }
+            }
+        }
+        None
     }
 }
