@@ -346,27 +346,109 @@ fn is_signature_tag(tag: &str) -> bool {
 }
 
 /// What the signature policies say about a manifest, for this viewer.
+#[derive(Debug, PartialEq)]
 enum Signature {
     Verified,
     Unverified(String),
+    /// No signature policy covers this repository.
     Unknown,
+    /// The policies cover it but would not check this view: their `tags`
+    /// leave out this reference, or it is not something a runtime runs.
+    NotChecked(&'static str),
+}
+
+const SIGNATURE_MODULE: &str = "builtin:signature";
+
+/// Whether the `builtin:signature` policy's own rules (its `tags`
+/// setting; what it calls runnable) have it check a pull of `reference`
+/// of `facts`. Its allow means "verified" only when it does: a digest
+/// under a `tags` setting, or an SBOM, is let by unchecked.
+fn signature_checks(
+    settings: &serde_json::Value,
+    reference: &Reference,
+    facts: &wit::Manifest,
+) -> Result<(), &'static str> {
+    if let Some(tags) = settings.get("tags") {
+        let patterns = serde_json::from_value::<Vec<String>>(tags.clone())
+            .ok()
+            .and_then(|t| PatternList::new(&t).ok());
+        let checked = match (reference, patterns) {
+            (Reference::Tag(tag), Some(p)) => p.matches(tag.as_str()),
+            _ => false,
+        };
+        if !checked {
+            return Err(
+                "the signature policy checks only tags matching its patterns, not this reference",
+            );
+        }
+    }
+    if !is_runnable(facts) {
+        return Err("not a runnable image (a signature, SBOM or other artifact): no signature is asked of it");
+    }
+    Ok(())
+}
+
+/// The signature policy's `is_runnable`, on the same facts: an index; an
+/// image with a filesystem or Wasm layer; one whose config names an OS;
+/// one whose image config could not be read.
+fn is_runnable(m: &wit::Manifest) -> bool {
+    const IMAGE_CONFIG_TYPES: [&str; 2] = [
+        "application/vnd.oci.image.config.v1+json",
+        "application/vnd.docker.container.image.v1+json",
+    ];
+    let Some(image) = &m.image else {
+        return true;
+    };
+    let image_config = IMAGE_CONFIG_TYPES.contains(&image.config_media_type.as_str());
+    match &image.config {
+        Some(config) if !config.os.is_empty() => return true,
+        None if image_config => return true,
+        _ => {}
+    }
+    image.layers.iter().any(|l| {
+        let t = l.media_type.as_str();
+        t.contains(".tar") || t.contains("rootfs") || t.contains("wasm")
+    })
 }
 
 async fn signature_status(
     state: &UiState,
     viewer: &Viewer,
     name: &RepositoryName,
-    digest: &Digest,
+    reference: &Reference,
     facts: &Arc<wit::Manifest>,
 ) -> Signature {
     let app = &state.app;
     let mut access = Access::new(Action::Pull, Resource::Manifest, name.clone())
-        .with_reference(Reference::Digest(digest.clone()));
+        .with_reference(reference.clone());
     access.manifest = Some(Arc::clone(facts));
     let chain = app.policies.current();
+    // The enforcing signature policies whose scope covers a pull here, and
+    // whether any of them would check this view at all.
+    let covering: Vec<_> = chain
+        .described()
+        .into_iter()
+        .filter(|p| p.module == SIGNATURE_MODULE && p.mode == PolicyMode::Enforce)
+        .filter(|p| p.actions.as_ref().is_none_or(|a| a.contains(&Action::Pull)))
+        .filter(|p| {
+            p.repositories
+                .as_ref()
+                .is_none_or(|r| PatternList::new(r).is_ok_and(|r| r.matches(name.as_str())))
+        })
+        .collect();
+    if covering.is_empty() {
+        return Signature::Unknown;
+    }
+    let checks: Vec<_> = covering
+        .iter()
+        .map(|p| signature_checks(&p.settings, reference, facts))
+        .collect();
+    if let Some(Err(why)) = checks.first().filter(|_| checks.iter().all(Result::is_err)) {
+        return Signature::NotChecked(*why);
+    }
     match chain
         .probe(
-            "builtin:signature",
+            SIGNATURE_MODULE,
             &access,
             &viewer.identity,
             viewer.ip,
@@ -422,7 +504,7 @@ async fn manifest_page(
         return not_found(viewer, &path);
     }
     let digest = stored.digest.clone();
-    let signature = signature_status(state, viewer, name, &digest, &facts).await;
+    let signature = signature_status(state, viewer, name, reference, &facts).await;
     let mut referrers = Vec::new();
     if let Ok(found) = app.storage.list_referrers(name, &digest).await {
         for r in found {
@@ -479,6 +561,7 @@ async fn manifest_page(
                     Signature::Verified => span #signature-status.status-verified data-status="verified" { "verified by the signature policy" },
                     Signature::Unverified(reason) => span #signature-status.status-unverified data-status="unverified" title=(reason) { "not verified: " (reason) },
                     Signature::Unknown => span #signature-status.status-unknown data-status="unknown" { "no signature policy covers this repository" },
+                    Signature::NotChecked(why) => span #signature-status.status-unknown data-status="unknown" { "not checked: " (why) },
                 }
             }
         }
@@ -697,5 +780,67 @@ mod tests {
         }
         assert!(is_signature_tag("sha256-abc.sig"));
         assert!(!is_signature_tag("v1.sig"));
+    }
+
+    fn manifest(layer_type: &str, os: &str) -> wit::Manifest {
+        wit::Manifest {
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            digest: format!("sha256:{}", "b".repeat(64)),
+            size: 500,
+            artifact_type: None,
+            subject: None,
+            annotations: Vec::new(),
+            image: Some(wit::Image {
+                config_digest: format!("sha256:{}", "c".repeat(64)),
+                config_media_type: if os.is_empty() {
+                    "application/vnd.dev.cosign.artifact.sig.v1+json".into()
+                } else {
+                    "application/vnd.oci.image.config.v1+json".into()
+                },
+                config_size: 2,
+                config: (!os.is_empty()).then(|| wit::ImageConfig {
+                    os: os.into(),
+                    architecture: "amd64".into(),
+                    variant: None,
+                    user: String::new(),
+                    labels: Vec::new(),
+                    created: None,
+                    entrypoint: Vec::new(),
+                    cmd: Vec::new(),
+                    env: Vec::new(),
+                    exposed_ports: Vec::new(),
+                    history_length: 0,
+                }),
+                layers: vec![wit::Layer {
+                    digest: format!("sha256:{}", "d".repeat(64)),
+                    media_type: layer_type.into(),
+                    size: 10,
+                }],
+                total_size: 12,
+            }),
+            children: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn an_allow_is_verified_only_where_the_signature_policy_checks() {
+        let image = manifest("application/vnd.oci.image.layer.v1.tar+gzip", "linux");
+        let sbom = manifest("application/spdx+json", "");
+        let tag = |t: &str| Reference::Tag(Tag::parse(t).unwrap());
+        let digest =
+            Reference::Digest(Digest::parse(&format!("sha256:{}", "b".repeat(64))).unwrap());
+        let every = serde_json::json!({ "keys": ["k"] });
+        let prod = serde_json::json!({ "keys": ["k"], "tags": ["prod-*"] });
+        assert_eq!(signature_checks(&every, &tag("v1"), &image), Ok(()));
+        assert_eq!(signature_checks(&every, &digest, &image), Ok(()));
+        assert_eq!(signature_checks(&prod, &tag("prod-1"), &image), Ok(()));
+        // The policy lets these by without looking for a signature: its
+        // allow is not "verified".
+        assert!(signature_checks(&prod, &tag("dev-1"), &image).is_err());
+        assert!(signature_checks(&prod, &digest, &image).is_err());
+        assert!(signature_checks(&every, &digest, &sbom).is_err());
+        assert!(
+            signature_checks(&serde_json::json!({ "tags": "bad" }), &tag("x"), &image).is_err()
+        );
     }
 }
