@@ -202,11 +202,23 @@ pub async fn create(State(state): State<UiState>, request: Request) -> Response 
             p { "Your new token " code { (record.id) } " (copy it now: it is not shown again):" }
             pre { code #new-token { (secret) } }
             p { "Sign in with it:" }
-            pre { code #docker-login { "docker login " (host) " -u " (user) " --password-stdin" } }
+            pre { code #docker-login { "docker login " (host) " -u " (login_user(&user, &record.id)) " --password-stdin" } }
             p.muted { "and paste the token as the password (or pipe it in)." }
         }
     };
     tokens_page(&state, &viewer, Some(created)).await
+}
+
+/// The user name of the `docker login` line. A token signs in whatever
+/// the name; Basic credentials cannot carry a `:` in it (an OpenID user's
+/// `github:alice` would split into the user `github` and a password that
+/// is no token), so such a name is replaced by the token's id.
+fn login_user<'a>(user: &'a str, id: &'a str) -> &'a str {
+    if user.is_empty() || user.contains(':') || !user.bytes().all(|b| b.is_ascii_graphic()) {
+        id
+    } else {
+        user
+    }
 }
 
 /// `POST /ui/tokens/<id>/revoke`: only the viewer's own.
@@ -241,4 +253,20 @@ pub async fn revoke(
     }
     tracing::info!(target: "portcullis::auth", user = viewer.name(), id, "personal token revoked in the web UI");
     see_other(&viewer, "/ui/tokens")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_docker_login_line_names_a_user_basic_credentials_can_carry() {
+        assert_eq!(login_user("alice", "0123456789abcdef"), "alice");
+        assert_eq!(
+            login_user("github:alice", "0123456789abcdef"),
+            "0123456789abcdef"
+        );
+        assert_eq!(login_user("a b", "0123456789abcdef"), "0123456789abcdef");
+        assert_eq!(login_user("", "0123456789abcdef"), "0123456789abcdef");
+    }
 }
