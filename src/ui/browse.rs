@@ -444,7 +444,7 @@ async fn signature_status(
         .map(|p| signature_checks(&p.settings, reference, facts))
         .collect();
     if let Some(Err(why)) = checks.first().filter(|_| checks.iter().all(Result::is_err)) {
-        return Signature::NotChecked(*why);
+        return Signature::NotChecked(why);
     }
     match chain
         .probe(
