@@ -59,6 +59,22 @@ pub struct Config {
     pub retention: Vec<RetentionRule>,
     /// Scheduled gc (and retention) inside the server.
     pub gc: GcConfig,
+    /// The web interface under `/ui/`.
+    pub ui: UiConfig,
+}
+
+/// `[ui]`: the web pages the registry serves under `/ui/` (`crate::ui`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UiConfig {
+    /// Serve `/ui/` at all (false: every `/ui/` path is 404).
+    pub enabled: bool,
+    /// Members of these groups see the policy chain and every recent
+    /// decision; everyone else sees their own refusals only.
+    pub admin_groups: Vec<String>,
+    /// How long a browser session lasts after signing in.
+    #[serde(with = "humantime_serde")]
+    pub session_ttl: Duration,
 }
 
 /// One `[[retention]]` rule (applied by `maintenance::retention`).
@@ -244,6 +260,18 @@ pub struct OidcConfig {
     /// a key not seen yet (a rotation): bounds what a flood of unknown `kid`s costs.
     #[serde(default = "default_jwks_refetch", with = "humantime_serde")]
     pub jwks_refetch: Duration,
+    /// The OAuth client id the web UI signs in with (authorization code with
+    /// PKCE); unset: this issuer is not offered on the sign-in page. Its ID
+    /// tokens must name `audience` in `aud`, as every token here must.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ui_client_id: Option<String>,
+    /// The sign-in button's label (`Authentik`); default: the issuer's host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ui_name: Option<String>,
+    /// A file holding the client secret, for an issuer that treats the UI
+    /// as a confidential client (PKCE is used either way).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ui_client_secret_file: Option<PathBuf>,
 }
 
 /// Refuses a retention glob that could never match or that says something
@@ -691,6 +719,11 @@ impl Default for Config {
                 groups: Vec::new(),
                 single_replica: false,
                 lease_ttl: Duration::from_secs(600),
+            },
+            ui: UiConfig {
+                enabled: true,
+                admin_groups: vec!["admins".into()],
+                session_ttl: Duration::from_secs(12 * 3600),
             },
         }
     }

@@ -177,7 +177,7 @@ impl Server {
                 "proxy_protocol is on but trusted_proxies is empty: every PROXY header is ignored"
             );
         }
-        let router = api::router(Arc::new(AppState {
+        let state = Arc::new(AppState {
             uploads,
             storage,
             config,
@@ -187,7 +187,9 @@ impl Server {
             proxy,
             facts: Default::default(),
             trusted_proxies,
-        }));
+        });
+        let pages = crate::ui::router(&state);
+        let router = api::router_with(state, pages);
         Ok(Self {
             listener,
             router,

@@ -67,6 +67,9 @@ fn oidc(issuer: &str) -> OidcConfig {
         ca_file: None,
         jwks_file: None,
         jwks_refetch: Duration::from_secs(1),
+        ui_client_id: None,
+        ui_name: None,
+        ui_client_secret_file: None,
     }
 }
 

@@ -11,7 +11,7 @@ mod blobs;
 mod catalog;
 pub mod error;
 pub mod limits;
-mod manifests;
+pub(crate) mod manifests;
 mod mirror;
 pub mod ranges;
 mod referrers;
@@ -61,17 +61,24 @@ pub struct AppState {
 pub type SharedState = Arc<AppState>;
 
 pub fn router(state: SharedState) -> Router {
-    Router::new()
+    router_with(state, None)
+}
+
+/// The API's routes and `pages` (the web UI's, served beside them): every
+/// request of either goes through the access log.
+pub fn router_with(state: SharedState, pages: Option<Router>) -> Router {
+    let api = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/token", get(token::handle).post(token::handle))
         .fallback(dispatch)
-        .layer(middleware::from_fn_with_state(
-            Arc::clone(&state),
-            audit::access_log,
-        ))
-        .with_state(state)
+        .with_state(Arc::clone(&state));
+    let routes = match pages {
+        Some(pages) => api.merge(pages),
+        None => api,
+    };
+    routes.layer(middleware::from_fn_with_state(state, audit::access_log))
 }
 
 /// Liveness: the process answers.
@@ -253,7 +260,7 @@ pub(crate) fn client_ip(extensions: &axum::http::Extensions) -> IpAddr {
 pub(crate) struct Query(HashMap<String, String>);
 
 impl Query {
-    fn parse(raw: Option<&str>) -> Self {
+    pub(crate) fn parse(raw: Option<&str>) -> Self {
         let mut map = HashMap::new();
         for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));

@@ -179,6 +179,17 @@ pub struct Presented {
     pub credentials: bool,
 }
 
+/// A signed-in web UI session.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub login: Login,
+    /// The session id (the token's `jti`): its CSRF secret and sign-out key.
+    pub id: String,
+    pub expires: i64,
+    /// The cookie value, when the session was just issued.
+    pub token: Option<String>,
+}
+
 /// A token response of `/token`.
 #[derive(Debug, Clone)]
 pub struct Issued {
@@ -307,6 +318,11 @@ impl Identities {
     /// The `service` of challenges and tokens.
     pub fn service(&self) -> &str {
         self.tokens.service()
+    }
+
+    /// A trusted OpenID issuer, as the accounts in force have it.
+    pub fn oidc_issuer(&self, issuer: &str) -> Option<Arc<oidc::Issuer>> {
+        self.accounts.load().oidc.get(issuer).cloned()
     }
 
     pub fn robots(&self) -> &Arc<robots::Robots> {
@@ -453,6 +469,9 @@ impl Identities {
             (_, TokenUse::Refresh) => Err(AuthError::BadToken(
                 "a refresh token is only good at /token".into(),
             )),
+            (_, TokenUse::Session) => Err(AuthError::BadToken(
+                "a web UI session is only good for /ui/".into(),
+            )),
         }
     }
 
@@ -580,7 +599,7 @@ impl Identities {
             if !passwords.has_user(user) {
                 return Err("the user was removed");
             }
-            if claims.token_use == TokenUse::Refresh && claims.ver != passwords.version(user) {
+            if claims.token_use != TokenUse::Access && claims.ver != passwords.version(user) {
                 return Err("the password changed");
             }
         } else if let Some(id) = src.strip_prefix("robot:") {
@@ -604,10 +623,73 @@ impl Identities {
             asserted_groups: claims.groups.clone(),
             // A refresh token's own end bounds what is minted from it.
             not_after: match claims.token_use {
-                TokenUse::Refresh => Some(claims.nat.map_or(claims.exp, |n| n.min(claims.exp))),
+                TokenUse::Refresh | TokenUse::Session => {
+                    Some(claims.nat.map_or(claims.exp, |n| n.min(claims.exp)))
+                }
                 TokenUse::Access => claims.nat,
             },
             version: claims.ver.clone(),
+        })
+    }
+
+    /// A web UI session's cookie value: who it is, and the session's id
+    /// (for its CSRF secret and signing out). Checked like a refresh token:
+    /// its source must still vouch for the user, a changed password ends it.
+    pub async fn session(&self, token: &str, peer: IpAddr) -> Result<Session, AuthError> {
+        if token.len() > jwt::MAX_TOKEN {
+            return Err(AuthError::BadToken("the session is too long".into()));
+        }
+        let key: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        let (login, token_use) = self.verify_token(token, peer, Accept::Ours).await?;
+        if token_use != TokenUse::Session {
+            return Err(AuthError::BadToken("not a web UI session".into()));
+        }
+        let claims = match self.verified.get(&key).as_deref() {
+            Some(CachedToken::Ours(claims)) => Arc::clone(claims),
+            _ => return Err(AuthError::BadToken("not a web UI session".into())),
+        };
+        Ok(Session {
+            login,
+            id: claims.jti.clone(),
+            expires: claims.exp,
+            token: None,
+        })
+    }
+
+    /// Signs a web UI session for `login`, lasting `ttl` (less if the
+    /// credential it came from ends sooner).
+    pub fn issue_session(&self, login: &Login, ttl: Duration) -> Result<Session, AuthError> {
+        let Some(sub) = login.identity.subject.as_deref() else {
+            return Err(AuthError::BadToken(
+                "an anonymous caller has no session".into(),
+            ));
+        };
+        let failed = |e: jwt::KeyError| AuthError::Signing(e.to_string());
+        let now = jwt::now();
+        let mut lifetime = seconds(ttl).max(60);
+        if let Some(end) = login.not_after {
+            if end.saturating_sub(now) < 60 {
+                return Err(AuthError::BadToken(
+                    "the credential expires within a minute; sign in again".into(),
+                ));
+            }
+            lifetime = lifetime.min(end.saturating_sub(now));
+        }
+        let mut claims = self
+            .tokens
+            .claims(TokenUse::Session, sub, &login.source, lifetime);
+        claims.jti = hex::encode(jwt::random_bytes(16).map_err(failed)?);
+        claims.groups = login.asserted_groups.clone();
+        claims.ver = login.version.clone();
+        claims.nat = login.not_after;
+        let token = self.tokens.sign(&claims).map_err(failed)?;
+        let mut login = login.clone();
+        login.not_after = Some(claims.exp);
+        Ok(Session {
+            login,
+            id: claims.jti,
+            expires: claims.exp,
+            token: Some(token),
         })
     }
 

@@ -48,6 +48,13 @@ pub enum OidcError {
     Fetch(String),
 }
 
+/// Where the authorization-code flow goes.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    pub authorization: String,
+    pub token: String,
+}
+
 pub struct Issuer {
     config: OidcConfig,
     client: reqwest::Client,
@@ -98,6 +105,83 @@ impl Issuer {
 
     pub fn issuer(&self) -> &str {
         &self.config.issuer
+    }
+
+    pub fn config(&self) -> &OidcConfig {
+        &self.config
+    }
+
+    /// The authorization and token endpoints (for the web UI's sign-in),
+    /// from the discovery document: https, or http where the issuer is.
+    pub async fn endpoints(&self) -> Result<Endpoints, OidcError> {
+        let base = self.config.issuer.trim_end_matches('/');
+        let discovery = self
+            .get_json(&format!("{base}/.well-known/openid-configuration"))
+            .await?;
+        if discovery.get("issuer").and_then(|v| v.as_str()) != Some(self.config.issuer.as_str()) {
+            return Err(OidcError::Fetch(
+                "the discovery document names another issuer".into(),
+            ));
+        }
+        let endpoint = |key: &str| -> Result<String, OidcError> {
+            let url = discovery
+                .get(key)
+                .and_then(|v| v.as_str())
+                .ok_or_else(|| OidcError::Fetch(format!("the discovery document has no {key}")))?;
+            let scheme_ok = url.starts_with("https://")
+                || (base.starts_with("http://") && url.starts_with("http://"));
+            let clean = url.len() <= 2048 && url.bytes().all(|b| b.is_ascii_graphic());
+            if scheme_ok && clean {
+                Ok(url.to_owned())
+            } else {
+                Err(OidcError::Fetch(format!(
+                    "{key} {url:?} is not an https URL"
+                )))
+            }
+        };
+        Ok(Endpoints {
+            authorization: endpoint("authorization_endpoint")?,
+            token: endpoint("token_endpoint")?,
+        })
+    }
+
+    /// POSTs `form` to the issuer's token endpoint and reads its JSON answer
+    /// (at most 1 MiB).
+    pub async fn token_request(
+        &self,
+        url: &str,
+        form: &[(&str, &str)],
+    ) -> Result<serde_json::Value, OidcError> {
+        let encode = |s: &str| {
+            percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+        };
+        let body = form
+            .iter()
+            .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        let fetch = |e: reqwest::Error| OidcError::Fetch(format!("{url}: {e}"));
+        let mut response = self
+            .client
+            .post(url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("accept", "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(fetch)?;
+        let status = response.status();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(fetch)? {
+            if bytes.len() + chunk.len() > MAX_DOCUMENT {
+                return Err(OidcError::Fetch(format!("{url}: larger than 1 MiB")));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        if !status.is_success() {
+            return Err(OidcError::Fetch(format!("{url}: {status}")));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| OidcError::Fetch(format!("{url}: {e}")))
     }
 
     fn key(&self, kid: Option<&str>) -> Option<PublicJwk> {

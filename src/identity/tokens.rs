@@ -26,12 +26,14 @@ pub struct AccessEntry {
     pub actions: Vec<String>,
 }
 
-/// Whether a token may call the API or only get new access tokens.
+/// Whether a token may call the API, only get new access tokens, or only
+/// be a web UI session (its cookie).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TokenUse {
     Access,
     Refresh,
+    Session,
 }
 
 /// The claims of the registry's own tokens.

@@ -85,6 +85,23 @@ struct Scoped {
     repositories: Option<PatternList>,
     mode: PolicyMode,
     module: String,
+    /// `sha256:<hex>` of the component as loaded.
+    digest: String,
+    /// The entry as configured (its settings: what a web page shows).
+    entry: PolicyEntry,
+}
+
+/// A loaded policy as a page describes it.
+#[derive(Debug, Clone)]
+pub struct Described {
+    pub name: String,
+    pub module: String,
+    pub digest: String,
+    pub contract: &'static str,
+    pub mode: PolicyMode,
+    pub actions: Option<Vec<Action>>,
+    pub repositories: Option<Vec<String>>,
+    pub settings: serde_json::Value,
 }
 
 impl Scoped {
@@ -185,8 +202,10 @@ impl PolicyChain {
         budget.set_cap(usize::try_from(config.policy.total_memory.as_u64()).unwrap_or(usize::MAX));
         let mut policies = Vec::with_capacity(config.policy.chain.len());
         for entry in &config.policy.chain {
-            let runtime = load_one(&engine, config, entry, limits, &budget)?;
+            let (runtime, digest) = load_one(&engine, config, entry, limits, &budget)?;
             policies.push(Scoped {
+                digest,
+                entry: entry.clone(),
                 needs_facts: runtime.contract() != "0.1"
                     && !FACT_FREE_BUILTINS.contains(&entry.module.as_str()),
                 runtime,
@@ -225,6 +244,52 @@ impl PolicyChain {
                 )
             })
             .collect()
+    }
+
+    /// Each policy as loaded, with its digest, scope and settings.
+    pub fn described(&self) -> Vec<Described> {
+        self.policies
+            .iter()
+            .map(|p| Described {
+                name: p.runtime.name().to_owned(),
+                module: p.module.clone(),
+                digest: p.digest.clone(),
+                contract: p.runtime.contract(),
+                mode: p.mode,
+                actions: p.actions.clone(),
+                repositories: p.entry.repositories.clone(),
+                settings: p.entry.settings.clone(),
+            })
+            .collect()
+    }
+
+    /// What the enforcing policies of `module` alone decide on `access`
+    /// (a web page asking "is this image signed?"): not a request, so no
+    /// decision is recorded. `None` when none of them covers `access`.
+    pub async fn probe(
+        &self,
+        module: &str,
+        access: &Access,
+        identity: &Identity,
+        client: IpAddr,
+        metrics: &Metrics,
+    ) -> Option<Verdict> {
+        let applying: Vec<&Scoped> = self
+            .policies
+            .iter()
+            .filter(|p| p.module == module && p.mode == PolicyMode::Enforce && p.applies(access))
+            .collect();
+        if applying.is_empty() {
+            return None;
+        }
+        let request = access.to_wit(identity, client);
+        for policy in applying {
+            match self.run_one(policy, &request, metrics).await {
+                Verdict::Allow => {}
+                decided => return Some(decided),
+            }
+        }
+        Some(Verdict::Allow)
     }
 
     /// Whether a policy that applies to `access` sees what a manifest is
@@ -456,7 +521,7 @@ fn load_one(
     entry: &PolicyEntry,
     limits: Limits,
     budget: &Arc<MemoryBudget>,
-) -> Result<PolicyRuntime, PolicyError> {
+) -> Result<(PolicyRuntime, String), PolicyError> {
     let name = entry.name.clone();
     let wasm: std::borrow::Cow<'static, [u8]> = match entry.module.strip_prefix("builtin:") {
         Some(builtin_name) => builtin::lookup(builtin_name)
@@ -496,8 +561,12 @@ fn load_one(
         name: name.clone(),
         source,
     };
+    let digest = {
+        use sha2::Digest as _;
+        format!("sha256:{}", hex::encode(sha2::Sha256::digest(&wasm)))
+    };
     let pre = engine.compile(&entry.module, &wasm).map_err(engine_error)?;
-    PolicyRuntime::new(
+    let runtime = PolicyRuntime::new(
         engine,
         name.clone(),
         entry.settings.to_string(),
@@ -505,5 +574,6 @@ fn load_one(
         limits,
         Arc::clone(budget),
     )
-    .map_err(engine_error)
+    .map_err(engine_error)?;
+    Ok((runtime, digest))
 }

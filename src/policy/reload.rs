@@ -30,6 +30,16 @@ pub struct ChainHolder {
     /// Files outside the policies directory whose change means a reload
     /// (the htpasswd file, OIDC JWKS files), as of the last load.
     extra_files: std::sync::Mutex<Vec<PathBuf>>,
+    /// When the chain in force was loaded, and the last reload's time and
+    /// outcome (an error keeps the chain in force): for the web UI.
+    status: std::sync::Mutex<ReloadStatus>,
+}
+
+/// When the chain was loaded and how the last reload went.
+#[derive(Debug, Clone)]
+pub struct ReloadStatus {
+    pub loaded: std::time::SystemTime,
+    pub last_attempt: Option<(std::time::SystemTime, Result<(), String>)>,
 }
 
 impl ChainHolder {
@@ -46,6 +56,10 @@ impl ChainHolder {
             metrics,
             hook: None,
             extra_files: std::sync::Mutex::new(Vec::new()),
+            status: std::sync::Mutex::new(ReloadStatus {
+                loaded: std::time::SystemTime::now(),
+                last_attempt: None,
+            }),
         }
     }
 
@@ -68,7 +82,27 @@ impl ChainHolder {
     pub fn reload(&self) -> Result<Vec<String>, String> {
         let result = self.rebuild();
         self.metrics.record_reload(result.is_ok());
+        let now = std::time::SystemTime::now();
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        if result.is_ok() {
+            status.loaded = now;
+        }
+        status.last_attempt = Some((now, result.as_ref().map(|_| ()).map_err(Clone::clone)));
+        drop(status);
         result
+    }
+
+    /// The decision log (its in-memory ring), if the engine keeps one.
+    pub fn decisions(&self) -> Option<Arc<super::decisions::DecisionLog>> {
+        self.engine.decisions().cloned()
+    }
+
+    /// When the chain in force was loaded, and how the last reload went.
+    pub fn status(&self) -> ReloadStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn rebuild(&self) -> Result<Vec<String>, String> {

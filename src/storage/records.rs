@@ -23,6 +23,9 @@ pub enum RecordKind {
     TokenUses,
     /// Maintenance state: when gc last finished well (`maintenance`).
     Maintenance,
+    /// Web UI sessions ended by signing out, by session id, until they
+    /// would have expired anyway (`ui::session`).
+    SignedOut,
 }
 
 impl RecordKind {
@@ -31,6 +34,7 @@ impl RecordKind {
             RecordKind::Tokens => "_portcullis/tokens",
             RecordKind::TokenUses => "_portcullis/token-uses",
             RecordKind::Maintenance => "_portcullis/maintenance",
+            RecordKind::SignedOut => "_portcullis/signed-out",
         }
     }
 }
