@@ -115,6 +115,7 @@ pub async fn access_log(
     };
     let route = match path.as_str() {
         "/healthz" | "/readyz" | "/metrics" | "/token" => path.trim_start_matches('/'),
+        p if p == "/ui" || p.starts_with("/ui/") => "ui",
         _ => Route::parse(&path).map(|r| r.kind()).unwrap_or("invalid"),
     };
     let elapsed = started.elapsed();

@@ -252,8 +252,7 @@ async fn tags_page(
     query: &Query,
 ) -> Response {
     let app = &state.app;
-    let access = Access::new(Action::List, Resource::Tags, name.clone());
-    if !allows(app, &viewer.caller(), &access).await {
+    if !state.ui.visible.may_list(app, viewer, name.as_str()).await {
         return not_found(viewer, &repository_path(name.as_str()));
     }
     let mut history = match app.storage.tag_history(name).await {
@@ -401,8 +400,7 @@ async fn manifest_page(
     let path = manifest_path(name.as_str(), reference);
     // The repository first: what a viewer may not list, they do not learn
     // exists (nor is the manifest read for them).
-    let listing = Access::new(Action::List, Resource::Tags, name.clone());
-    if !allows(app, &viewer.caller(), &listing).await {
+    if !state.ui.visible.may_list(app, viewer, name.as_str()).await {
         return not_found(viewer, &path);
     }
     let stored = match app.storage.get_manifest(name, reference).await {

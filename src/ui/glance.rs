@@ -15,12 +15,8 @@ use maud::html;
 use super::browse::repository_path;
 use super::layout::{self, bytes};
 use super::{page, see_other, signin_to, UiState, Viewer};
-use crate::api::access::allows;
 use crate::api::SharedState;
-use crate::config::Action;
 use crate::maintenance::{ChainSource, Maintenance, RunOptions};
-use crate::policy::request::Resource;
-use crate::policy::Access;
 use crate::reference::Reference;
 use crate::storage::ParsedManifest;
 use crate::storage::Storage;
@@ -43,6 +39,8 @@ pub struct Snapshot {
 pub struct Glance {
     storage: Storage,
     snapshot: Mutex<Arc<Snapshot>>,
+    /// An admin asked for a computation now.
+    kick: tokio::sync::Notify,
 }
 
 fn every(storage: &Storage) -> Duration {
@@ -57,6 +55,7 @@ impl Glance {
         Arc::new(Self {
             storage,
             snapshot: Mutex::new(Arc::new(Snapshot::default())),
+            kick: tokio::sync::Notify::new(),
         })
     }
 
@@ -64,16 +63,23 @@ impl Glance {
         Arc::clone(&self.snapshot.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Computes now, then on a schedule, for as long as the server runs.
+    /// Computes once the page is first asked for (a server nobody looks at
+    /// does no such work), then on a schedule for as long as it runs.
     pub fn spawn(self: &Arc<Self>, app: SharedState) {
         let glance = Arc::clone(self);
         tokio::spawn(async move {
-            // Let the server come up first.
-            tokio::time::sleep(Duration::from_secs(2)).await;
+            glance.kick.notified().await;
             loop {
                 let snapshot = glance.compute(&app).await;
                 *glance.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(snapshot);
-                tokio::time::sleep(every(&glance.storage)).await;
+                let done = std::time::Instant::now();
+                tokio::select! {
+                    _ = tokio::time::sleep(every(&glance.storage)) => {}
+                    _ = glance.kick.notified() => {
+                        // At most one computation a minute, however often asked.
+                        tokio::time::sleep(MIN_GAP.saturating_sub(done.elapsed())).await;
+                    }
+                }
             }
         });
     }
@@ -154,6 +160,27 @@ impl Glance {
     }
 }
 
+/// The least time between two computations asked for from the page.
+const MIN_GAP: Duration = Duration::from_secs(60);
+
+/// `POST /ui/storage/refresh` (admins): compute again soon.
+pub async fn refresh(State(state): State<UiState>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let viewer = Viewer::of(&state, &parts.headers, &parts.extensions).await;
+    if super::checked_form(&viewer, &parts, body).await.is_none() {
+        return super::refused(&viewer);
+    }
+    if !viewer.is_admin(&state) {
+        return super::error_page(
+            &viewer,
+            StatusCode::FORBIDDEN,
+            "Only members of the admin groups may ask for this.",
+        );
+    }
+    state.ui.glance.kick.notify_one();
+    see_other(&viewer, "/ui/storage")
+}
+
 /// How many repositories the page lists.
 const SHOWN: usize = 100;
 
@@ -166,29 +193,35 @@ pub async fn page_route(State(state): State<UiState>, request: Request) -> Respo
         return see_other(&viewer, &signin_to("/ui/storage"));
     }
     let snapshot = state.ui.glance.snapshot();
+    if snapshot.computed.is_none() {
+        state.ui.glance.kick.notify_one();
+    }
     let mut shown = Vec::new();
-    let mut hidden = 0usize;
+    let mut hidden = false;
     for (name, size) in &snapshot.repositories {
         if shown.len() >= SHOWN {
             break;
         }
-        let Ok(repository) = crate::reference::RepositoryName::parse(name) else {
-            continue;
-        };
-        let access = Access::new(Action::List, Resource::Catalog, repository);
-        if allows(&state.app, &viewer.caller(), &access).await {
+        if state.ui.visible.may_list(&state.app, &viewer, name).await {
             shown.push((name, *size));
         } else {
-            hidden += 1;
+            hidden = true;
         }
     }
     let body = html! {
         h1 { "Storage" }
         @match snapshot.computed {
-            None => p.notice #computed-at { "Not computed yet: it runs in the background a few seconds after the server starts. Reload in a moment." },
+            None => p.notice #computed-at { "Being computed in the background: reload in a moment." },
             Some(at) => p.muted #computed-at { "Computed " (layout::system_time(at)) " in " (format!("{:.1}", snapshot.took.as_secs_f64())) " s; recomputed every " (humantime::format_duration(every(&state.app.storage))) "." },
         }
         @if let Some(e) = &snapshot.error { p.error { "Part of it could not be computed: " (e) } }
+        @if viewer.is_admin(&state) {
+            form #refresh-storage method="post" action="/ui/storage/refresh" {
+                input type="hidden" name="csrf" value=(viewer.csrf());
+                button type="submit" { "Compute again" }
+                span.muted { " (at most once a minute; reload the page in a few seconds)" }
+            }
+        }
         div.cards {
             div.card { div.muted { "Stored (every blob)" } div.big #total-bytes { (bytes(snapshot.total_bytes)) } }
             div.card { div.muted { "gc would free now" } div.big #gc-would-free { @match snapshot.gc_would_free { Some(b) => (bytes(b)), None => "-" } } }
@@ -209,7 +242,7 @@ pub async fn page_route(State(state): State<UiState>, request: Request) -> Respo
                 }
             }
         }
-        @if hidden > 0 { p.muted { (hidden) " repositories you may not see are not listed." } }
+        @if hidden { p.muted { "Repositories you may not see are counted in the total, not listed." } }
         p.muted { "A repository's size counts each blob its manifests name once; blobs shared between repositories are stored once and count in each." }
     };
     page(

@@ -37,7 +37,7 @@ pub use glance::Glance;
 
 /// The UI's own state beside the API's.
 pub struct Ui {
-    pub(crate) sessions: session::SignedOut,
+    pub(crate) sessions: Arc<session::SignedOut>,
     pub(crate) visible: visible::Visible,
     pub(crate) glance: Arc<Glance>,
     pub(crate) oidc: oidc::Clients,
@@ -55,9 +55,10 @@ pub fn router(app: &SharedState) -> Option<Router> {
         return None;
     }
     let glance = Glance::new(app.storage.clone());
+    let sessions = Arc::new(session::SignedOut::new(app.storage.clone()));
     glance.spawn(Arc::clone(app));
     let ui = Arc::new(Ui {
-        sessions: session::SignedOut::new(app.storage.clone()),
+        sessions,
         visible: visible::Visible::new(app.storage.clone()),
         glance,
         oidc: oidc::Clients::from_config(&app.config),
@@ -78,8 +79,11 @@ pub fn router(app: &SharedState) -> Option<Router> {
         .route("/ui/tokens", get(tokens::page_route).post(tokens::create))
         .route("/ui/tokens/{id}/revoke", post(tokens::revoke))
         .route("/ui/storage", get(glance::page_route))
+        .route("/ui/storage/refresh", post(glance::refresh))
         .route("/ui/static/style.css", get(layout::stylesheet))
-        .fallback(not_found_page)
+        // The API's router keeps the one fallback (/v2/...): unknown pages
+        // under /ui/ are answered here.
+        .route("/ui/{*rest}", axum::routing::any(not_found_page))
         .layer(axum::middleware::from_fn(secure_headers))
         .with_state(state);
     Some(routes)

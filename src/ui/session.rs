@@ -79,7 +79,12 @@ pub fn tokens_match(presented: Option<&str>, expected: &str) -> bool {
 pub struct SignedOut {
     storage: Storage,
     known: Mutex<HashMap<String, (bool, Instant)>>,
+    /// When expired records were last pruned.
+    pruned: Mutex<Option<Instant>>,
 }
+
+/// Expired sign-out records are pruned at most this often (after a sign-out).
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// How long "not signed out" is believed without asking the store again:
 /// a sign-out on another replica holds here within this.
@@ -91,6 +96,7 @@ impl SignedOut {
         Self {
             storage,
             known: Mutex::new(HashMap::new()),
+            pruned: Mutex::new(None),
         }
     }
 
@@ -143,7 +149,43 @@ impl SignedOut {
                 id,
                 Bytes::from(format!("{expires}\n")),
             )
-            .await
+            .await?;
+        let due = {
+            let mut pruned = self.pruned.lock().unwrap_or_else(|p| p.into_inner());
+            let due = pruned.is_none_or(|at| at.elapsed() >= PRUNE_EVERY);
+            if due {
+                *pruned = Some(Instant::now());
+            }
+            due
+        };
+        if due {
+            self.prune().await;
+        }
+        Ok(())
+    }
+}
+
+impl SignedOut {
+    /// Drops the records of sessions that have expired anyway.
+    pub async fn prune(&self) {
+        let Ok(ids) = self.storage.list_records(RecordKind::SignedOut).await else {
+            return;
+        };
+        let now = crate::identity::jwt::now();
+        for id in ids {
+            let expired = match self.storage.get_record(RecordKind::SignedOut, &id).await {
+                Ok(Some(bytes)) => std::str::from_utf8(&bytes)
+                    .ok()
+                    .and_then(|s| s.trim().parse::<i64>().ok())
+                    .is_none_or(|expires| expires < now),
+                _ => false,
+            };
+            if expired {
+                if let Err(e) = self.storage.delete_record(RecordKind::SignedOut, &id).await {
+                    tracing::debug!(error = %e, "cannot prune a signed-out session record");
+                }
+            }
+        }
     }
 }
 

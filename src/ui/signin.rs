@@ -34,17 +34,26 @@ pub async fn form(State(state): State<UiState>, request: Request) -> Response {
     if viewer.signed_in() {
         return see_other(&viewer, &back);
     }
-    form_page(&state, &viewer, &back, None, StatusCode::OK)
+    let existing = session::cookie(&parts.headers, SIGNIN_COOKIE);
+    form_page(&state, &viewer, existing, &back, None, StatusCode::OK)
 }
 
 fn form_page(
     state: &UiState,
     viewer: &Viewer,
+    existing: Option<&str>,
     back: &str,
     error: Option<&str>,
     status: StatusCode,
 ) -> Response {
-    let nonce = jwt::random_bytes(16).map(hex::encode).unwrap_or_default();
+    // One value per browser (another tab's form stays good), made anew
+    // when the cookie is missing or not one of ours.
+    let nonce = match existing {
+        Some(value) if value.len() == 32 && value.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            value.to_owned()
+        }
+        _ => jwt::random_bytes(16).map(hex::encode).unwrap_or_default(),
+    };
     let accounts = state.app.auth.enabled();
     let passwords = state.app.config.auth.htpasswd.is_some();
     let issuers = state.ui.oidc.buttons();
@@ -103,6 +112,7 @@ pub async fn submit(State(state): State<UiState>, request: Request) -> Response 
         return form_page(
             &state,
             &viewer,
+            Some(expected),
             &back,
             Some("Give a user name and a password."),
             StatusCode::UNAUTHORIZED,
@@ -115,6 +125,7 @@ pub async fn submit(State(state): State<UiState>, request: Request) -> Response 
         return form_page(
             &state,
             &viewer,
+            Some(expected),
             &back,
             Some("Sign in with your user name and password."),
             StatusCode::UNAUTHORIZED,
@@ -126,6 +137,7 @@ pub async fn submit(State(state): State<UiState>, request: Request) -> Response 
             let mut response = form_page(
                 &state,
                 &viewer,
+                Some(expected),
                 &back,
                 Some(&format!(
                     "Too many failed sign-ins; try again in {} s.",
@@ -142,6 +154,7 @@ pub async fn submit(State(state): State<UiState>, request: Request) -> Response 
             return form_page(
                 &state,
                 &viewer,
+                Some(expected),
                 &back,
                 Some("Wrong user name or password."),
                 StatusCode::UNAUTHORIZED,

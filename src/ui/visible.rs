@@ -82,9 +82,10 @@ impl Visible {
         Ok(list)
     }
 
-    /// Whether `viewer` may see `name` in a listing (the catalog's access),
-    /// from the viewer's recent decisions or the chain.
-    async fn may_list(&self, state: &SharedState, viewer: &Viewer, name: &str) -> bool {
+    /// Whether `viewer` may see `name`: whether the chain lets them pull
+    /// from it (a pull with no reference yet, so policies that judge a
+    /// manifest let it by), from the viewer's recent decisions or the chain.
+    pub(crate) async fn may_list(&self, state: &SharedState, viewer: &Viewer, name: &str) -> bool {
         let key = (
             viewer.identity.subject.clone(),
             viewer.identity.groups.clone(),
@@ -103,7 +104,7 @@ impl Visible {
         let Ok(repository) = RepositoryName::parse(name) else {
             return false;
         };
-        let access = Access::new(Action::List, Resource::Catalog, repository);
+        let access = Access::new(Action::Pull, Resource::Manifest, repository);
         let may = allows(state, &viewer.caller(), &access).await;
         let mut viewers = self.viewers.lock().unwrap_or_else(|p| p.into_inner());
         if viewers.len() >= MAX_VIEWERS && !viewers.contains_key(&key) {
@@ -132,7 +133,7 @@ impl Visible {
     /// Up to `n` names after `after` that contain `query` (case-insensitive)
     /// and that `viewer` may see: the chain decides names in order until the
     /// page is full, never the whole store.
-    pub async fn page(
+    pub(crate) async fn page(
         &self,
         state: &SharedState,
         viewer: &Viewer,
