@@ -120,6 +120,9 @@ for ((i = 0; i < 100; i++)); do
 done
 [[ $(http_status "http://$REG/healthz") == 200 ]] || bail "portcullis answers /healthz" "$PORTCULLIS_LOG"
 expect_eq "GET /ui/ answers 200 to an anonymous caller" 200 "$(http_status "http://$REG/ui/")"
+csp=$(grep -i '^content-security-policy:' "$WORK/http.headers" | tr -d '\r' | cut -d' ' -f2-)
+expect_eq "/ui/ is served with a Content-Security-Policy that allows no script" \
+    "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'" "$csp"
 
 # --- docker: alice pushes the images the browser looks at
 
@@ -159,7 +162,8 @@ check "docker build of bob's image" build "$WORK/other" "$REG/apps/web:bob"
 docker tag "$REG/signed/app:1" "$REG/private/secret:1"
 
 check "docker login as alice" docker_login alice "$ALICE_PASSWORD"
-for image in apps/web:v1.0.0 signed/app:1 signed/app:unsigned-1 private/secret:1; do
+docker tag "$REG/apps/web:bob" "$REG/apps/web:old" # deleted from the page by alice
+for image in apps/web:v1.0.0 apps/web:old signed/app:1 signed/app:unsigned-1 private/secret:1; do
     check "alice pushes $image" docker push "$REG/$image"
 done
 # repo_digest IMAGE: the digest the registry stored, from docker's record of the push.
@@ -204,6 +208,11 @@ echo "# the browser's steps took $((SECONDS - started)) s"
 [[ $status -eq 0 ]] || not_ok "the browser's steps ran to the end (exit status $status)" "$WORK/ui_browser.log" "$PORTCULLIS_LOG"
 
 # --- what the server said meanwhile
+
+# The refusals the browser saw were the server's: one forged csrf field and
+# one cross-site form (tokens), the immutable tag and bob's delete.
+expect_eq "portcullis answered both refused token forms with 403" 2 "$(portcullis_requests POST /ui/tokens 403)"
+expect_eq "portcullis answered both refused deletes with 403" 2 "$(portcullis_requests POST '/ui/r/apps/web/:.*/delete' 403)"
 
 server_errors() {
     python3 - "$@" <<'EOF'

@@ -312,6 +312,16 @@ def anonymous_visit():
 
     check("anonymous /ui/r/private/secret is a 404 page, like a missing repository", private_repository_is_not_found)
 
+    def public_image_without_forms():
+        go("/ui/r/apps/web")
+        expect("v1.0.0" in [r.get_attribute("data-tag") for r in every("table#tags tr.tag")], "v1.0.0 not listed")
+        go("/ui/r/apps/web/:v1.0.0")
+        expect(present("code#pull-by-tag"), "no code#pull-by-tag")
+        expect(not present("form#delete-tag") and not present("form#delete-manifest"),
+               "delete forms shown to an anonymous visitor")
+
+    check("anonymous /ui/r/apps/web lists v1.0.0; its image page has no delete forms", public_image_without_forms)
+
     def search_finds_by_name():
         go("/ui/")
         box = one("form#search input[name=q]")
@@ -458,6 +468,31 @@ def browse_as_alice():
 
         return step
 
+    def delete_tag(name, tag):
+        go(f"/ui/r/{name}/:{tag}")
+        submit_with(form_button(one("form#delete-tag")))
+
+    def tags_of(name):
+        go(f"/ui/r/{name}")
+        return [r.get_attribute("data-tag") for r in every("table#tags tr.tag")]
+
+    def immutable_tag_is_not_deleted():
+        delete_tag("apps/web", "v1.0.0")
+        expect(present("#error"), "no #error after deleting the immutable tag")
+        expect("immutable" in text("#error"), f"#error does not say why: {text('#error')!r}")
+        expect("v1.0.0" in tags_of("apps/web"), "v1.0.0 is gone")
+
+    check("alice's form#delete-tag on apps/web:v1.0.0 is refused by immutable-releases; the tag stays",
+          immutable_tag_is_not_deleted)
+
+    def tag_is_deleted():
+        delete_tag("apps/web", "old")
+        expect_eq(BASE + "/ui/r/apps/web", driver.current_url, "page after deleting apps/web:old")
+        tags = tags_of("apps/web")
+        expect("old" not in tags and {"v1.0.0", "bob"} <= set(tags), f"tags after deleting old: {tags}")
+
+    check("alice deletes apps/web:old with form#delete-tag: back on /ui/r/apps/web, the tag is gone", tag_is_deleted)
+
     check("signed/app:1, signed with the trusted key: #signature-status data-status=verified",
           signature_status("1", SIGNED_DIGEST, "verified"))
     check("signed/app:unsigned-1: #signature-status data-status=unverified",
@@ -530,6 +565,29 @@ def tokens_as_alice():
         expect_eq(before, len(every("table#tokens tr.token")), "tokens after the forged POST")
 
     check("creating a token with a forged csrf field is refused", forged_csrf_is_refused)
+
+    def cross_site_form_is_refused():
+        go("/ui/tokens")
+        csrf = one("form#create-token").find_element(By.NAME, "csrf").get_attribute("value")
+        before = len(every("table#tokens tr.token"))
+        # Another site's page (here a file: page) with a form that posts to
+        # the registry, even with alice's real csrf value (as if it leaked):
+        # the browser sends no SameSite=Lax cookie with it, and its Origin
+        # is not the registry's.
+        attacker = os.path.join(WORK, "attacker.html")
+        with open(attacker, "w") as out:
+            out.write(f'<!DOCTYPE html><form method="post" action="{BASE}/ui/tokens">'
+                      f'<input name="csrf" value="{csrf}"><input name="description" value="cross-site">'
+                      f'<input name="expires_days" value="1"><button id="go" type="submit">go</button></form>')
+        driver.get(f"file://{attacker}")
+        submit_with(one("#go"))
+        expect(not present("code#new-token"), "a cross-site form created a token")
+        go("/ui/tokens")
+        expect_eq(before, len(every("table#tokens tr.token")), "tokens after the cross-site POST")
+        expect_eq("alice", viewer(), "#viewer after the cross-site POST")
+
+    check("a form on another site posting to /ui/tokens, even with alice's csrf value, creates no token",
+          cross_site_form_is_refused)
 
     def create():
         go("/ui/tokens")
@@ -672,6 +730,15 @@ def bob():
                "bob sees alice's token")
 
     check("bob's /ui/tokens does not list alice's token", own_tokens_only)
+
+    def may_not_delete():
+        go("/ui/r/apps/web/:bob")
+        submit_with(form_button(one("form#delete-tag")))
+        expect(present("#error"), "no #error after bob's delete")
+        go("/ui/r/apps/web")
+        expect("bob" in [r.get_attribute("data-tag") for r in every("table#tags tr.tag")], "the tag bob is gone")
+
+    check("bob (no delete grant) cannot delete apps/web:bob from the page", may_not_delete)
     check("bob signs out", lambda: (sign_out(), expect_eq("anonymous", viewer(), "#viewer")))
 
 
