@@ -55,7 +55,7 @@ htpasswd -B -i -c "$HTPASSWD" alice <<<"$ALICE_PASSWORD" 2>"$WORK/htpasswd.log" 
 ROOT=$WORK/storage
 CONFIG=$WORK/ui.toml
 # Anonymous callers pull apps/** and signed/**, not private/**; everyone
-# signed in pulls everything and pushes apps/**; admins (alice) push anything.
+# signed in pulls everything and pushes apps/**; admins (alice) may do anything.
 # v* tags never move. signed/** pulls are checked against the cosign key in
 # audit mode: the unsigned image stays viewable (and pullable), and the page
 # tells it apart from the signed one.
