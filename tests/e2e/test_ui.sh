@@ -200,6 +200,7 @@ expect_eq "/ui/ is served with a Content-Security-Policy that allows no script" 
 
 SCREENSHOTS=$REPO/artifacts/ui-screenshots
 mkdir -p "$SCREENSHOTS"
+rm -f "$SCREENSHOTS"/*.png # none left over from an earlier run
 started=$SECONDS
 env UI_REGISTRY="$REG" UI_ALICE_PASSWORD="$ALICE_PASSWORD" UI_BOB_PASSWORD="$BOB_PASSWORD" \
     UI_WEB_DIGEST="$WEB_DIGEST" UI_SIGNED_DIGEST="$SIGNED_DIGEST" UI_UNSIGNED_DIGEST="$UNSIGNED_DIGEST" \
