@@ -19,6 +19,10 @@ packages=(
     # for the arm64 one, cross-built with Zig, its strip, and qemu-aarch64-static
     # to run it in tests/e2e/test_arm64.sh.
     systemd musl-tools qemu-user-static binutils-aarch64-linux-gnu file
+    # The web UI's real-browser test (tests/e2e/test_ui.sh): headless Chromium
+    # and its WebDriver, /usr/bin/chromedriver, which tests/browser.sh's
+    # selenium is pointed at (nothing downloads a driver or a browser).
+    chromium chromium-driver
 )
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
@@ -29,3 +33,4 @@ bash examples/policies/install-toolchains.sh
 bash deploy/install-tools.sh --no-rust --arm64
 bash tests/moto.sh install
 bash tests/oidc.sh install
+bash tests/browser.sh install

@@ -263,9 +263,12 @@ impl PolicyChain {
             .collect()
     }
 
-    /// What the enforcing policies of `module` alone decide on `access`
-    /// (a web page asking "is this image signed?"): not a request, so no
-    /// decision is recorded. `None` when none of them covers `access`.
+    /// What the policies of `module` alone decide on `access` (a web page
+    /// asking "is this image signed?"), in audit mode too: a pull-scoped
+    /// signature policy that enforces hides what it refuses, so only one
+    /// in audit mode (being rolled out) can show an image as not verified.
+    /// Not a request, so no decision is recorded. `None` when none of them
+    /// covers `access`.
     pub async fn probe(
         &self,
         module: &str,
@@ -277,7 +280,7 @@ impl PolicyChain {
         let applying: Vec<&Scoped> = self
             .policies
             .iter()
-            .filter(|p| p.module == module && p.mode == PolicyMode::Enforce && p.applies(access))
+            .filter(|p| p.module == module && p.applies(access))
             .collect();
         if applying.is_empty() {
             return None;

@@ -10,13 +10,19 @@
 #                                         # with docker, podman, skopeo and containerd's ctr
 #   bash tests/e2e/run.sh arm64           # only test_arm64.sh: the aarch64 binary and image, run
 #                                         # under qemu-aarch64-static; the multi-arch index
+#   bash tests/e2e/run.sh ui              # only test_ui.sh: the web UI in headless chromium (selenium):
+#                                         # sign-in (password, OIDC), browse, decisions, tokens;
+#                                         # screenshots to artifacts/ui-screenshots/
 #
 # Needs root (dockerd and rootful podman) and, on Debian 12, these packages:
 #
 #   apt-get install -y docker.io skopeo podman docker-registry python3 curl openssl apache2-utils
 #
-# the identity test's OpenID provider needs nodejs and npm, and its package
+# the identity and ui tests' OpenID provider needs nodejs and npm, and its package
 # installed once (`bash tests/oidc.sh install`, which uses the network);
+# the ui test, chromium and chromium-driver, Python selenium in a venv
+# (`bash tests/browser.sh install`, PyPI) and the cosign test tool (COSIGN_TOOL,
+# which tests/run.sh builds; else the test builds tests/tools/cosign);
 # and, for the container test's static binary, musl-tools and
 # `rustup target add x86_64-unknown-linux-musl` (deploy/install-tools.sh does both);
 # for the arm64 test, qemu-user-static, and to cross-build its binary cargo-zigbuild,
