@@ -423,12 +423,13 @@ async fn signature_status(
         .with_reference(reference.clone());
     access.manifest = Some(Arc::clone(facts));
     let chain = app.policies.current();
-    // The enforcing signature policies whose scope covers a pull here, and
-    // whether any of them would check this view at all.
+    // The signature policies (enforcing or in audit mode, as `probe` asks
+    // them) whose scope covers a pull here, and whether any of them would
+    // check this view at all.
     let covering: Vec<_> = chain
         .described()
         .into_iter()
-        .filter(|p| p.module == SIGNATURE_MODULE && p.mode == PolicyMode::Enforce)
+        .filter(|p| p.module == SIGNATURE_MODULE)
         .filter(|p| p.actions.as_ref().is_none_or(|a| a.contains(&Action::Pull)))
         .filter(|p| {
             p.repositories
