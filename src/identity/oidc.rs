@@ -46,6 +46,10 @@ pub enum OidcError {
     Claim(String),
     #[error("cannot fetch the issuer's keys: {0}")]
     Fetch(String),
+    /// The token endpoint answered 4xx: the request it was given (a code,
+    /// maybe forged, used or expired) is not good.
+    #[error("the issuer refused the request: {0}")]
+    Refused(String),
 }
 
 /// Where the authorization-code flow goes.
@@ -211,6 +215,9 @@ impl Issuer {
                 return Err(OidcError::Fetch(format!("{url}: larger than 1 MiB")));
             }
             bytes.extend_from_slice(&chunk);
+        }
+        if status.is_client_error() {
+            return Err(OidcError::Refused(format!("{url}: {status}")));
         }
         if !status.is_success() {
             return Err(OidcError::Fetch(format!("{url}: {status}")));
@@ -444,6 +451,19 @@ mod tests {
                     }
                 }),
             )
+            .route(
+                "/idp/token",
+                axum::routing::post(|| async {
+                    (
+                        axum::http::StatusCode::BAD_REQUEST,
+                        r#"{"error":"invalid_grant"}"#,
+                    )
+                }),
+            )
+            .route(
+                "/idp/broken",
+                axum::routing::post(|| async { axum::http::StatusCode::BAD_GATEWAY }),
+            )
             .fallback(move || {
                 missed.fetch_add(1, Ordering::SeqCst);
                 async { axum::http::StatusCode::NOT_FOUND }
@@ -495,5 +515,16 @@ mod tests {
         }
         assert_eq!(misses.load(Ordering::SeqCst), 1);
         assert_eq!(hits.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_refused_code_is_told_from_a_provider_that_fails() {
+        let (url, _, _) = provider().await;
+        let issuer = issuer(&url);
+        let form = [("grant_type", "authorization_code"), ("code", "forged")];
+        let refused = issuer.token_request(&format!("{url}/token"), &form).await;
+        assert!(matches!(refused, Err(OidcError::Refused(_))), "{refused:?}");
+        let failed = issuer.token_request(&format!("{url}/broken"), &form).await;
+        assert!(matches!(failed, Err(OidcError::Fetch(_))), "{failed:?}");
     }
 }

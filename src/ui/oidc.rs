@@ -275,6 +275,12 @@ pub async fn callback(State(state): State<UiState>, request: Request) -> Respons
     }
     let answer = match issuer.token_request(&endpoints.token, &form).await {
         Ok(answer) => answer,
+        // A code the provider does not take (forged, used twice, expired):
+        // the request's fault, not the provider's.
+        Err(e @ crate::identity::oidc::OidcError::Refused(_)) => {
+            tracing::info!(issuer = %client.issuer, error = %e, "web UI: the provider refused the code");
+            return refuse("the provider did not accept its code (used already, or expired).");
+        }
         Err(e) => {
             tracing::warn!(issuer = %client.issuer, error = %e, "web UI: the code exchange failed");
             return unavailable(&viewer, "the code exchange failed.");

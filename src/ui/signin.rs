@@ -177,6 +177,14 @@ pub(crate) fn start_session(
         .issue_session(login, state.app.config.ui.session_ttl)
     {
         Ok(session) => session,
+        // The credential ends within a minute (an ID token about to expire).
+        Err(AuthError::BadToken(why)) => {
+            return super::error_page(
+                viewer,
+                StatusCode::BAD_REQUEST,
+                &format!("Cannot start a session: {why}"),
+            );
+        }
         Err(e) => {
             tracing::warn!(error = %e, "web UI: cannot start a session");
             return super::error_page(
