@@ -105,7 +105,7 @@ impl<C> DecisionCache<C> {
             may: HashMap::new(),
         });
         if !Self::fresh(decided, chain) || decided.may.len() >= MAX_DECISIONS {
-            *total -= decided.may.len();
+            *total = total.saturating_sub(decided.may.len());
             decided.since = Instant::now();
             decided.chain = Arc::downgrade(chain);
             decided.may.clear();
