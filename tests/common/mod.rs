@@ -12,6 +12,7 @@ pub mod garage;
 pub mod moto;
 pub mod oidc;
 pub mod served;
+pub mod ui;
 pub use garage::{unique_prefix, Garage, GarageFacts};
 
 use std::net::SocketAddr;
