@@ -262,6 +262,17 @@ async fn tags_page(
         }
         Err(e) => return storage_error(viewer, e),
     };
+    // The tag listing of a repository that is not there is empty: ask as
+    // `tags/list` does, so a missing repository is the 404 a hidden one is.
+    if history.is_empty() {
+        match app.storage.list_tags(name).await {
+            Ok(_) => {}
+            Err(StorageError::NameUnknown(_)) => {
+                return not_found(viewer, &repository_path(name.as_str()))
+            }
+            Err(e) => return storage_error(viewer, e),
+        }
+    }
     // Newest first; the cosign signature tags are shown with their image.
     history.retain(|t| !is_signature_tag(t.tag.as_str()));
     history.sort_by(|a, b| b.pushed.cmp(&a.pushed).then(a.tag.cmp(&b.tag)));
