@@ -46,6 +46,11 @@ pub enum OidcError {
     Claim(String),
     #[error("cannot fetch the issuer's keys: {0}")]
     Fetch(String),
+    /// The token endpoint said no (a 4xx, RFC 6749 section 5.2: a code
+    /// used already or not issued for this verifier): the request's fault,
+    /// not the provider's.
+    #[error("the issuer refused the request: {0}")]
+    Refused(String),
 }
 
 /// Where the authorization-code flow goes.
@@ -177,6 +182,14 @@ impl Issuer {
                 return Err(OidcError::Fetch(format!("{url}: larger than 1 MiB")));
             }
             bytes.extend_from_slice(&chunk);
+        }
+        if status.is_client_error() {
+            // `{"error": "invalid_grant", ...}`, when the answer says.
+            let error = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v.get("error")?.as_str().map(str::to_owned))
+                .unwrap_or_else(|| status.to_string());
+            return Err(OidcError::Refused(error.chars().take(100).collect()));
         }
         if !status.is_success() {
             return Err(OidcError::Fetch(format!("{url}: {status}")));

@@ -21,6 +21,7 @@ use super::{error_page, finish, registry_host, safe_return, UiState, Viewer};
 use crate::api::Query;
 use crate::config::Config;
 use crate::identity::jwt;
+use crate::identity::oidc::OidcError;
 
 /// One issuer the sign-in page offers.
 pub struct Client {
@@ -275,6 +276,11 @@ pub async fn callback(State(state): State<UiState>, request: Request) -> Respons
     }
     let answer = match issuer.token_request(&endpoints.token, &form).await {
         Ok(answer) => answer,
+        // A replayed code, or one the provider gave another verifier.
+        Err(OidcError::Refused(error)) => {
+            tracing::info!(issuer = %client.issuer, error, "web UI: the provider refused the code");
+            return refuse(&format!("the provider refused its code ({error:?})."));
+        }
         Err(e) => {
             tracing::warn!(issuer = %client.issuer, error = %e, "web UI: the code exchange failed");
             return unavailable(&viewer, "the code exchange failed.");
