@@ -313,6 +313,26 @@ impl PolicyChain {
             .await
     }
 
+    /// Decides `access` as [`evaluate`](Self::evaluate) does, without
+    /// recording a decision: for a web page asking whether its viewer may
+    /// see a repository, which is not a request. (Recorded, every page view
+    /// would fill the decision log's ring, and a user's own refusals would
+    /// name the repositories they may not see.)
+    pub async fn judge(
+        &self,
+        access: &Access,
+        identity: &Identity,
+        client: IpAddr,
+        metrics: &Metrics,
+    ) -> Verdict {
+        if !self.policies.iter().any(|p| p.applies(access)) {
+            return Verdict::Allow;
+        }
+        let request = access.to_wit(identity, client);
+        self.decide_with(&request, access.action, metrics, &|_| true, true, false)
+            .await
+    }
+
     /// Decides `access` with the policies of `stage` only.
     pub async fn evaluate_stage(
         &self,
@@ -343,8 +363,15 @@ impl PolicyChain {
         }
         let request = access.to_wit(identity, client);
         let final_stage = stage != Stage::WithoutFacts;
-        self.decide_with(&request, access.action, metrics, &in_stage, final_stage)
-            .await
+        self.decide_with(
+            &request,
+            access.action,
+            metrics,
+            &in_stage,
+            final_stage,
+            true,
+        )
+        .await
     }
 
     /// Decides a request as the contract shows it (`policy replay`, audit
@@ -356,7 +383,7 @@ impl PolicyChain {
         action: Action,
         metrics: &Metrics,
     ) -> Verdict {
-        self.decide_with(request, action, metrics, &|_| true, true)
+        self.decide_with(request, action, metrics, &|_| true, true, true)
             .await
     }
 
@@ -367,6 +394,7 @@ impl PolicyChain {
         metrics: &Metrics,
         in_stage: &(dyn Fn(&Scoped) -> bool + Sync),
         final_stage: bool,
+        record: bool,
     ) -> Verdict {
         let started = Instant::now();
         let mut audited = Vec::new();
@@ -406,7 +434,7 @@ impl PolicyChain {
                 }
             }
         }
-        if let Some(log) = self.engine.decisions() {
+        if let Some(log) = self.engine.decisions().filter(|_| record) {
             let decided = final_stage || verdict != Verdict::Allow || !audited.is_empty();
             if decided && log.wants(&verdict, !audited.is_empty()) {
                 log.record(Decision::new(

@@ -15,7 +15,7 @@ use portcullis_patterns::PatternList;
 
 use super::layout::{self, bytes, short_digest};
 use super::{error_page, page, registry_host, see_other, signin_to, UiState, Viewer};
-use crate::api::access::allows;
+use crate::api::access::would_allow;
 use crate::api::Query;
 use crate::config::{Action, PolicyMode};
 use crate::policy::bindings::portcullis::policy::types as wit;
@@ -425,7 +425,7 @@ async fn manifest_page(
     let mut access = Access::new(Action::Pull, Resource::Manifest, name.clone())
         .with_reference(reference.clone());
     access.manifest = Some(Arc::clone(&facts));
-    if !allows(app, &viewer.caller(), &access).await {
+    if !would_allow(app, &viewer.caller(), &access).await {
         return not_found(viewer, &path);
     }
     let digest = stored.digest.clone();

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::Viewer;
-use crate::api::access::allows;
+use crate::api::access::would_allow;
 use crate::api::SharedState;
 use crate::config::Action;
 use crate::policy::request::Resource;
@@ -105,7 +105,7 @@ impl Visible {
             return false;
         };
         let access = Access::new(Action::Pull, Resource::Manifest, repository);
-        let may = allows(state, &viewer.caller(), &access).await;
+        let may = would_allow(state, &viewer.caller(), &access).await;
         let mut viewers = self.viewers.lock().unwrap_or_else(|p| p.into_inner());
         if viewers.len() >= MAX_VIEWERS && !viewers.contains_key(&key) {
             viewers.retain(|_, d| d.since.elapsed() < DECISIONS_TTL);
