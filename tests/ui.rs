@@ -1171,3 +1171,127 @@ async fn the_ui_example_config_loads_and_serves_the_home_lab_it_describes() {
     let form = Browser::new(&registry).get("/ui/signin").await;
     assert_eq!(form.text("a.signin-oidc"), format!("Sign in with {label}"));
 }
+
+/// An Ed25519 key pair, its public key in PEM (as `cosign generate-key-pair
+/// --alg ed25519` would write it).
+fn signing_key() -> (ring::signature::Ed25519KeyPair, String) {
+    use base64::Engine as _;
+    use ring::signature::KeyPair as _;
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+    let key = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+    let spki = [
+        &[
+            0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+        ][..],
+        key.public_key().as_ref(),
+    ]
+    .concat();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(spki);
+    (
+        key,
+        format!("-----BEGIN PUBLIC KEY-----\n{b64}\n-----END PUBLIC KEY-----\n"),
+    )
+}
+
+/// Signs `digest` in `repository` as cosign does (a simple-signing payload,
+/// its signature in the layer's annotation), pushed in the tag scheme.
+async fn cosign_sign(
+    registry: &TestRegistry,
+    key: &ring::signature::Ed25519KeyPair,
+    repository: &str,
+    digest: &str,
+) {
+    use base64::Engine as _;
+    let payload = serde_json::to_vec(&json!({
+        "critical": {
+            "identity": { "docker-reference": format!("{}/{repository}", registry.addr()) },
+            "image": { "docker-manifest-digest": digest },
+            "type": "cosign container image signature",
+        },
+        "optional": null,
+    }))
+    .unwrap();
+    let signature = base64::engine::general_purpose::STANDARD.encode(key.sign(&payload));
+    let config = b"{}".to_vec();
+    let mut layer = descriptor("application/vnd.dev.cosign.simplesigning.v1+json", &payload);
+    layer["annotations"] = json!({ "dev.cosignproject.cosign/signature": signature });
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": descriptor(common::OCI_CONFIG, &config),
+        "layers": [layer],
+    }))
+    .unwrap();
+    let image = Image {
+        digest: common::sha256(&manifest),
+        config,
+        layers: vec![payload],
+        manifest,
+    };
+    let tag = format!("{}.sig", digest.replace(':', "-"));
+    push_as(registry, BOB, repository, &tag, &image).await;
+}
+
+#[tokio::test]
+async fn a_signature_status_says_verified_only_where_a_signature_policy_checked() {
+    let (signer, key) = signing_key();
+    let secrets = tempfile::tempdir().unwrap();
+    let registry = home_lab(secrets.path(), move |c| {
+        // Pulls of prod-* tags in signed/** need a signature by the key.
+        let mut releases = common::policy(
+            "signed-releases",
+            "builtin:signature",
+            json!({ "keys": [key], "tags": ["prod-*"] }),
+        );
+        releases.actions = Some(vec![portcullis::config::Action::Pull]);
+        releases.repositories = Some(vec!["signed/**".into()]);
+        c.policy.chain.push(releases);
+    })
+    .await;
+    let unsigned = Image::random();
+    for tag in ["latest", "prod-1"] {
+        push_as(&registry, BOB, "signed/app", tag, &unsigned).await;
+    }
+    push_as(&registry, BOB, "team-a/app", "latest", &unsigned).await;
+    let mut bob = Browser::new(&registry);
+    bob.sign_in(BOB.0, BOB.1).await;
+    let status = |page: &common::ui::Page| {
+        page.one("#signature-status")
+            .attr("data-status")
+            .unwrap()
+            .to_owned()
+    };
+    // The prod tag of an unsigned image: not pulled, not shown.
+    let prod = bob.get("/ui/r/signed/app/:prod-1").await;
+    assert_eq!(prod.status, StatusCode::NOT_FOUND);
+    // Signed, its prod tag is verified (and lists the signature).
+    let signed = Image::random();
+    push_as(&registry, BOB, "signed/app", "prod-2", &signed).await;
+    cosign_sign(&registry, &signer, "signed/app", &signed.digest).await;
+    let prod = bob.get("/ui/r/signed/app/:prod-2").await;
+    assert_eq!(prod.status, StatusCode::OK, "{}", prod.body);
+    assert_eq!(status(&prod), "verified");
+    assert_eq!(
+        prod.text("tr.referrer td.artifact-type"),
+        "cosign signature (tag scheme)"
+    );
+    // The same unsigned image by another tag or its digest: shown (the
+    // policy does not check those), and never called verified.
+    for path in [
+        "/ui/r/signed/app/:latest".to_owned(),
+        format!("/ui/r/signed/app/@{}", unsigned.digest),
+    ] {
+        let page = bob.get(&path).await;
+        assert_eq!(page.status, StatusCode::OK, "{path}");
+        assert_eq!(
+            status(&page),
+            "unknown",
+            "{path}: {}",
+            page.text("#signature-status")
+        );
+    }
+    // A repository no signature policy covers.
+    let page = bob.get("/ui/r/team-a/app/:latest").await;
+    assert_eq!(status(&page), "unknown");
+}

@@ -359,16 +359,48 @@ enum Signature {
     Unknown,
 }
 
+/// Whether an enforcing `builtin:signature` policy checks a pull of
+/// `name` by `reference`: its scope covers it, and its `tags` setting (a
+/// policy with one checks only pulls by a matching tag) names the tag.
+/// Where none does, the policy allows without looking, which is no
+/// verification.
+fn signature_checked(state: &UiState, name: &RepositoryName, reference: &Reference) -> bool {
+    state
+        .app
+        .policies
+        .current()
+        .described()
+        .into_iter()
+        .filter(|p| p.module == "builtin:signature" && p.mode == PolicyMode::Enforce)
+        .filter(|p| p.actions.as_ref().is_none_or(|a| a.contains(&Action::Pull)))
+        .filter(|p| {
+            p.repositories
+                .as_ref()
+                .is_none_or(|r| PatternList::new(r).is_ok_and(|r| r.matches(name.as_str())))
+        })
+        .any(|p| match p.settings.get("tags") {
+            None => true,
+            Some(tags) => {
+                let tags: Vec<String> = serde_json::from_value(tags.clone()).unwrap_or_default();
+                matches!(reference, Reference::Tag(tag)
+                    if PatternList::new(&tags).is_ok_and(|t| t.matches(tag.as_str())))
+            }
+        })
+}
+
 async fn signature_status(
     state: &UiState,
     viewer: &Viewer,
     name: &RepositoryName,
-    digest: &Digest,
+    reference: &Reference,
     facts: &Arc<wit::Manifest>,
 ) -> Signature {
+    if !signature_checked(state, name, reference) {
+        return Signature::Unknown;
+    }
     let app = &state.app;
     let mut access = Access::new(Action::Pull, Resource::Manifest, name.clone())
-        .with_reference(Reference::Digest(digest.clone()));
+        .with_reference(reference.clone());
     access.manifest = Some(Arc::clone(facts));
     let chain = app.policies.current();
     match chain
@@ -429,7 +461,7 @@ async fn manifest_page(
         return not_found(viewer, &path);
     }
     let digest = stored.digest.clone();
-    let signature = signature_status(state, viewer, name, &digest, &facts).await;
+    let signature = signature_status(state, viewer, name, reference, &facts).await;
     let mut referrers = Vec::new();
     if let Ok(found) = app.storage.list_referrers(name, &digest).await {
         for r in found {
