@@ -1295,3 +1295,148 @@ async fn a_signature_status_says_verified_only_where_a_signature_policy_checked(
     let page = bob.get("/ui/r/team-a/app/:latest").await;
     assert_eq!(status(&page), "unknown");
 }
+
+#[tokio::test]
+async fn a_session_and_its_sign_out_hold_on_every_replica() {
+    let secrets = tempfile::tempdir().unwrap();
+    // Two servers on one store (a filesystem root here, a bucket on S3),
+    // sharing the token key the store holds.
+    let mut registry = home_lab(secrets.path(), |_| {}).await;
+    registry.add_replica().await;
+    let other = registry.replica_addr().unwrap();
+    let mut a = Browser::new(&registry);
+    let csrf = a.sign_in(ALICE.0, ALICE.1).await;
+    let cookie = a.cookie("portcullis_session").unwrap().to_owned();
+    let mut b = Browser::at(&format!("http://{other}"));
+    b.set_cookie("portcullis_session", &cookie);
+    let page = b.get("/ui/tokens").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert_eq!(page.text("#viewer"), "alice");
+    assert_eq!(
+        page.field("create-token", "csrf"),
+        csrf,
+        "one session, one token"
+    );
+
+    let out = a.post("/ui/signout", &[("csrf", &csrf)]).await;
+    assert_eq!(out.status, StatusCode::SEE_OTHER);
+    // The replica that signed it out knows at once...
+    let mut c = Browser::new(&registry);
+    c.set_cookie("portcullis_session", &cookie);
+    assert_eq!(c.get("/ui/").await.text("#viewer"), "anonymous");
+    // ...one that did, within its 10 s recheck.
+    let started = Instant::now();
+    loop {
+        b.set_cookie("portcullis_session", &cookie);
+        let page = b.get("/ui/").await;
+        if page.text("#viewer") == "anonymous" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(12),
+            "the sign-out holds on the other replica within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    b.set_cookie("portcullis_session", &cookie);
+    let post = b
+        .post("/ui/tokens", &[("csrf", &csrf), ("description", "late")])
+        .await;
+    assert_eq!(post.status, StatusCode::FORBIDDEN);
+    eprintln!(
+        "sign-out seen by the other replica after {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn behind_https_the_cookies_are_secure_and_the_lines_name_the_external_host() {
+    let secrets = tempfile::tempdir().unwrap();
+    let registry = home_lab(secrets.path(), |c| {
+        c.external_url = Some("https://registry.home.example/".into());
+    })
+    .await;
+    push_as(&registry, BOB, "public/app", "1", &Image::random()).await;
+    let mut alice = Browser::new(&registry);
+    let form = alice.get("/ui/signin").await;
+    assert!(
+        form.set_cookie("portcullis_signin")
+            .is_some_and(|c| c.ends_with("; Secure")),
+        "{:?}",
+        form.set_cookies()
+    );
+    let signed_in = alice.sign_in_to(ALICE.0, ALICE.1, "/ui/").await;
+    assert!(signed_in
+        .set_cookie("portcullis_session")
+        .is_some_and(|c| c.contains("; Secure")));
+    let page = alice.get("/ui/r/public/app/:1").await;
+    assert_eq!(
+        page.text("code#pull-by-tag"),
+        "docker pull registry.home.example/public/app:1"
+    );
+    let csrf = page.field("signout", "csrf");
+    let made = alice.post("/ui/tokens", &[("csrf", &csrf)]).await;
+    assert_eq!(
+        made.text("code#docker-login"),
+        "docker login registry.home.example -u alice --password-stdin"
+    );
+}
+
+#[tokio::test]
+async fn a_repositorys_tags_are_paged() {
+    let secrets = tempfile::tempdir().unwrap();
+    let registry = home_lab(secrets.path(), |_| {}).await;
+    let image = Image::random();
+    push_as(&registry, ALICE, "team-a/many", "t00", &image).await;
+    for i in 1..52 {
+        let put = registry
+            .request(Method::PUT, &format!("/v2/team-a/many/manifests/t{i:02}"))
+            .basic_auth(ALICE.0, Some(ALICE.1))
+            .header("content-type", OCI_MANIFEST)
+            .body(image.manifest.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(put.status(), StatusCode::CREATED);
+    }
+    let mut alice = Browser::new(&registry);
+    alice.sign_in(ALICE.0, ALICE.1).await;
+    let first = alice.get("/ui/r/team-a/many").await;
+    assert_eq!(first.text("main p.muted"), "52 tags");
+    let rows = first.select("tr.tag");
+    assert_eq!(rows.len(), 50);
+    let next = common::ui::unescape(first.one("a#next-page").attr("href").unwrap());
+    assert_eq!(next, "/ui/r/team-a/many?offset=50");
+    let second = alice.get(&next).await;
+    let mut seen: Vec<String> = rows
+        .iter()
+        .chain(second.select("tr.tag").iter())
+        .filter_map(|r| r.attr("data-tag").map(str::to_owned))
+        .collect();
+    assert_eq!(seen.len(), 52);
+    assert!(!second.has("a#next-page"));
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 52, "every tag once");
+}
+
+#[tokio::test]
+async fn a_user_holds_at_most_fifty_tokens() {
+    let secrets = tempfile::tempdir().unwrap();
+    let registry = home_lab(secrets.path(), |_| {}).await;
+    let mut carol = Browser::new(&registry);
+    let csrf = carol.sign_in(CAROL.0, CAROL.1).await;
+    for i in 0..50 {
+        let page = carol
+            .post(
+                "/ui/tokens",
+                &[("csrf", &csrf), ("description", &format!("t{i}"))],
+            )
+            .await;
+        assert_eq!(page.status, StatusCode::OK, "token {i}");
+    }
+    let refused = carol.post("/ui/tokens", &[("csrf", &csrf)]).await;
+    assert_eq!(refused.status, StatusCode::CONFLICT);
+    assert!(refused.text("#error").contains("revoke one first"));
+    assert_eq!(carol.get("/ui/tokens").await.select("tr.token").len(), 50);
+}

@@ -208,6 +208,11 @@ impl TestRegistry {
         self.addr
     }
 
+    /// The second server's address, after [`Self::add_replica`].
+    pub fn replica_addr(&self) -> Option<SocketAddr> {
+        self.replica.as_ref().map(|r| r.addr)
+    }
+
     /// The configuration it was started with (`storage.prefix` for a replica).
     pub fn config(&self) -> &Config {
         &self.config
