@@ -885,6 +885,16 @@ async fn the_storage_page_shows_what_the_background_run_computed() {
     assert!(rows[0].inner.contains("/ui/r/team-a/app"));
     assert!(page.has("#gc-would-free"));
     assert_eq!(page.text("#retention-would-delete"), "no rules");
+    // An admin may ask for a new computation; others do not get the form.
+    let csrf = page.field("refresh-storage", "csrf");
+    let asked = bob.post("/ui/storage/refresh", &[("csrf", &csrf)]).await;
+    assert_eq!(asked.status, StatusCode::SEE_OTHER);
+    assert_eq!(asked.location(), "/ui/storage");
+    let mut carol = Browser::new(&registry);
+    carol.sign_in(CAROL.0, CAROL.1).await;
+    let theirs = carol.get("/ui/storage").await;
+    assert_eq!(theirs.status, StatusCode::OK);
+    assert!(!theirs.has("form#refresh-storage"));
     eprintln!("storage page computed {:?} after start", started.elapsed());
 }
 
