@@ -256,7 +256,7 @@ async fn pages_and_forms_refuse_visitors_without_a_good_session() {
         }
     }
     // Nothing changed: alice's token, the tag, alice's session.
-    assert_eq!(token_ids(&mut alice).await, [token_id.clone()]);
+    assert_eq!(token_ids(&mut alice).await, [token_id.as_str()]);
     assert_eq!(tags_of(&registry, BOB, "team-a/app").await, ["1"]);
     assert_eq!(alice.get("/ui/").await.text("#viewer"), "alice");
 
@@ -327,8 +327,8 @@ async fn another_users_session_sees_and_changes_only_their_own() {
     let (carol_token, _) = make_token(&mut carol, &carol_csrf, "carol's").await;
 
     // Lists: each their own.
-    assert_eq!(token_ids(&mut alice).await, [alice_token.clone()]);
-    assert_eq!(token_ids(&mut carol).await, [carol_token.clone()]);
+    assert_eq!(token_ids(&mut alice).await, [alice_token.as_str()]);
+    assert_eq!(token_ids(&mut carol).await, [carol_token.as_str()]);
     let refusals = carol.get("/ui/decisions").await;
     assert!(
         !refusals.has("tr.decision"),
@@ -403,8 +403,8 @@ async fn another_users_session_sees_and_changes_only_their_own() {
         assert_eq!(page.status, status, "carol POST {path}: {}", page.body);
         assert_eq!(page.text("#viewer"), "carol");
     }
-    assert_eq!(token_ids(&mut alice).await, [alice_token.clone()]);
-    assert_eq!(token_ids(&mut carol).await, [carol_token.clone()]);
+    assert_eq!(token_ids(&mut alice).await, [alice_token.as_str()]);
+    assert_eq!(token_ids(&mut carol).await, [carol_token.as_str()]);
     assert_eq!(tags_of(&registry, BOB, "team-a/app").await, ["1"]);
     let works = registry
         .request(Method::GET, "/v2/team-a/app/tags/list")
