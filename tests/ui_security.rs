@@ -1529,3 +1529,119 @@ async fn lab_with_oidc(secrets: &std::path::Path, issuer: &str) -> TestRegistry 
     })
     .await
 }
+
+/// A config file for a server that reloads it (and its htpasswd file).
+fn watched_config(data: &std::path::Path, htpasswd: &std::path::Path, admins: &[&str]) -> String {
+    let admins: Vec<String> = admins.iter().map(|u| format!("{u:?}")).collect();
+    format!(
+        r#"
+listen = "127.0.0.1:0"
+[storage]
+root = "{}"
+[auth]
+htpasswd = "{}"
+failed_logins_per_address = 0
+[groups]
+admins = [{}]
+[[policy.chain]]
+name = "team-access"
+module = "builtin:group-access"
+[policy.chain.settings]
+authenticated = [{{ repositories = ["**"], actions = ["pull", "list"] }}]
+"#,
+        data.display(),
+        htpasswd.display(),
+        admins.join(", ")
+    )
+}
+
+#[tokio::test]
+async fn a_session_follows_the_accounts_a_new_password_or_a_removed_user_ends_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let htpasswd = common::write_htpasswd(dir.path(), &[ALICE, BOB, CAROL]);
+    let config_path = dir.path().join("portcullis.toml");
+    std::fs::write(&config_path, watched_config(&data, &htpasswd, &["bob"])).unwrap();
+    let config = portcullis::config::Config::load(Some(&config_path)).unwrap();
+    let server = portcullis::server::Server::bind_watching(config, Some(config_path.clone()))
+        .await
+        .unwrap();
+    let base = format!("http://{}", server.local_addr());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.run(async move {
+        let _ = stopped.await;
+    }));
+
+    let mut alice = Browser::at(&base);
+    alice.sign_in(ALICE.0, ALICE.1).await;
+    let mut carol = Browser::at(&base);
+    carol.sign_in(CAROL.0, CAROL.1).await;
+    let mut bob = Browser::at(&base);
+    bob.sign_in(BOB.0, BOB.1).await;
+    assert!(!alice.get("/ui/decisions").await.has("table#chain"));
+
+    // Waits up to 3 s until `check` holds for the page at `path`.
+    async fn becomes(browser: &mut Browser, path: &str, check: impl Fn(&Page) -> bool, what: &str) {
+        let started = std::time::Instant::now();
+        loop {
+            // A cleared cookie would be gone from the jar: keep sending it.
+            let cookie = browser.cookie("portcullis_session").map(str::to_owned);
+            let page = browser.get(path).await;
+            if check(&page) {
+                return;
+            }
+            if let Some(cookie) = cookie {
+                browser.set_cookie("portcullis_session", &cookie);
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "{what}: not within 3 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    // alice becomes an admin in the running config: her session shows it.
+    std::fs::write(
+        &config_path,
+        watched_config(&data, &htpasswd, &["bob", "alice"]),
+    )
+    .unwrap();
+    becomes(
+        &mut alice,
+        "/ui/decisions",
+        |p| p.has("table#chain"),
+        "alice an admin",
+    )
+    .await;
+    // alice's password changes, carol is removed: their sessions end;
+    // bob's goes on.
+    let text = std::fs::read_to_string(&htpasswd).unwrap();
+    let rewritten: String = text
+        .lines()
+        .filter(|l| !l.starts_with("carol:"))
+        .map(|l| {
+            if l.starts_with("alice:") {
+                format!("alice:{}\n", bcrypt::hash("alice-new", 4).unwrap())
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    std::fs::write(&htpasswd, rewritten).unwrap();
+    for (browser, who) in [(&mut alice, "alice"), (&mut carol, "carol")] {
+        becomes(
+            browser,
+            "/ui/",
+            |p| p.text("#viewer") == "anonymous",
+            &format!("{who}'s session ended"),
+        )
+        .await;
+    }
+    assert_eq!(bob.get("/ui/").await.text("#viewer"), "bob");
+    let page = alice.sign_in_to(ALICE.0, ALICE.1, "/ui/").await;
+    assert_eq!(page.status, StatusCode::UNAUTHORIZED, "the old password");
+    let page = alice.sign_in_to(ALICE.0, "alice-new", "/ui/").await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "the new one");
+    let _ = stop.send(());
+}
