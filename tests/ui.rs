@@ -15,6 +15,10 @@
 //! | the storage page                                              | `#total-bytes` once the background run is done |
 //! | `ui.enabled = false`                                          | `/ui/` is 404, the API unchanged           |
 //! | OpenID Connect sign-in (authorization code, PKCE, nonce)      | 303 to the provider, back with a session for its user |
+//! | the signature status, with a `builtin:signature` on `prod-*` tags | *verified* on a signed prod tag; *unknown* (never *verified*) for the same unsigned image by another tag or digest |
+//! | a session on two replicas, then signed out on one              | good on both; anonymous on the other within its 10 s recheck |
+//! | behind https (`external_url`)                                  | `Secure` cookies; pull and login lines name the external host |
+//! | 52 tags; 51 tokens                                             | tag pages of 50 with `a#next-page`; the 51st token is 409 |
 //! | `examples/config-ui.toml`                                     | loads and serves the home lab it describes |
 
 mod common;
@@ -51,7 +55,7 @@ fn the_page_reader_finds_what_maud_writes() {
 }
 
 #[tokio::test]
-async fn anonymous_visitors_see_only_what_anonymous_callers_may_list_searched_and_paged() {
+async fn anonymous_visitors_see_only_what_anonymous_callers_may_pull_searched_and_paged() {
     let secrets = tempfile::tempdir().unwrap();
     let registry = home_lab(secrets.path(), |_| {}).await;
     let public = [

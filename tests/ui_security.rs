@@ -11,6 +11,7 @@
 //! | no session; a garbled, tampered, expired, not-yet-valid or unsigned session; another registry's session; the registry's own access or refresh token; a robot token; an 9 KiB cookie | GET pages: 303 to sign-in; POST forms: 403; `/ui/` anonymous and the cookie cleared; nothing changed |
 //! | the session cookie as a Bearer token or a password on `/v2/`, as a refresh token at `/token` | 401 / refused           |
 //! | another user's session                                              | only their own tokens and refusals; another's token: 404, still good |
+//! | the user's password changes, the user is removed (live reload)      | the session ends within 3 s (a group joined shows as soon) |
 //! | CSRF token missing, empty, wrong, truncated, another session's, a signed-out session's | 403 page, nothing changed |
 //! | right token but `Origin` of another site or `null`, `Sec-Fetch-Site: cross-site / same-site`, not a form content type | 403, nothing changed |
 //! | sign-in form: no form cookie, field and cookie differ, cross-site   | 403, no session                          |
