@@ -506,10 +506,10 @@ pub const ALICE: (&str, &str) = ("alice", "alice-pw");
 pub const BOB: (&str, &str) = ("bob", "bob-pw");
 pub const CAROL: (&str, &str) = ("carol", "carol-pw");
 
-/// The chain of the UI tests: anonymous callers pull `public/**` (which
-/// the UI lists for them: it browses by pull),
-/// signed-in users everything but `vault/**`; devs push `team-a/**`, ops
-/// do anything; `v*` tags never move.
+/// The chain of the UI tests: anonymous callers pull `public/**` (and so
+/// see it listed: the pages browse by pull), signed-in users pull and list
+/// everything but `vault/**`; devs push `team-a/**`, ops do anything; `v*`
+/// tags never move.
 pub fn home_lab_chain() -> Vec<portcullis::config::PolicyEntry> {
     vec![
         super::policy(
