@@ -300,6 +300,25 @@ async fn pages_and_forms_refuse_visitors_without_a_good_session() {
         "a session is no refresh token: {}",
         refreshed.status()
     );
+    // Tokens are no passwords for the sign-in form, ours least of all.
+    for (what, password) in [
+        ("the session", &session),
+        ("an access token", &access),
+        ("a robot token", &robot_secret),
+    ] {
+        let mut visitor = Browser::new(&registry);
+        let page = visitor.sign_in_to("alice", password, "/ui/").await;
+        assert_eq!(
+            page.status,
+            StatusCode::UNAUTHORIZED,
+            "{what} as a password"
+        );
+        assert_eq!(
+            page.text("#error"),
+            "Sign in with your user name and password."
+        );
+        assert!(visitor.cookie("portcullis_session").is_none());
+    }
     // Sign-in at /token with it as a password: refused too.
     let login = registry
         .request(Method::GET, "/token?service=portcullis")
@@ -1229,6 +1248,17 @@ async fn every_page_redirect_and_error_carries_the_security_headers() {
     pages.push((
         "POST sign-out".into(),
         bob.post("/ui/signout", &[("csrf", &csrf)]).await,
+    ));
+    pages.push(("GET /ui".into(), anonymous.get("/ui").await));
+    pages.push((
+        "GET of a POST form".into(),
+        anonymous.get("/ui/signout").await,
+    ));
+    pages.push((
+        "HEAD /ui/".into(),
+        anonymous
+            .send(anonymous.request(Method::HEAD, "/ui/"))
+            .await,
     ));
     let style = anonymous.get("/ui/static/style.css").await;
 
