@@ -12,6 +12,7 @@
 //! | the session cookie as a Bearer token or a password on `/v2/`, as a refresh token at `/token` | 401 / refused           |
 //! | another user's session                                              | only their own tokens and refusals; another's token: 404, still good |
 //! | the user's password changes, the user is removed (live reload)      | the session ends within 3 s (a group joined shows as soon) |
+//! | forged sessions from one address until it is throttled, then another user's good session from it (unverified since a restart) | anonymous for now, the good cookie kept (not cleared) |
 //! | CSRF token missing, empty, wrong, truncated, another session's, a signed-out session's | 403 page, nothing changed |
 //! | right token but `Origin` of another site or `null`, `Sec-Fetch-Site: cross-site / same-site`, not a form content type | 403, nothing changed |
 //! | sign-in form: no form cookie, field and cookie differ, cross-site   | 403, no session                          |
@@ -1675,4 +1676,39 @@ async fn a_session_follows_the_accounts_a_new_password_or_a_removed_user_ends_it
     let page = alice.sign_in_to(ALICE.0, "alice-new", "/ui/").await;
     assert_eq!(page.status, StatusCode::SEE_OTHER, "the new one");
     let _ = stop.send(());
+}
+
+#[tokio::test]
+async fn forged_cookies_from_an_address_do_not_sign_its_other_users_out() {
+    let secrets = tempfile::tempdir().unwrap();
+    let mut registry = home_lab(secrets.path(), |c| c.auth.failed_logins_per_address = 3).await;
+    let mut alice = Browser::new(&registry);
+    alice.sign_in(ALICE.0, ALICE.1).await;
+    let cookie = alice.cookie("portcullis_session").unwrap().to_owned();
+    // A restart forgets which sessions were verified.
+    registry.restart().await;
+    let mut alice = Browser::new(&registry);
+    alice.set_cookie("portcullis_session", &cookie);
+    // Someone at the same address (a proxy, a NAT) sends forged sessions
+    // until the address is throttled.
+    let mut forger = Browser::new(&registry);
+    for i in 0..4 {
+        forger.set_cookie(
+            "portcullis_session",
+            &format!("eyJhbGciOiJFZERTQSJ9.eyJ{i}.c2ln"),
+        );
+        let page = forger.get("/ui/").await;
+        assert_eq!(page.text("#viewer"), "anonymous");
+    }
+    // alice's session cannot be checked just now: her page is anonymous,
+    // but her cookie is kept for when the address may try again.
+    let page = alice.get("/ui/").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert_eq!(page.text("#viewer"), "anonymous");
+    assert!(
+        page.set_cookie("portcullis_session").is_none(),
+        "a good session is not cleared for others' failures: {:?}",
+        page.set_cookies()
+    );
+    assert_eq!(alice.cookie("portcullis_session"), Some(cookie.as_str()));
 }

@@ -122,6 +122,10 @@ impl Viewer {
                 viewer.identity = session.login.identity.clone();
                 viewer.session = Some(session);
             }
+            // Not checked now (this address has too many failed logins,
+            // maybe someone else's behind the same proxy): anonymous for
+            // this page, and the cookie is kept for when it may try again.
+            Err(crate::identity::AuthError::Throttled { .. }) => {}
             _ => viewer.stale_cookie = true,
         }
         viewer
