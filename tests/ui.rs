@@ -1305,6 +1305,38 @@ async fn a_signature_status_says_verified_only_where_a_signature_policy_checked(
             page.text("#signature-status")
         );
     }
+    // An artifact (an SBOM: no OS, no filesystem layer) is nothing the
+    // policy asks a signature of: it lets it by, which is no verification.
+    let sbom = Image::from_parts(
+        b"{}".to_vec(),
+        vec![b"{\"spdxVersion\":\"SPDX-2.3\"}".to_vec()],
+        json!({ "artifactType": "application/spdx+json" }),
+    );
+    let sbom = {
+        // Its layer is the SBOM document, not a filesystem.
+        let mut manifest: serde_json::Value = serde_json::from_slice(&sbom.manifest).unwrap();
+        manifest["config"]["mediaType"] = json!("application/vnd.oci.empty.v1+json");
+        manifest["layers"][0]["mediaType"] = json!("application/spdx+json");
+        let bytes = serde_json::to_vec(&manifest).unwrap();
+        Image {
+            digest: common::sha256(&bytes),
+            manifest: bytes,
+            ..sbom
+        }
+    };
+    push_as(&registry, BOB, "signed/app", "prod-sbom", &sbom).await;
+    let page = bob.get("/ui/r/signed/app/:prod-sbom").await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert_eq!(
+        status(&page),
+        "unknown",
+        "{}",
+        page.text("#signature-status")
+    );
+    assert_eq!(
+        page.text("#signature-status"),
+        "not an image: no signature is asked of it"
+    );
     // A repository no signature policy covers.
     let page = bob.get("/ui/r/team-a/app/:latest").await;
     assert_eq!(status(&page), "unknown");

@@ -357,6 +357,22 @@ enum Signature {
     Verified,
     Unverified(String),
     Unknown,
+    /// An artifact (a signature, an SBOM): the policies ask no signature
+    /// of it, so their allow verifies nothing.
+    NotAnImage,
+}
+
+/// Whether a signature policy asks a signature of this manifest at all:
+/// an index, or an image whose config names an OS (what runtimes run).
+/// Artifacts pass unchecked. (Conservative: an image without an OS in its
+/// config is shown as not checked even where a policy checks it.)
+fn is_image(facts: &wit::Manifest) -> bool {
+    !facts.children.is_empty()
+        || facts
+            .image
+            .as_ref()
+            .and_then(|i| i.config.as_ref())
+            .is_some_and(|c| !c.os.is_empty())
 }
 
 /// Whether an enforcing `builtin:signature` policy checks a pull of
@@ -397,6 +413,9 @@ async fn signature_status(
 ) -> Signature {
     if !signature_checked(state, name, reference) {
         return Signature::Unknown;
+    }
+    if !is_image(facts) {
+        return Signature::NotAnImage;
     }
     let app = &state.app;
     let mut access = Access::new(Action::Pull, Resource::Manifest, name.clone())
@@ -518,6 +537,7 @@ async fn manifest_page(
                     Signature::Verified => span #signature-status.status-verified data-status="verified" { "verified by the signature policy" },
                     Signature::Unverified(reason) => span #signature-status.status-unverified data-status="unverified" title=(reason) { "not verified: " (reason) },
                     Signature::Unknown => span #signature-status.status-unknown data-status="unknown" { "no signature policy covers this repository" },
+                    Signature::NotAnImage => span #signature-status.status-unknown data-status="unknown" { "not an image: no signature is asked of it" },
                 }
             }
         }
