@@ -15,7 +15,7 @@
 //! | the storage page                                              | `#total-bytes` once the background run is done |
 //! | `ui.enabled = false`                                          | `/ui/` is 404, the API unchanged           |
 //! | OpenID Connect sign-in (authorization code, PKCE, nonce)      | 303 to the provider, back with a session for its user |
-//! | the signature status, with a `builtin:signature` on `prod-*` tags | *verified* on a signed prod tag; *unknown* (never *verified*) for the same unsigned image by another tag or digest |
+//! | the signature status, with a `builtin:signature` on `prod-*` tags | *verified* on a signed prod tag; *unknown* (never *verified*) for an unsigned image by another tag or digest, and for an SBOM under a prod tag |
 //! | a session on two replicas, then signed out on one              | good on both; anonymous on the other within its 10 s recheck |
 //! | behind https (`external_url`)                                  | `Secure` cookies; pull and login lines name the external host |
 //! | 52 tags; 51 tokens                                             | tag pages of 50 with `a#next-page`; the 51st token is 409 |
