@@ -82,11 +82,12 @@ source "$GARAGE_DIR/env"
 
 stage "cargo test (filesystem; s3.rs on Garage, moto)" "${LINTED[@]}" cargo test
 # The tests of storing and serving content once more, on the S3 backend
-# (and of identity: robot tokens live in the bucket, shared by replicas).
+# (and of identity: robot tokens live in the bucket, shared by replicas; and
+# of the web UI: its sign-outs too, and the storage page's numbers).
 stage "cargo test (again on S3: Garage)" "${LINTED[@]}" PCTEST_BACKEND=s3 cargo test \
     --test blobs --test uploads --test manifests --test push_pull --test errors --test discovery \
     --test policies --test hostile --test proxy --test memory --test crash --test accounts \
-    --test sandbox --test identity --test signatures --test gc
+    --test sandbox --test identity --test signatures --test gc --test ui
 # Each fuzz target for a bounded time (long runs: README.md, "Reliability").
 stage "fuzz: build, then ${FUZZ_SECONDS:-60} s a target" env FUZZ_JOBS=2 bash fuzz/run.sh "${FUZZ_SECONDS:-60}"
 

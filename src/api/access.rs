@@ -176,6 +176,16 @@ pub async fn allows(state: &SharedState, caller: &Caller, access: &Access) -> bo
         == Verdict::Allow
 }
 
+/// Whether the chain would allow `access`, asked by a web page about what
+/// to show (not a request: no decision is recorded).
+pub async fn would_allow(state: &SharedState, caller: &Caller, access: &Access) -> bool {
+    state
+        .policies
+        .current()
+        .permits(access, &caller.identity, caller.ip, &state.metrics)
+        .await
+}
+
 /// Runs `access` through the chain and turns a denial into the right error.
 pub async fn authorize(state: &SharedState, caller: &Caller, access: &Access) -> ApiResult<()> {
     let chain = state.policies.current();

@@ -46,8 +46,9 @@ pub enum OidcError {
     Claim(String),
     #[error("cannot fetch the issuer's keys: {0}")]
     Fetch(String),
-    /// The token endpoint answered 4xx: the request it was given (a code,
-    /// maybe forged, used or expired) is not good.
+    /// The token endpoint said no (a 4xx, RFC 6749 section 5.2: a code
+    /// used already or not issued for this verifier): the request's fault,
+    /// not the provider's.
     #[error("the issuer refused the request: {0}")]
     Refused(String),
 }
@@ -217,7 +218,12 @@ impl Issuer {
             bytes.extend_from_slice(&chunk);
         }
         if status.is_client_error() {
-            return Err(OidcError::Refused(format!("{url}: {status}")));
+            // `{"error": "invalid_grant", ...}`, when the answer says.
+            let error = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v.get("error")?.as_str().map(str::to_owned))
+                .unwrap_or_else(|| status.to_string());
+            return Err(OidcError::Refused(error.chars().take(100).collect()));
         }
         if !status.is_success() {
             return Err(OidcError::Fetch(format!("{url}: {status}")));

@@ -15,7 +15,7 @@ use portcullis_patterns::PatternList;
 
 use super::layout::{self, bytes, short_digest};
 use super::{error_page, page, registry_host, see_other, signin_to, UiState, Viewer};
-use crate::api::access::allows;
+use crate::api::access::would_allow;
 use crate::api::Query;
 use crate::config::{Action, PolicyMode};
 use crate::policy::bindings::portcullis::policy::types as wit;
@@ -266,6 +266,17 @@ async fn tags_page(
         }
         Err(e) => return storage_error(viewer, e),
     };
+    // The tag listing of a repository that is not there is empty: ask as
+    // `tags/list` does, so a missing repository is the 404 a hidden one is.
+    if history.is_empty() {
+        match app.storage.list_tags(name).await {
+            Ok(_) => {}
+            Err(StorageError::NameUnknown(_)) => {
+                return not_found(viewer, &repository_path(name.as_str()))
+            }
+            Err(e) => return storage_error(viewer, e),
+        }
+    }
     // Newest first; the cosign signature tags are shown with their image.
     history.retain(|t| !is_signature_tag(t.tag.as_str()));
     history.sort_by(|a, b| b.pushed.cmp(&a.pushed).then(a.tag.cmp(&b.tag)));
@@ -277,6 +288,7 @@ async fn tags_page(
         .min(total);
     let immutable = immutable_patterns(state, name);
     let mut rows = Vec::new();
+    let mut hidden = 0usize;
     for record in history.iter().skip(offset).take(PAGE) {
         let digest = record.digest.to_string();
         let facts = match app
@@ -287,6 +299,15 @@ async fn tags_page(
             Ok(stored) => Some(app.facts.of_stored(&app.storage, name, &stored).await),
             Err(_) => None,
         };
+        // A policy may judge the tag or what it names (a signature, a
+        // platform): a tag the viewer may not pull is left out of the page.
+        let mut access = Access::new(Action::Pull, Resource::Manifest, name.clone())
+            .with_reference(Reference::Tag(record.tag.clone()));
+        access.manifest = facts.clone();
+        if !would_allow(app, &viewer.caller(), &access).await {
+            hidden += 1;
+            continue;
+        }
         let (size, platforms, created) = facts.as_deref().map(summary).unwrap_or_default();
         rows.push(TagRow {
             immutable: immutable.iter().any(|p| p.matches(record.tag.as_str())),
@@ -307,7 +328,10 @@ async fn tags_page(
     });
     let body = html! {
         h1 { (name.as_str()) }
-        p.muted { (total) " tags" }
+        p.muted {
+            (total) " tags"
+            @if hidden > 0 { "; " (hidden) " on this page you may not pull are not shown" }
+        }
         @if rows.is_empty() {
             p.muted { "No tags." }
         } @else {
@@ -501,7 +525,7 @@ async fn manifest_page(
     let mut access = Access::new(Action::Pull, Resource::Manifest, name.clone())
         .with_reference(reference.clone());
     access.manifest = Some(Arc::clone(&facts));
-    if !allows(app, &viewer.caller(), &access).await {
+    if !would_allow(app, &viewer.caller(), &access).await {
         return not_found(viewer, &path);
     }
     let digest = stored.digest.clone();

@@ -183,7 +183,7 @@ pub async fn page_handler(state: &UiState, viewer: &Viewer, query: &Query) -> Re
                             td.user { (d.request.identity.subject.as_deref().unwrap_or("anonymous")) }
                             td.action { (action(d)) }
                             td.repository.mono { (d.request.repository) (reference(d)) }
-                            td.outcome class=(format!("outcome-{}", outcome(d))) { (outcome(d)) }
+                            td class=(format!("outcome outcome-{}", outcome(d))) { (outcome(d)) }
                             td.policy {
                                 (d.judgement.policy.as_deref().unwrap_or(""))
                                 @for a in &d.audit { " " span.muted { "(audit: " (a.policy) ")" } }

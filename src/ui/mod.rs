@@ -291,21 +291,31 @@ pub(crate) fn signin_to(path: &str) -> String {
 }
 
 /// Where to go after signing in: `raw` only if it is a path of this UI
-/// (`/ui/...`, no scheme, host, `//`, backslash or control character), so
-/// the sign-in page cannot send anyone elsewhere.
+/// (`/ui/...`, no scheme, host, `//`, backslash, dot segment or control
+/// character, written plainly or percent-encoded: a browser reads
+/// `/ui/%2e%2e/` as `/ui/../`), so the sign-in page cannot send anyone
+/// elsewhere.
 pub(crate) fn safe_return(raw: Option<&str>) -> String {
     let fallback = "/ui/".to_owned();
     let Some(raw) = raw else {
         return fallback;
     };
+    let stays = |path: &str| {
+        !path.contains("//")
+            && !path.contains('\\')
+            && !path.contains("/../")
+            && !path.ends_with("/..")
+            && !path.contains("/./")
+            && !path.ends_with("/.")
+    };
+    let decoded = percent_encoding::percent_decode_str(raw).decode_utf8_lossy();
+    let decoded_path = decoded.split('?').next().unwrap_or("");
     let ok = raw.len() <= 2048
-        && (raw == "/ui/" || raw.starts_with("/ui/"))
-        && !raw.contains("//")
-        && !raw.contains('\\')
-        && !raw.contains("/../")
-        && !raw.ends_with("/..")
-        && !raw.contains("/./")
-        && raw.bytes().all(|b| b.is_ascii_graphic());
+        && raw.starts_with("/ui/")
+        && stays(raw)
+        && stays(decoded_path)
+        && raw.bytes().all(|b| b.is_ascii_graphic())
+        && !decoded.chars().any(char::is_control);
     if ok {
         raw.to_owned()
     } else {
@@ -406,6 +416,17 @@ mod tests {
             (Some("/v2/"), "/ui/"),
             (Some(""), "/ui/"),
             (Some("/uix"), "/ui/"),
+            (Some("/ui/%2e%2e/v2/_catalog"), "/ui/"),
+            (Some("/ui/%2E%2E/v2/_catalog"), "/ui/"),
+            (Some("/ui/.%2e/v2/_catalog"), "/ui/"),
+            (Some("/ui/r/%2e"), "/ui/"),
+            (Some("/ui/%2f%2fevil.example"), "/ui/"),
+            (Some("/ui/%5cevil.example"), "/ui/"),
+            (Some("/ui/%0d%0aSet-Cookie:x"), "/ui/"),
+            (Some("/ui/?q=%00"), "/ui/"),
+            (Some("/ui/?q=a%20b"), "/ui/?q=a%20b"),
+            (Some("/ui/?q=a%2Fb"), "/ui/?q=a%2Fb"),
+            (Some("/ui/r/a/."), "/ui/"),
         ] {
             assert_eq!(safe_return(raw), expected, "{raw:?}");
         }

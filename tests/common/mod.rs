@@ -12,6 +12,7 @@ pub mod garage;
 pub mod moto;
 pub mod oidc;
 pub mod served;
+pub mod ui;
 pub use garage::{unique_prefix, Garage, GarageFacts};
 
 use std::net::SocketAddr;
@@ -205,6 +206,11 @@ impl TestRegistry {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The second server's address, after [`Self::add_replica`].
+    pub fn replica_addr(&self) -> Option<SocketAddr> {
+        self.replica.as_ref().map(|r| r.addr)
     }
 
     /// The configuration it was started with (`storage.prefix` for a replica).
