@@ -202,7 +202,7 @@ impl SignedOut {
 /// How many sessions one user may start per window, on one replica: each
 /// may end in a sign-out record kept until the session would have expired,
 /// so a user signing in and out in a loop must not fill the store.
-const STARTS_PER_WINDOW: u32 = 30;
+const STARTS_PER_WINDOW: u32 = 60;
 const STARTS_WINDOW: Duration = Duration::from_secs(600);
 const MAX_USERS_COUNTED: usize = 10_000;
 
