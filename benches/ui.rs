@@ -662,8 +662,9 @@ fn main() {
     // decisions uncached and the list of repositories maybe not read yet
     // (asked at once after the sign-in, or a second after the start), the
     // second viewer only its decisions uncached.
-    let mut cold: BTreeMap<(&'static str, &'static str), (Vec<f64>, Vec<f64>, (u64, u64))> =
-        BTreeMap::new();
+    // (viewer, cache) -> (server ms, client ms, evaluations of the last)
+    type Cold = (Vec<f64>, Vec<f64>, (u64, u64));
+    let mut cold: BTreeMap<(&'static str, &'static str), Cold> = BTreeMap::new();
     for round in 0..COLD_SERVERS {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
