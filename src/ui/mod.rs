@@ -61,11 +61,9 @@ pub fn router(app: &SharedState) -> Option<Router> {
     let glance = Glance::new(app.storage.clone());
     let sessions = Arc::new(session::SignedOut::new(app.storage.clone()));
     glance.spawn(Arc::clone(app));
-    let visible = visible::Visible::new(app.storage.clone());
-    visible.prefetch();
     let ui = Arc::new(Ui {
         sessions,
-        visible,
+        visible: visible::Visible::new(app.storage.clone()),
         glance,
         oidc: oidc::Clients::from_config(&app.config),
         token_creation: tokio::sync::Mutex::new(()),

@@ -1,8 +1,8 @@
 //! Which repositories a viewer may see, fast with 10,000 of them: the
 //! store's list is read at most every few seconds, one reader at a time and
-//! in the background (a page never waits for that walk, except the very
-//! first), and the chain decides only the names a page shows, each
-//! viewer's decisions kept briefly.
+//! in the background while pages keep coming (a page waits for that walk
+//! only when there is no list younger than a minute), and the chain decides
+//! only the names a page shows, each viewer's decisions kept briefly.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -24,6 +24,12 @@ fn list_ttl(storage: &Storage) -> Duration {
         Storage::Filesystem(_) => Duration::from_secs(5),
         Storage::S3(_) => Duration::from_secs(30),
     }
+}
+
+/// How old a list a page may still show (reading it again behind it); an
+/// older one, after a quiet spell, is read again before the page.
+fn list_max_age(storage: &Storage) -> Duration {
+    list_ttl(storage) * 12
 }
 
 /// How long a viewer's decisions are reused (a policy reload or a change
@@ -136,7 +142,8 @@ pub struct Visible {
 /// The store's repositories, sorted, and when they were read. A walk of a
 /// filesystem store with 10,000 repositories takes about 175 ms (some
 /// 130,000 system calls), longer than a page may: a page that finds the
-/// list older than [`list_ttl`] uses it and has it read again behind it.
+/// list older than [`list_ttl`] (but not [`list_max_age`]) uses it and has
+/// it read again behind it.
 struct Names {
     storage: Storage,
     list: Mutex<Option<(Instant, Arc<Vec<String>>)>>,
@@ -166,9 +173,10 @@ impl Names {
     }
 
     /// The list: the one in hand (read again behind it when old), or, when
-    /// there is none yet, the one a walk reads now.
+    /// there is none young enough, the one a walk reads now.
     async fn get(self: &Arc<Self>) -> Result<Arc<Vec<String>>, StorageError> {
-        if let Some((at, list)) = self.cached() {
+        let usable = |at: Instant| at.elapsed() < list_max_age(&self.storage);
+        if let Some((at, list)) = self.cached().filter(|(at, _)| usable(*at)) {
             if at.elapsed() >= list_ttl(&self.storage) {
                 self.refresh();
             }
@@ -176,7 +184,7 @@ impl Names {
         }
         let _walking = self.walking.lock().await;
         // A walk that ended while this waited did the work.
-        if let Some((_, list)) = self.cached() {
+        if let Some((_, list)) = self.cached().filter(|(at, _)| usable(*at)) {
             return Ok(list);
         }
         self.walk().await
@@ -215,15 +223,6 @@ impl Visible {
                 walking: Arc::new(tokio::sync::Mutex::new(())),
             }),
             decided: DecisionCache::new(),
-        }
-    }
-
-    /// On a filesystem, reads the list once now (in the background), so
-    /// that not even the first page after a start waits for it. (On S3
-    /// that is a listing of the bucket: there the first page asks for it.)
-    pub fn prefetch(&self) {
-        if matches!(self.names.storage, Storage::Filesystem(_)) {
-            self.names.refresh();
         }
     }
 
@@ -504,6 +503,22 @@ mod tests {
             .await
             .unwrap()
             .contains(&"public/new".to_owned()));
+        // Older than a page may show (nobody looked for a while): read
+        // again before the page, which shows what is there now.
+        let path = state
+            .config
+            .storage
+            .root
+            .join(crate::storage::paths::LAYOUT_ROOT)
+            .join(crate::storage::paths::REPOSITORIES)
+            .join("public/newer/_manifests");
+        std::fs::create_dir_all(path).unwrap();
+        {
+            let mut list = visible.names.list.lock().unwrap();
+            let (at, _) = list.as_mut().unwrap();
+            *at = Instant::now() - list_max_age(&state.storage) - Duration::from_secs(1);
+        }
+        assert_eq!(visible.all().await.unwrap().len(), 5);
     }
 
     #[tokio::test]
