@@ -38,6 +38,7 @@ pub use glance::Glance;
 /// The UI's own state beside the API's.
 pub struct Ui {
     pub(crate) sessions: Arc<session::SignedOut>,
+    pub(crate) starts: session::SessionStarts,
     pub(crate) visible: visible::Visible,
     pub(crate) glance: Arc<Glance>,
     pub(crate) oidc: oidc::Clients,
@@ -63,6 +64,7 @@ pub fn router(app: &SharedState) -> Option<Router> {
     glance.spawn(Arc::clone(app));
     let ui = Arc::new(Ui {
         sessions,
+        starts: Default::default(),
         visible: visible::Visible::new(app.storage.clone()),
         glance,
         oidc: oidc::Clients::from_config(&app.config),

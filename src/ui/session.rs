@@ -199,10 +199,55 @@ impl SignedOut {
     }
 }
 
+/// How many sessions one user may start per window, on one replica: each
+/// may end in a sign-out record kept until the session would have expired,
+/// so a user signing in and out in a loop must not fill the store.
+const STARTS_PER_WINDOW: u32 = 30;
+const STARTS_WINDOW: Duration = Duration::from_secs(600);
+const MAX_USERS_COUNTED: usize = 10_000;
+
+/// Sessions started per user recently.
+#[derive(Default)]
+pub struct SessionStarts {
+    counts: Mutex<HashMap<String, (Instant, u32)>>,
+}
+
+impl SessionStarts {
+    /// Counts a session start for `user`; false when over the limit.
+    pub fn admit(&self, user: &str) -> bool {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if counts.len() >= MAX_USERS_COUNTED && !counts.contains_key(user) {
+            counts.retain(|_, (since, _)| since.elapsed() < STARTS_WINDOW);
+            if counts.len() >= MAX_USERS_COUNTED {
+                return false;
+            }
+        }
+        let entry = counts.entry(user.to_owned()).or_insert((Instant::now(), 0));
+        if entry.0.elapsed() >= STARTS_WINDOW {
+            *entry = (Instant::now(), 0);
+        }
+        if entry.1 >= STARTS_PER_WINDOW {
+            return false;
+        }
+        entry.1 += 1;
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
+
+    #[test]
+    fn a_user_starts_a_bounded_number_of_sessions() {
+        let starts = SessionStarts::default();
+        for _ in 0..STARTS_PER_WINDOW {
+            assert!(starts.admit("alice"));
+        }
+        assert!(!starts.admit("alice"));
+        assert!(starts.admit("bob"));
+    }
 
     #[test]
     fn cookies_are_found_by_exact_name() {

@@ -171,6 +171,14 @@ pub(crate) fn start_session(
     login: &crate::identity::Login,
     back: &str,
 ) -> Response {
+    let user = login.identity.subject.as_deref().unwrap_or("");
+    if !state.ui.starts.admit(user) {
+        return super::error_page(
+            viewer,
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many sign-ins for this user in the last minutes; try again later.",
+        );
+    }
     let session = match state
         .app
         .auth

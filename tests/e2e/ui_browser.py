@@ -32,10 +32,13 @@ os.environ["SE_OFFLINE"] = "true"
 os.environ.setdefault("SE_AVOID_STATS", "true")
 
 from selenium import webdriver  # noqa: E402
-from selenium.common.exceptions import NoAlertPresentException, WebDriverException  # noqa: E402
+from selenium.common.exceptions import (  # noqa: E402
+    NoAlertPresentException,
+    StaleElementReferenceException,
+    WebDriverException,
+)
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support import expected_conditions  # noqa: E402
 from selenium.webdriver.support.select import Select  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
@@ -166,11 +169,31 @@ def viewer():
     return text("nav #viewer")
 
 
+def gone(element):
+    """Whether `element` left the document (a new page replaced it). Chromium
+    answers a stale node either with StaleElementReferenceException or, while
+    the old document is being torn down, with an inspector error ("Node with
+    given id does not belong to the document"): both mean it is gone."""
+
+    def check(_driver):
+        try:
+            element.is_enabled()
+            return False
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as e:
+            if "does not belong to the document" in str(e) or "No node with given id" in str(e):
+                return True
+            raise
+
+    return check
+
+
 def submit_with(button):
     """Clicks a form's submit button and waits for the next page to load."""
     page = driver.find_element(By.TAG_NAME, "html")
     button.click()
-    WebDriverWait(driver, 15).until(expected_conditions.staleness_of(page))
+    WebDriverWait(driver, 15).until(gone(page))
     WebDriverWait(driver, 15).until(lambda d: d.find_elements(By.TAG_NAME, "body"))
 
 
