@@ -1,7 +1,8 @@
 //! Which repositories a viewer may see, fast with 10,000 of them: the
-//! store's list is read at most every few seconds (one reader at a time),
-//! and the chain decides only the names a page shows, each viewer's
-//! decisions kept briefly.
+//! store's list is read at most every few seconds, one reader at a time and
+//! in the background while pages keep coming (a page waits for that walk
+//! only when there is no list younger than a minute), and the chain decides
+//! only the names a page shows, each viewer's decisions kept briefly.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -16,12 +17,19 @@ use crate::policy::{Access, PolicyChain};
 use crate::reference::RepositoryName;
 use crate::storage::{Storage, StorageError};
 
-/// How long the store's list of repositories is reused.
+/// How long the store's list of repositories is used before it is read
+/// again (in the background: until then, pages use the one they have).
 fn list_ttl(storage: &Storage) -> Duration {
     match storage {
         Storage::Filesystem(_) => Duration::from_secs(5),
         Storage::S3(_) => Duration::from_secs(30),
     }
+}
+
+/// How old a list a page may still show (reading it again behind it); an
+/// older one, after a quiet spell, is read again before the page.
+fn list_max_age(storage: &Storage) -> Duration {
+    list_ttl(storage) * 12
 }
 
 /// How long a viewer's decisions are reused (a policy reload or a change
@@ -127,9 +135,74 @@ impl<C> DecisionCache<C> {
 }
 
 pub struct Visible {
-    storage: Storage,
-    names: tokio::sync::Mutex<Option<(Instant, Arc<Vec<String>>)>>,
+    names: Arc<Names>,
     decided: DecisionCache<PolicyChain>,
+}
+
+/// The store's repositories, sorted, and when they were read. A walk of a
+/// filesystem store with 10,000 repositories takes about 175 ms (some
+/// 130,000 system calls), longer than a page may: a page that finds the
+/// list older than [`list_ttl`] (but not [`list_max_age`]) uses it and has
+/// it read again behind it.
+struct Names {
+    storage: Storage,
+    list: Mutex<Option<(Instant, Arc<Vec<String>>)>>,
+    /// Held by the one walk of the store at a time.
+    walking: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Names {
+    fn cached(&self) -> Option<(Instant, Arc<Vec<String>>)> {
+        self.list.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Reads the list from the store (the caller holds `walking`).
+    async fn walk(&self) -> Result<Arc<Vec<String>>, StorageError> {
+        let mut list: Vec<String> = self
+            .storage
+            .list_repositories()
+            .await?
+            .into_iter()
+            .map(|n| n.as_str().to_owned())
+            .collect();
+        list.sort();
+        let list = Arc::new(list);
+        *self.list.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((Instant::now(), Arc::clone(&list)));
+        Ok(list)
+    }
+
+    /// The list: the one in hand (read again behind it when old), or, when
+    /// there is none young enough, the one a walk reads now.
+    async fn get(self: &Arc<Self>) -> Result<Arc<Vec<String>>, StorageError> {
+        let usable = |at: Instant| at.elapsed() < list_max_age(&self.storage);
+        if let Some((at, list)) = self.cached().filter(|(at, _)| usable(*at)) {
+            if at.elapsed() >= list_ttl(&self.storage) {
+                self.refresh();
+            }
+            return Ok(list);
+        }
+        let _walking = self.walking.lock().await;
+        // A walk that ended while this waited did the work.
+        if let Some((_, list)) = self.cached().filter(|(at, _)| usable(*at)) {
+            return Ok(list);
+        }
+        self.walk().await
+    }
+
+    /// Reads the list again in the background, unless a walk is under way.
+    fn refresh(self: &Arc<Self>) {
+        let Ok(walking) = Arc::clone(&self.walking).try_lock_owned() else {
+            return;
+        };
+        let names = Arc::clone(self);
+        tokio::spawn(async move {
+            let _walking = walking;
+            if let Err(e) = names.walk().await {
+                tracing::warn!(error = %e, "web UI: cannot list the repositories; the last list read stays in use");
+            }
+        });
+    }
 }
 
 /// A page of repository names.
@@ -144,31 +217,18 @@ pub struct NamePage {
 impl Visible {
     pub fn new(storage: Storage) -> Self {
         Self {
-            storage,
-            names: tokio::sync::Mutex::new(None),
+            names: Arc::new(Names {
+                storage,
+                list: Mutex::new(None),
+                walking: Arc::new(tokio::sync::Mutex::new(())),
+            }),
             decided: DecisionCache::new(),
         }
     }
 
     /// Every repository in the store, sorted (cached).
     pub async fn all(&self) -> Result<Arc<Vec<String>>, StorageError> {
-        let mut names = self.names.lock().await;
-        if let Some((at, list)) = names.as_ref() {
-            if at.elapsed() < list_ttl(&self.storage) {
-                return Ok(Arc::clone(list));
-            }
-        }
-        let mut list: Vec<String> = self
-            .storage
-            .list_repositories()
-            .await?
-            .into_iter()
-            .map(|n| n.as_str().to_owned())
-            .collect();
-        list.sort();
-        let list = Arc::new(list);
-        *names = Some((Instant::now(), Arc::clone(&list)));
-        Ok(list)
+        self.names.get().await
     }
 
     /// Whether `viewer` may see `name`: whether the chain lets them pull
@@ -409,6 +469,56 @@ mod tests {
             ip: ip.parse().unwrap(),
             stale_cookie: false,
         }
+    }
+
+    #[tokio::test]
+    async fn an_old_list_is_used_while_it_is_read_again_behind_it() {
+        let (_dir, state, _log) = registry(1).await;
+        let visible = Visible::new(state.storage.clone());
+        assert_eq!(visible.all().await.unwrap().len(), 3);
+        let path = state
+            .config
+            .storage
+            .root
+            .join(crate::storage::paths::LAYOUT_ROOT)
+            .join(crate::storage::paths::REPOSITORIES)
+            .join("public/new/_manifests");
+        std::fs::create_dir_all(path).unwrap();
+        // Fresh: the list in hand, no walk.
+        assert_eq!(visible.all().await.unwrap().len(), 3);
+        // Old: still the list in hand for this page, read again behind it.
+        {
+            let mut list = visible.names.list.lock().unwrap();
+            let (at, _) = list.as_mut().unwrap();
+            *at = Instant::now() - list_ttl(&state.storage) - Duration::from_secs(1);
+        }
+        assert_eq!(visible.all().await.unwrap().len(), 3);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while visible.all().await.unwrap().len() != 4 {
+            assert!(Instant::now() < deadline, "the list was never read again");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(visible
+            .all()
+            .await
+            .unwrap()
+            .contains(&"public/new".to_owned()));
+        // Older than a page may show (nobody looked for a while): read
+        // again before the page, which shows what is there now.
+        let path = state
+            .config
+            .storage
+            .root
+            .join(crate::storage::paths::LAYOUT_ROOT)
+            .join(crate::storage::paths::REPOSITORIES)
+            .join("public/newer/_manifests");
+        std::fs::create_dir_all(path).unwrap();
+        {
+            let mut list = visible.names.list.lock().unwrap();
+            let (at, _) = list.as_mut().unwrap();
+            *at = Instant::now() - list_max_age(&state.storage) - Duration::from_secs(1);
+        }
+        assert_eq!(visible.all().await.unwrap().len(), 5);
     }
 
     #[tokio::test]
