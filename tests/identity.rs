@@ -57,20 +57,7 @@ fn group_access() -> portcullis::config::PolicyEntry {
 }
 
 fn oidc(issuer: &str) -> OidcConfig {
-    OidcConfig {
-        issuer: issuer.into(),
-        audience: "portcullis".into(),
-        user_claim: "sub".into(),
-        user_prefix: String::new(),
-        groups_claim: "groups".into(),
-        group_prefix: String::new(),
-        ca_file: None,
-        jwks_file: None,
-        jwks_refetch: Duration::from_secs(1),
-        ui_client_id: None,
-        ui_name: None,
-        ui_client_secret_file: None,
-    }
+    common::oidc::issuer_config(issuer, None)
 }
 
 async fn registry(secrets: &std::path::Path, extra: impl FnOnce(&mut Config)) -> TestRegistry {

@@ -926,20 +926,7 @@ async fn ui_enabled_false_serves_no_pages() {
 }
 
 fn oidc(issuer: &str, client_id: Option<&str>) -> OidcConfig {
-    OidcConfig {
-        issuer: issuer.into(),
-        audience: "portcullis".into(),
-        user_claim: "sub".into(),
-        user_prefix: String::new(),
-        groups_claim: "groups".into(),
-        group_prefix: String::new(),
-        ca_file: None,
-        jwks_file: None,
-        jwks_refetch: Duration::from_secs(1),
-        ui_client_id: client_id.map(str::to_owned),
-        ui_name: client_id.map(|_| "Test IdP".to_owned()),
-        ui_client_secret_file: None,
-    }
+    common::oidc::issuer_config(issuer, client_id)
 }
 
 /// The query of a URL as pairs, decoded.

@@ -1321,20 +1321,7 @@ async fn every_page_redirect_and_error_carries_the_security_headers() {
 }
 
 fn oidc(issuer: &str) -> OidcConfig {
-    OidcConfig {
-        issuer: issuer.into(),
-        audience: "portcullis".into(),
-        user_claim: "sub".into(),
-        user_prefix: String::new(),
-        groups_claim: "groups".into(),
-        group_prefix: String::new(),
-        ca_file: None,
-        jwks_file: None,
-        jwks_refetch: Duration::from_secs(1),
-        ui_client_id: Some("portcullis".into()),
-        ui_name: Some("Test IdP".into()),
-        ui_client_secret_file: None,
-    }
+    common::oidc::issuer_config(issuer, Some("portcullis"))
 }
 
 /// A URL with one query parameter replaced (or removed, with `None`).

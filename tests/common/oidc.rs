@@ -183,3 +183,23 @@ impl Drop for Provider {
         let _ = self.child.wait();
     }
 }
+
+/// An `[[auth.oidc]]` entry trusting `issuer` (audience `portcullis`,
+/// users from `sub`, groups from `groups`, keys refetched after 1 s), offered
+/// for web sign-in as "Test IdP" when `ui_client_id` is given.
+pub fn issuer_config(issuer: &str, ui_client_id: Option<&str>) -> portcullis::config::OidcConfig {
+    portcullis::config::OidcConfig {
+        issuer: issuer.into(),
+        audience: "portcullis".into(),
+        user_claim: "sub".into(),
+        user_prefix: String::new(),
+        groups_claim: "groups".into(),
+        group_prefix: String::new(),
+        ca_file: None,
+        jwks_file: None,
+        jwks_refetch: std::time::Duration::from_secs(1),
+        ui_client_id: ui_client_id.map(str::to_owned),
+        ui_name: ui_client_id.map(|_| "Test IdP".to_owned()),
+        ui_client_secret_file: None,
+    }
+}

@@ -192,6 +192,26 @@ json_get() {
     python3 -c 'import json, sys; j = json.load(open(sys.argv[1])); r = eval(sys.argv[2]); print(r if isinstance(r, str) else json.dumps(r, sort_keys=True))' "$1" "$2"
 }
 
+# start_oidc_provider: installs (once) and starts the real OpenID provider of
+# tests/oidc/provider.mjs (oauth2-mock-server; /authorize answers at once with
+# a code for its user johndoe), stopped when the test ends. Sets ISSUER and
+# CONTROL (its URL and its control port's); bails if it does not start.
+start_oidc_provider() {
+    check "the OpenID provider is installed (tests/oidc.sh install)" bash "$E2E_DIR/../oidc.sh" install ||
+        bail "the OpenID provider is installed"
+    node "$E2E_DIR/../oidc/provider.mjs" >"$WORK/oidc.json" 2>"$WORK/oidc.log" &
+    local pid=$! i
+    defer "stop_pid $pid"
+    for ((i = 0; i < 300; i++)); do
+        [[ -s $WORK/oidc.json ]] && break
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    ISSUER=$(json_get "$WORK/oidc.json" 'j["issuer"]' 2>/dev/null) ||
+        bail "the OpenID provider starts" "$WORK/oidc.log"
+    CONTROL=$(json_get "$WORK/oidc.json" 'j["control"]')
+}
+
 # ---------------------------------------------------------------- portcullis
 
 # s3_prefix ROOT: the key prefix that stands for ROOT with E2E_STORAGE=s3, one

@@ -15,18 +15,7 @@ PASSWORD=change-me # examples/htpasswd's alice and bob
 
 # --- a real OpenID provider (oauth2-mock-server)
 
-check "the OpenID provider is installed (tests/oidc.sh install)" bash "$REPO/tests/oidc.sh" install ||
-    bail "the OpenID provider is installed"
-node "$REPO/tests/oidc/provider.mjs" >"$WORK/oidc.json" 2>"$WORK/oidc.log" &
-OIDC_PID=$!
-defer "stop_pid $OIDC_PID"
-for ((i = 0; i < 300; i++)); do
-    [[ -s $WORK/oidc.json ]] && break
-    kill -0 "$OIDC_PID" 2>/dev/null || break
-    sleep 0.1
-done
-ISSUER=$(json_get "$WORK/oidc.json" 'j["issuer"]' 2>/dev/null) || bail "the OpenID provider starts" "$WORK/oidc.log"
-CONTROL=$(json_get "$WORK/oidc.json" 'j["control"]')
+start_oidc_provider
 
 # --- portcullis: examples/config-groups.toml, plus the OpenID issuer, whose
 # group "ci" may push to ci/**, and robot tokens re-read every second

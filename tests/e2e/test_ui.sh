@@ -32,17 +32,7 @@ check "cosign-tool generate-key --alg p256" cosign generate-key --alg p256 --out
 # --- a real OpenID provider (oauth2-mock-server): /authorize answers at once
 # with a code for its user johndoe
 
-check "the OpenID provider is installed (tests/oidc.sh install)" bash "$REPO/tests/oidc.sh" install ||
-    bail "the OpenID provider is installed"
-node "$REPO/tests/oidc/provider.mjs" >"$WORK/oidc.json" 2>"$WORK/oidc.log" &
-OIDC_PID=$!
-defer "stop_pid $OIDC_PID"
-for ((i = 0; i < 300; i++)); do
-    [[ -s $WORK/oidc.json ]] && break
-    kill -0 "$OIDC_PID" 2>/dev/null || break
-    sleep 0.1
-done
-ISSUER=$(json_get "$WORK/oidc.json" 'j["issuer"]' 2>/dev/null) || bail "the OpenID provider starts" "$WORK/oidc.log"
+start_oidc_provider
 
 # --- portcullis: accounts, groups, policies, the decision ring, the UI
 
