@@ -27,7 +27,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::oidc::Provider;
-use common::ui::{described_image, home_lab, push_as, select, tags_of, Browser, ALICE, BOB, CAROL};
+use common::ui::{
+    described_image, home_lab, push_as, put_manifest_as, select, tags_of, Browser, ALICE, BOB,
+    CAROL,
+};
 use common::{descriptor, Image, TestRegistry, OCI_INDEX, OCI_MANIFEST};
 use portcullis::config::{Config, OidcConfig};
 use reqwest::{Method, StatusCode};
@@ -272,15 +275,7 @@ async fn tags_and_manifest_pages_show_immutability_config_layers_platforms_and_p
         "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [amd, arm64],
     }))
     .unwrap();
-    let put = registry
-        .request(Method::PUT, "/v2/team-a/app/manifests/multi")
-        .basic_auth(ALICE.0, Some(ALICE.1))
-        .header("content-type", OCI_INDEX)
-        .body(index)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(put.status(), StatusCode::CREATED);
+    put_manifest_as(&registry, ALICE, "team-a/app", "multi", OCI_INDEX, index).await;
 
     let mut alice = Browser::new(&registry);
     alice.sign_in(ALICE.0, ALICE.1).await;
@@ -1424,15 +1419,17 @@ async fn a_repositorys_tags_are_paged() {
     let image = Image::random();
     push_as(&registry, ALICE, "team-a/many", "t00", &image).await;
     for i in 1..52 {
-        let put = registry
-            .request(Method::PUT, &format!("/v2/team-a/many/manifests/t{i:02}"))
-            .basic_auth(ALICE.0, Some(ALICE.1))
-            .header("content-type", OCI_MANIFEST)
-            .body(image.manifest.clone())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(put.status(), StatusCode::CREATED);
+        let tag = format!("t{i:02}");
+        let manifest = image.manifest.clone();
+        put_manifest_as(
+            &registry,
+            ALICE,
+            "team-a/many",
+            &tag,
+            OCI_MANIFEST,
+            manifest,
+        )
+        .await;
     }
     let mut alice = Browser::new(&registry);
     alice.sign_in(ALICE.0, ALICE.1).await;

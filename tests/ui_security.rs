@@ -33,8 +33,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use common::oidc::Provider;
 use common::ui::{
-    described_image, encode, home_lab, jwt_claims, push_as, tags_of, Browser, Page, ALICE, BOB,
-    CAROL,
+    described_image, encode, home_lab, jwt_claims, push_as, put_manifest_as, tags_of, Browser,
+    Page, ALICE, BOB, CAROL,
 };
 use common::{descriptor, Image, TestRegistry, OCI_INDEX, OCI_MANIFEST};
 use portcullis::config::OidcConfig;
@@ -771,15 +771,7 @@ async fn html_that_pushers_and_users_write_is_escaped_everywhere() {
         "annotations": { ATTRIBUTE: SCRIPT },
     }))
     .unwrap();
-    let put = registry
-        .request(Method::PUT, "/v2/team-a/xss/manifests/multi")
-        .basic_auth(ALICE.0, Some(ALICE.1))
-        .header("content-type", OCI_INDEX)
-        .body(index)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(put.status(), StatusCode::CREATED);
+    put_manifest_as(&registry, ALICE, "team-a/xss", "multi", OCI_INDEX, index).await;
     let plain = described_image(json!({}), "", json!({}));
     push_as(&registry, ALICE, "team-a/xss", "plain", &plain).await;
 

@@ -475,23 +475,24 @@ mod tests {
     async fn an_old_list_is_used_while_it_is_read_again_behind_it() {
         let (_dir, state, _log) = registry(1).await;
         let visible = Visible::new(state.storage.clone());
+        let add_repository = |name: &str| {
+            let root = &state.config.storage.root;
+            let layout = root.join(crate::storage::paths::LAYOUT_ROOT);
+            let repositories = layout.join(crate::storage::paths::REPOSITORIES);
+            std::fs::create_dir_all(repositories.join(name).join("_manifests")).unwrap();
+        };
+        // Makes the list in hand older than `age`.
+        let age_list = |age: Duration| {
+            let mut list = visible.names.list.lock().unwrap();
+            let (at, _) = list.as_mut().unwrap();
+            *at = Instant::now() - age - Duration::from_secs(1);
+        };
         assert_eq!(visible.all().await.unwrap().len(), 3);
-        let path = state
-            .config
-            .storage
-            .root
-            .join(crate::storage::paths::LAYOUT_ROOT)
-            .join(crate::storage::paths::REPOSITORIES)
-            .join("public/new/_manifests");
-        std::fs::create_dir_all(path).unwrap();
+        add_repository("public/new");
         // Fresh: the list in hand, no walk.
         assert_eq!(visible.all().await.unwrap().len(), 3);
         // Old: still the list in hand for this page, read again behind it.
-        {
-            let mut list = visible.names.list.lock().unwrap();
-            let (at, _) = list.as_mut().unwrap();
-            *at = Instant::now() - list_ttl(&state.storage) - Duration::from_secs(1);
-        }
+        age_list(list_ttl(&state.storage));
         assert_eq!(visible.all().await.unwrap().len(), 3);
         let deadline = Instant::now() + Duration::from_secs(10);
         while visible.all().await.unwrap().len() != 4 {
@@ -505,19 +506,8 @@ mod tests {
             .contains(&"public/new".to_owned()));
         // Older than a page may show (nobody looked for a while): read
         // again before the page, which shows what is there now.
-        let path = state
-            .config
-            .storage
-            .root
-            .join(crate::storage::paths::LAYOUT_ROOT)
-            .join(crate::storage::paths::REPOSITORIES)
-            .join("public/newer/_manifests");
-        std::fs::create_dir_all(path).unwrap();
-        {
-            let mut list = visible.names.list.lock().unwrap();
-            let (at, _) = list.as_mut().unwrap();
-            *at = Instant::now() - list_max_age(&state.storage) - Duration::from_secs(1);
-        }
+        add_repository("public/newer");
+        age_list(list_max_age(&state.storage));
         assert_eq!(visible.all().await.unwrap().len(), 5);
     }
 

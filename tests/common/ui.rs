@@ -554,6 +554,35 @@ pub async fn home_lab(
     registry
 }
 
+/// PUTs manifest `bytes` of `media_type` as `user` (its blobs already
+/// pushed) and expects it stored.
+pub async fn put_manifest_as(
+    registry: &TestRegistry,
+    user: (&str, &str),
+    repository: &str,
+    reference: &str,
+    media_type: &str,
+    bytes: Vec<u8>,
+) {
+    let put = registry
+        .request(
+            reqwest::Method::PUT,
+            &format!("/v2/{repository}/manifests/{reference}"),
+        )
+        .basic_auth(user.0, Some(user.1))
+        .header("content-type", media_type)
+        .body(bytes)
+        .send()
+        .await
+        .expect("manifest PUT reaches the registry");
+    assert_eq!(
+        put.status(),
+        StatusCode::CREATED,
+        "{} puts {repository}:{reference}",
+        user.0
+    );
+}
+
 /// Pushes `image` to `repository:tag` as `user` and checks it was stored.
 pub async fn push_as(
     registry: &TestRegistry,
